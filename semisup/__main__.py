@@ -1,0 +1,3 @@
+from semisup.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""``semisup``: data import/split, single stages, the demo.
+
+Every stage command takes ``--config FILE`` (YAML) and any number of
+``--set key.path=value`` overrides, validated against the stage's typed config.
+Bad input ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from semisup_core import config as cfglib
+from semisup_core.errors import SemisupError
+
+log = logging.getLogger("semisup")
+
+
+def _stage_registry() -> dict:
+    """stage name -> (config class, function); imported lazily (torch is slow to import)."""
+    from semisup_core.data.config import ImportConfig, SplitConfig
+    from semisup_core.data.stages import run_import, run_split
+    from semisup_core.evaluate import EvaluateConfig, evaluate
+    from semisup_core.train import TrainConfig, train
+
+    return {"import": (ImportConfig, run_import), "split": (SplitConfig, run_split),
+            "train": (TrainConfig, train), "evaluate": (EvaluateConfig, evaluate)}
+
+
+_HELP = {
+    "import": "import a raw dataset (IDX files or image folder) into WebDataset shards",
+    "split": "draw N labels per class; the rest (+ distractors) becomes the unlabelled pool",
+    "train": "train one model (one process, or DDP under torchrun)",
+    "evaluate": "top-1/top-5, per-class recall and confusion matrix of a model on a dataset",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config (path or URI)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="K=V",
+                   help="override one field, e.g. --set optim.lr=0.05 (repeatable)")
+
+
+def _stage_parser(sub, name: str, section: bool) -> None:
+    from semisup_core.data.config import ImportConfig, SplitConfig
+    from semisup_core.evaluate import EvaluateConfig
+    from semisup_core.train.config import TrainConfig
+
+    cls = {"import": ImportConfig, "split": SplitConfig, "train": TrainConfig,
+           "evaluate": EvaluateConfig}[name]
+    epilog = "config fields (set in --config or with --set):\n" + "\n".join(cfglib.describe(cls))
+    p = sub.add_parser(name, help=_HELP[name], description=_HELP[name], epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p)
+    if section:
+        p.add_argument("--section", help="read this top-level section of the YAML file")
+    p.set_defaults(func=_run_stage, stage=name)
+
+
+def _run_stage(args) -> int:
+    cls, fn = _stage_registry()[args.stage]
+    cfg = cfglib.load(cls, args.config, args.overrides, getattr(args, "section", None))
+    result = fn(cfg)
+    if result is not None:
+        print(json.dumps(_summary(result), indent=2, default=str))
+    return 0
+
+
+def _summary(result) -> object:
+    if isinstance(result, dict):  # keep the printout short: drop bulky tables
+        return {k: v for k, v in result.items()
+                if k not in ("confusion_matrix", "history", "per_class_recall")}
+    return result
+
+
+def _run_models(args) -> int:
+    from semisup_core.models import list_models, model_info
+
+    for name in list_models():
+        info = model_info(name)
+        kind = "cpu-sized" if info.cpu_sized else "cluster"
+        print(f"{name:<20} {info.input_size}px {info.in_chans}ch  {kind}")
+    return 0
+
+
+def _run_demo(args) -> int:
+    from semisup_core.demo import DemoConfig, run_demo
+
+    cfg = cfglib.load(DemoConfig, args.config, args.overrides)
+    run_demo(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semisup", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="import and split datasets").add_subparsers(
+        dest="data_command", required=True)
+    for name in ("import", "split"):
+        _stage_parser(data, name, section=False)
+    stage = sub.add_parser("stage", help="run one pipeline stage").add_subparsers(
+        dest="stage_command", required=True)
+    for name in ("train", "evaluate"):
+        _stage_parser(stage, name, section=True)
+    models = sub.add_parser("models", help="list registered models")
+    models.set_defaults(func=_run_models)
+    demo = sub.add_parser("demo", help="the main job on the embedded default (local files, no server)")
+    _add_config_args(demo)
+    demo.set_defaults(func=_run_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except SemisupError as err:
+        print(f"semisup: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("semisup: interrupted", file=sys.stderr)
+        return 130

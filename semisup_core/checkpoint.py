@@ -1,0 +1,129 @@
+"""Checkpoints in the store: safetensors weights + JSON state. Nothing is unpickled.
+
+Layout of a training output directory ``out``::
+
+    out/checkpoints/step-00000200/model.safetensors   weights
+    out/checkpoints/step-00000200/optim.safetensors   optimizer tensors (momentum buffers)
+    out/checkpoints/step-00000200/state.json          step, model spec, optimizer groups
+    out/model.safetensors, out/state.json             the final model (same format)
+
+``state.json`` is written last, so a checkpoint without it (a crash mid-write) is
+ignored by ``latest``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from semisup_core import storage
+from semisup_core.errors import DataError, StorageError
+
+log = logging.getLogger(__name__)
+_STEP_DIR = re.compile(r"step-(\d{8})/state\.json$")
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def save_weights(model: torch.nn.Module, uri: str) -> None:
+    """Write the model's state dict as safetensors (contiguous CPU copies)."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    storage.put_bytes(uri, st_save(sd))
+
+
+def load_weights(uri: str) -> dict[str, torch.Tensor]:
+    try:
+        return st_load(storage.get_bytes(uri))
+    except StorageError:
+        raise
+    except Exception as err:  # safetensors raises its own error types
+        raise DataError(f"{uri}: not a valid safetensors file ({err})") from None
+
+
+def _optim_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, list]:
+    sd = optimizer.state_dict()
+    tensors = {f"{idx}.{name}": val.detach().cpu().contiguous()
+               for idx, st in sd["state"].items() for name, val in st.items()
+               if isinstance(val, torch.Tensor)}
+    return tensors, sd["param_groups"]
+
+
+def _optim_from_tensors(tensors: dict, groups: list) -> dict:
+    state: dict = {}
+    for key, val in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = val
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(out: str, step: int, model, optimizer, state: dict, keep: int = 2) -> str:
+    """Write ``out/checkpoints/step-XXXXXXXX/``; prune all but the ``keep`` newest."""
+    ckpt = storage.join(out, "checkpoints", f"step-{step:08d}")
+    save_weights(model, storage.join(ckpt, "model.safetensors"))
+    tensors, groups = _optim_to_tensors(optimizer)
+    storage.put_bytes(storage.join(ckpt, "optim.safetensors"), st_save(tensors))
+    storage.write_json(storage.join(ckpt, "state.json"),
+                       dict(state, step=step, optim_param_groups=groups))
+    _prune(out, keep)
+    log.info("checkpoint step %d -> %s", step, ckpt)
+    return ckpt
+
+
+def list_checkpoints(out: str) -> list[tuple[int, str]]:
+    """Complete checkpoints under ``out`` as ``(step, dir_uri)``, oldest first."""
+    found = []
+    for uri in storage.list_uris(storage.join(out, "checkpoints")):
+        m = _STEP_DIR.search(uri.replace("\\", "/"))
+        if m:
+            found.append((int(m.group(1)), storage.parent(uri)))
+    return sorted(found)
+
+
+def latest(out: str) -> tuple[int, str] | None:
+    found = list_checkpoints(out)
+    return found[-1] if found else None
+
+
+def _prune(out: str, keep: int) -> None:
+    for _, ckpt in list_checkpoints(out)[:-keep]:
+        # state.json first: a half-pruned checkpoint is then invisible, never half-valid
+        for name in ("state.json", "model.safetensors", "optim.safetensors"):
+            storage.delete(storage.join(ckpt, name))
+
+
+def restore(ckpt: str, model, optimizer=None) -> dict:
+    """Load weights (and optimizer state) from a checkpoint dir; returns its state.json."""
+    state = storage.read_json(storage.join(ckpt, "state.json"))
+    _unwrap(model).load_state_dict(load_weights(storage.join(ckpt, "model.safetensors")))
+    if optimizer is not None:
+        tensors = st_load(storage.get_bytes(storage.join(ckpt, "optim.safetensors")))
+        optimizer.load_state_dict(_optim_from_tensors(tensors, state["optim_param_groups"]))
+    return state
+
+
+def save_final(out: str, model, state: dict) -> None:
+    """The final model of a run: ``out/model.safetensors`` then ``out/state.json``."""
+    save_weights(model, storage.join(out, "model.safetensors"))
+    storage.write_json(storage.join(out, "state.json"), state)
+
+
+def load_model(model_dir: str, device: str = "cpu"):
+    """Rebuild a trained model from ``model_dir`` (a run's out dir or a checkpoint dir).
+
+    Returns ``(model in eval mode, state dict from state.json)``.
+    """
+    from semisup_core.models import create_model
+
+    if not storage.exists(storage.join(model_dir, "state.json")):
+        raise StorageError(f"no model at {model_dir} (state.json missing)")
+    state = storage.read_json(storage.join(model_dir, "state.json"))
+    spec = state["model"]
+    model = create_model(spec["name"], spec["num_classes"], spec["in_chans"], **spec["kwargs"])
+    model.load_state_dict(load_weights(storage.join(model_dir, "model.safetensors")))
+    return model.to(device).eval(), state

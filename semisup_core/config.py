@@ -1,0 +1,152 @@
+"""Typed stage configs: YAML files + dotted ``--set a.b=c`` overrides.
+
+Every stage has one pydantic model (``extra="forbid"``), so a typo or a bad value
+fails on load with one line that names the field. The resolved config is written
+next to the stage's outputs (``config.yaml``) so a run can be reproduced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from semisup_core import storage
+from semisup_core.errors import ConfigError, StorageError
+
+T = TypeVar("T", bound="StageConfig")
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value the way YAML would (``1e-3`` -> float, ``[1,2]`` -> list)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string; users mean a float
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=c`` overrides to a nested dict (a copy); ``c`` is parsed as YAML."""
+    out = _deep_copy(data)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = out
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+            node = child
+        node[keys[-1]] = _parse_scalar(raw)
+    return out
+
+
+def _deep_copy(data: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in (data or {}).items()}
+
+
+def format_validation_error(err: ValidationError, what: str) -> str:
+    """One line naming the first offending field, e.g. ``train.optim.lr: ...``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (typo?)"
+    else:
+        msg = first["msg"]
+        if "input" in first and first["type"] != "missing":
+            msg += f" (got {first['input']!r})"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{what}: {loc}: {msg}{more}"
+
+
+def build(cls: type[T], data: dict, what: str = "config") -> T:
+    """Validate a dict into ``cls``; raise ConfigError with one line on failure."""
+    try:
+        return cls.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, what)) from None
+
+
+def read_yaml(uri: str) -> dict:
+    """Read a YAML mapping from any storage URI."""
+    try:
+        text = storage.get_bytes(uri).decode()
+    except StorageError as err:
+        raise ConfigError(f"cannot read config: {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{uri}: invalid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{uri}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load(cls: type[T], path: str | None = None, overrides: list[str] | None = None,
+         section: str | None = None) -> T:
+    """Load ``cls`` from an optional YAML file (optionally one top-level section of it)
+    plus dotted overrides."""
+    data: dict = {}
+    what = "config"
+    if path:
+        data = read_yaml(path)
+        what = path
+        if section is not None:
+            data = data.get(section) or {}
+            what = f"{path}[{section}]"
+    return build(cls, apply_overrides(data, overrides or []), what)
+
+
+def dump(cfg: BaseModel) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save(cfg: BaseModel, out_dir: str, name: str = "config.yaml") -> str:
+    """Write the resolved config beside a stage's outputs; returns its URI."""
+    uri = storage.join(out_dir, name)
+    storage.put_bytes(uri, dump(cfg).encode())
+    return uri
+
+
+def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """One help line per (nested) field: ``key.path  type = default  description``.
+
+    The CLI prints this under ``--help`` so every option and its recommended value is
+    documented from the one place it is defined.
+    """
+    lines = []
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines += describe(ann, key + ".")
+            continue
+        if field.is_required():
+            default = "REQUIRED"
+        else:
+            value = field.get_default(call_default_factory=True)
+            default = f"= {value!r}"
+        tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        desc = field.description or ""
+        lines.append(f"  {key:<28} {tname} {default}  {desc}".rstrip())
+    return lines

@@ -1,0 +1,1 @@
+"""Datasets: IDX/image-folder import, WebDataset shards, labelled/unlabelled split, DALI reading."""

@@ -1,0 +1,78 @@
+"""CPU-sized ResNets for 28x28 inputs (Fashion-MNIST, MNIST).
+
+A 3x3 stem without pooling keeps the full 28x28 resolution for the first stage
+(torchvision's 7x7/stride-2 stem + max-pool would shrink 28x28 to 7x7 at once).
+Three stages of basic blocks, widths ``w, 2w, 4w``, strides 1, 2, 2:
+28x28 -> 28x28 -> 14x14 -> 7x7, then global average pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from semisup_core.models.registry import register_model
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """ResNet for small images; ``depth`` blocks per stage, base width ``width``."""
+
+    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 16, depth: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        stages, cin = [], width
+        for i, mult in enumerate((1, 2, 4)):
+            cout = width * mult
+            blocks = [BasicBlock(cin, cout, 1 if i == 0 else 2)]
+            blocks += [BasicBlock(cout, cout, 1) for _ in range(depth - 1)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.feature_dim = cin
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for block in self.modules():  # zero-init the last BN of each block (Goyal et al. 2017)
+            if isinstance(block, BasicBlock):
+                nn.init.zeros_(block.bn2.weight)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # x: N x C x H x W -> N x feature_dim
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.forward_features(x)))  # N x num_classes
+
+
+@register_model("small_resnet8", input_size=28, in_chans=1, cpu_sized=True)
+def small_resnet8(num_classes: int, in_chans: int = 1, **kw) -> SmallResNet:
+    """~0.08M params at width 16: the fast student/baseline for the demo."""
+    return SmallResNet(num_classes, in_chans, width=kw.pop("width", 16), depth=1, **kw)
+
+
+@register_model("small_resnet14", input_size=28, in_chans=1, cpu_sized=True)
+def small_resnet14(num_classes: int, in_chans: int = 1, **kw) -> SmallResNet:
+    """Two blocks per stage at width 32 (~0.7M params): a stronger CPU teacher."""
+    return SmallResNet(num_classes, in_chans, width=kw.pop("width", 32), depth=2, **kw)

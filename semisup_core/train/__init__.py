@@ -1,0 +1,6 @@
+"""Training: one loop for every training stage."""
+
+from semisup_core.train.config import TrainConfig
+from semisup_core.train.loop import train
+
+__all__ = ["TrainConfig", "train"]

@@ -1,0 +1,73 @@
+"""The typed config of the ``train`` stage (shared by CLI, KFP component and PyTorchJob pod)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from semisup_core.config import StageConfig
+
+
+class DataConfig(StageConfig):
+    train: str = Field(description="dataset directory URI (holds dataset.json and shards)")
+    split: Literal["auto", "shards", "samples"] = Field(
+        "auto", description="how ranks share the data: whole shards (scale) or slices of each "
+                            "global batch (exact, small data); auto picks shards when there are enough")
+    shuffle_buffer: int = Field(4096, ge=1, description="samples held for shuffling per reader")
+    num_workers: int = Field(1, ge=0, description="DataLoader workers per rank; 1-2 on a laptop")
+    mean: float = Field(0.5, description="per-channel mean of images scaled to [0,1]")
+    std: float = Field(0.5, gt=0, description="per-channel std of images scaled to [0,1]")
+
+
+class AugmentConfig(StageConfig):
+    crop_padding: int = Field(2, ge=0, description="random-crop padding in pixels (2 for 28x28)")
+    hflip: bool = Field(True, description="random horizontal flips (off for digits/text)")
+
+
+class OptimConfig(StageConfig):
+    lr: float = Field(0.1, gt=0, description="learning rate per 256 images; scaled linearly "
+                                             "with the global batch (Goyal et al. 2017)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0, description="1e-4 for ImageNet ResNets, 5e-4 small data")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up from 0 (Goyal et al.)")
+    schedule: Literal["cosine", "step"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
+                                    description="step schedule: fractions of training")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: LR factor per milestone")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class CheckpointConfig(StageConfig):
+    every_steps: int = Field(200, ge=1, description="write a checkpoint to the store every N steps")
+    keep: int = Field(2, ge=1, description="how many step checkpoints to keep")
+    resume: bool = Field(True, description="resume from the newest checkpoint under out")
+
+
+class TrainConfig(StageConfig):
+    """Supervised training of one registered model on one dataset."""
+
+    out: str = Field(description="output directory URI: checkpoints, final model, metrics")
+    data: DataConfig
+    model: str = Field("small_resnet8", description="a name from `semisup models`")
+    model_kwargs: dict = Field(default_factory=dict, description="extra model args, e.g. width")
+    init_from: str | None = Field(None, description="checkpoint dir to start from (fine-tuning)")
+    epochs: float = Field(10, gt=0, description="passes over the training set")
+    batch_size: int = Field(128, ge=1, description="GLOBAL batch, split evenly across ranks")
+    seed: int = 0
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision on GPU (auto = bf16 when supported); off on CPU")
+    sync_bn: bool = Field(False, description="synchronise BatchNorm statistics across ranks")
+    threads: int = Field(0, ge=0, description="torch CPU threads per rank; 0 = cores / ranks")
+    fail_at_step: int | None = Field(
+        None, description="testing aid: raise after this step to simulate a crash")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.optim.schedule == "step" and any(not 0 < m < 1 for m in self.optim.milestones):
+            raise ValueError("optim.milestones must be fractions in (0, 1)")
+        return self

@@ -1,0 +1,224 @@
+"""The one training loop every training stage uses.
+
+SGD + Nesterov, warm-up then cosine/step decay, LR scaled with the global batch,
+AMP on GPU, DDP under torchrun (gloo on CPU, NCCL on GPU), checkpoints to the store
+every N steps, and exact resume from the newest one: the data order and the
+augmentation of step ``s`` depend only on ``(seed, s)``, so a run that crashed and
+resumed ends with the same weights as one that did not.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from semisup_core import checkpoint, config, storage
+from semisup_core.data.dataset import DatasetMeta, read_meta, shard_uris
+from semisup_core.data.stream import ShardStream
+from semisup_core.errors import ConfigError
+from semisup_core.models import create_model
+from semisup_core.train import augment
+from semisup_core.train.config import TrainConfig
+from semisup_core.train.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+from semisup_core.train.schedule import lr_factor, scaled_lr
+
+log = logging.getLogger(__name__)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by ``fail_at_step`` to simulate a crashed pod."""
+
+
+def _plan(cfg: TrainConfig, meta: DatasetMeta, world: int) -> tuple[int, int, int]:
+    """(local batch, steps per epoch, total steps)."""
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
+    steps_per_epoch = meta.num_samples // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {meta.num_samples} "
+                          f"training samples in {cfg.data.train}")
+    return cfg.batch_size // world, steps_per_epoch, math.ceil(cfg.epochs * steps_per_epoch)
+
+
+def build_model(cfg: TrainConfig, meta: DatasetMeta, dist: DistInfo) -> torch.nn.Module:
+    model = create_model(cfg.model, meta.num_classes, meta.channels, **cfg.model_kwargs)
+    if cfg.init_from:
+        _init_from(model, cfg.init_from)
+    if cfg.sync_bn and dist.world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(dist.device)
+    if dist.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if dist.world_size > 1:
+        model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+    return model
+
+
+def _init_from(model: torch.nn.Module, src: str) -> None:
+    """Start from another run's weights; a head of another shape is re-initialised."""
+    weights = checkpoint.load_weights(storage.join(src, "model.safetensors"))
+    own = model.state_dict()
+    keep = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    dropped = sorted(set(own) - set(keep))
+    model.load_state_dict(keep, strict=False)
+    log.info("initialised from %s (%d tensors; fresh: %s)", src, len(keep), dropped or "none")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; no weight decay on biases and BN parameters."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    o = cfg.optim
+    return torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=scaled_lr(o, cfg.batch_size), momentum=o.momentum, nesterov=o.nesterov)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if device.type != "cuda" or cfg.amp == "off":
+        return nullcontext()
+    dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _loader(cfg: TrainConfig, meta: DatasetMeta, dist: DistInfo, local_batch: int,
+            steps: int, epoch: int) -> DataLoader:
+    stream = ShardStream(shard_uris(cfg.data.train, meta), local_batch=local_batch, steps=steps, rank=dist.rank,
+                         world_size=dist.world_size, seed=cfg.seed, shuffle=True,
+                         shuffle_buffer=cfg.data.shuffle_buffer, split=cfg.data.split,
+                         channels=meta.channels)
+    stream.set_epoch(epoch)
+    return DataLoader(stream, batch_size=local_batch, num_workers=cfg.data.num_workers,
+                      pin_memory=dist.device.type == "cuda", drop_last=False)
+
+
+def _model_spec(cfg: TrainConfig, meta: DatasetMeta) -> dict:
+    return {"model": {"name": cfg.model, "num_classes": meta.num_classes,
+                      "in_chans": meta.channels, "kwargs": cfg.model_kwargs},
+            "classes": meta.classes, "mean": cfg.data.mean, "std": cfg.data.std,
+            "image_size": [meta.height, meta.width]}
+
+
+class Trainer:
+    """Holds the state of one run; ``run()`` trains to the end and returns metrics."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg, self.dist = cfg, init_distributed()
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.meta = read_meta(cfg.data.train)
+        if not self.meta.labelled:
+            raise ConfigError(f"data.train {cfg.data.train} is unlabelled; train needs labels")
+        self.local_batch, self.steps_per_epoch, self.total_steps = _plan(
+            cfg, self.meta, self.dist.world_size)
+        self.model = build_model(cfg, self.meta, self.dist)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.peak_lr = scaled_lr(cfg.optim, cfg.batch_size)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(
+            self.dist.device.type == "cuda" and cfg.amp == "fp16"))
+        self.step, self.history = 0, []
+        if cfg.checkpoint.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        found = checkpoint.latest(self.cfg.out)
+        if found:
+            state = checkpoint.restore(found[1], self.model, self.optimizer)
+            self.step, self.history = state["step"], state.get("history", [])
+            log.info("resumed from %s at step %d", found[1], self.step)
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        cfg, dev = self.cfg, self.dist.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.peak_lr * lr_factor(
+                cfg.optim, self.step, self.total_steps, self.steps_per_epoch)
+        gen = augment.step_generator(cfg.seed, self.step)
+        x = augment.normalize(images.to(dev, non_blocking=True), cfg.data.mean, cfg.data.std)
+        x = augment.random_crop_flip(x, cfg.augment.crop_padding, cfg.augment.hflip, gen,
+                                     cfg.batch_size, self.dist.rank * self.local_batch)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(cfg.seed * 7919 + self.step * 31 + self.dist.rank)  # dropout
+        with _autocast(cfg, dev):
+            loss = F.cross_entropy(self.model(x), labels.to(dev),
+                                   label_smoothing=cfg.optim.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    def _after_step(self, loss_sum: torch.Tensor, n: int, bar) -> None:
+        every = max(1, min(50, self.steps_per_epoch))
+        if self.step % every == 0 or self.step == self.total_steps:
+            loss = all_reduce_mean(loss_sum / n).item()
+            self.history.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
+                                 "loss": round(loss, 5), "lr": self.optimizer.param_groups[0]["lr"]})
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}")
+        if self.dist.is_main and self.step % self.cfg.checkpoint.every_steps == 0:
+            checkpoint.save_checkpoint(self.cfg.out, self.step, self.model, self.optimizer,
+                                       self._state(), keep=self.cfg.checkpoint.keep)
+        if self.cfg.fail_at_step is not None and self.step == self.cfg.fail_at_step:
+            raise InjectedFailure(f"injected failure after step {self.step}")
+
+    def _state(self) -> dict:
+        return dict(_model_spec(self.cfg, self.meta), history=self.history,
+                    total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                    config=self.cfg.model_dump(mode="json"))
+
+    def _run_epoch(self, epoch: int, bar) -> None:
+        start_in_epoch = self.step - epoch * self.steps_per_epoch
+        loader = _loader(self.cfg, self.meta, self.dist, self.local_batch,
+                         self.steps_per_epoch, epoch)
+        self.model.train()
+        loss_sum, n = torch.zeros((), device=self.dist.device), 0
+        for i, (images, labels, _keys) in enumerate(loader):
+            if i < start_in_epoch:  # resuming mid-epoch: replay the order, skip the work
+                continue
+            loss_sum += self._train_step(images, labels)
+            n += 1
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+            self._after_step(loss_sum, n, bar)
+            if self.step % max(1, min(50, self.steps_per_epoch)) == 0:
+                loss_sum, n = torch.zeros((), device=self.dist.device), 0
+            if self.step >= self.total_steps:
+                break
+
+    def run(self) -> dict:
+        cfg, t0 = self.cfg, time.time()
+        if self.dist.is_main:
+            config.save(cfg, cfg.out)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.model}",
+                   unit="step", disable=not self.dist.is_main, mininterval=2.0)
+        while self.step < self.total_steps:
+            self._run_epoch(self.step // self.steps_per_epoch, bar)
+        bar.close()
+        result = {"steps": self.total_steps, "epochs": cfg.epochs,
+                  "final_loss": self.history[-1]["loss"] if self.history else None,
+                  "seconds": round(time.time() - t0, 1), "world_size": self.dist.world_size}
+        if self.dist.is_main:
+            checkpoint.save_final(cfg.out, self.model, self._state())
+            storage.write_json(storage.join(cfg.out, "metrics.json"),
+                               dict(result, history=self.history))
+        return result
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train to the end (resuming if a checkpoint exists); returns summary metrics."""
+    try:
+        return Trainer(cfg).run()
+    finally:
+        cleanup()
