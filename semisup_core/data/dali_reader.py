@@ -28,7 +28,7 @@ import numpy as np
 from semisup_core import storage
 from semisup_core.data.dataset import DatasetMeta, read_meta, shard_uris
 from semisup_core.data.decode import decode_image
-from semisup_core.data.shards import Sample
+from semisup_core.data.shards import Sample, index_uri
 from semisup_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,19 @@ def stage_shards(uris: Sequence[str], cache_dir: str | None = None) -> list[str]
     return paths
 
 
+def stage_dataset(shards: Sequence[str], cache_dir: str | None = None
+                  ) -> tuple[list[str], list[str] | None]:
+    """Stage shards and, when every shard has one, their DALI ``.idx`` indexes.
+
+    Returns ``(tar_paths, idx_paths or None)``; without indexes DALI scans the tars.
+    """
+    indexes = [index_uri(u) for u in shards]
+    if not all(storage.exists(u) for u in indexes):
+        log.info("some shards have no .idx index; DALI will scan the tar headers")
+        return stage_shards(shards, cache_dir), None
+    return stage_shards(shards, cache_dir), stage_shards(indexes, cache_dir)
+
+
 def _per_channel(values, channels: int, what: str) -> list[float]:
     values = [float(v) for v in np.atleast_1d(values)]
     if len(values) == 1:
@@ -92,6 +105,7 @@ def _per_channel(values, channels: int, what: str) -> list[float]:
 
 
 def build_pipeline(paths: list[str], *, labelled: bool, channels: int, mean, std,
+                   index_paths: list[str] | None = None,
                    device: str = "cpu", batch_size: int = 256, num_threads: int = 4,
                    shard_id: int = 0, num_shards: int = 1, shuffle: bool = False,
                    seed: int = 0, size: tuple[int, int] | None = None):
@@ -113,7 +127,7 @@ def build_pipeline(paths: list[str], *, labelled: bool, channels: int, mean, std
                   seed=seed, prefetch_queue_depth=2)
     def pipe():
         outs = fn.readers.webdataset(
-            paths=paths, ext=["png;jpg", "cls"] if labelled else ["png;jpg"],
+            paths=paths, index_paths=index_paths, ext=["png;jpg", "cls"] if labelled else ["png;jpg"],
             missing_component_behavior="error", name=_READER, shard_id=shard_id,
             num_shards=num_shards, stick_to_shard=True, pad_last_batch=True,
             random_shuffle=shuffle, initial_fill=min(4096, 64 * batch_size))
@@ -178,9 +192,9 @@ class DaliReader:
         self.batch_size, self.as_torch = batch_size, as_torch
         self.device = resolve_device(device)
         self.num_samples = shard_size(self.meta.num_samples, shard_id, num_shards)
-        paths = stage_shards(shard_uris(dataset_uri, self.meta), cache_dir)
+        paths, index_paths = stage_dataset(shard_uris(dataset_uri, self.meta), cache_dir)
         self.pipe = build_pipeline(
-            paths, labelled=self.meta.labelled, channels=self.meta.channels, mean=mean, std=std,
+            paths, index_paths=index_paths, labelled=self.meta.labelled, channels=self.meta.channels, mean=mean, std=std,
             device=self.device, batch_size=batch_size, num_threads=num_threads,
             shard_id=shard_id, num_shards=num_shards, shuffle=shuffle, seed=seed, size=size)
 

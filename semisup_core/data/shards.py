@@ -4,6 +4,10 @@ A sample ``k`` is ``k.png`` or ``k.jpg`` (the encoded image, stored as given), a
 optional ``k.cls`` (the class index as ASCII digits; absent in unlabelled pools) and
 an optional ``k.json`` (metadata: source, tags, ...). This is the layout that
 ``nvidia.dali.fn.readers.webdataset`` and the ``webdataset`` package read.
+
+Beside each ``x.tar`` the writer puts ``x.idx``, DALI's index (the format of DALI's
+``tools/wds2idx.py``, version v1.2: a line per sample listing ``ext data_offset size
+name`` per entry), so DALI need not scan every tar header when a pipeline starts.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from semisup_core.errors import DataError
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("png", "jpg")
-_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")  # no '.' (splits key/ext) and no '/' (a path)
+# no '.' (splits key/ext), no '/' (a path); <= 90 chars so "<key>.json" fits one
+# 512-byte tar header (the 100-byte name field), which the .idx offsets rely on
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,90}$")
+_INDEX_VERSION = "v1.2"
 _TAIL = 64 * 1024  # tar writers pad the end with zeros to a record (GNU: 10 KiB)
 
 
@@ -49,27 +56,34 @@ def shard_name(name: str, index: int) -> str:
     return f"{name}-{index:06d}.tar"
 
 
+def index_uri(shard_uri: str) -> str:
+    """The DALI index beside a shard: ``x.tar`` -> ``x.idx``."""
+    return shard_uri[:-4] + ".idx" if shard_uri.endswith(".tar") else shard_uri + ".idx"
+
+
 class ShardWriter:
     """Write samples into numbered tar shards ``<prefix>/<name>-000000.tar`` ...
 
     Each shard is published atomically (``storage.open_write``) when it is full or the
     writer closes; on an exception the unfinished shard is dropped. Use as a context
     manager; ``shards`` then lists ``ShardInfo(uri, count)`` and ``class_counts`` counts
-    labelled samples per class.
+    labelled samples per class. With ``index`` each shard gets its DALI ``.idx``.
     """
 
-    def __init__(self, prefix_uri: str, samples_per_shard: int = 4096, name: str = "shard"):
+    def __init__(self, prefix_uri: str, samples_per_shard: int = 4096, name: str = "shard",
+                 index: bool = True):
         if samples_per_shard < 1:
             raise DataError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
         self.prefix_uri = prefix_uri
         self.samples_per_shard = samples_per_shard
         self.name = name
+        self.index = index
+        self._index_lines: list[str] = []  # one "ext offset size name ..." line per sample
         self.shards: list[ShardInfo] = []
         self.class_counts: Counter[int] = Counter()
         self._keys: set[str] = set()
         self._stack: contextlib.ExitStack | None = None
         self._tar: tarfile.TarFile | None = None
-        self._count = 0
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -84,23 +98,30 @@ class ShardWriter:
 
     def _open_shard(self) -> None:
         uri = storage.join(self.prefix_uri, shard_name(self.name, len(self.shards)))
+        storage.delete(index_uri(uri))  # a stale index from an earlier run must not survive
         self._stack = contextlib.ExitStack()
         f = self._stack.enter_context(storage.open_write(uri))
         self._tar = tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT)
         self.shards.append(ShardInfo(uri, 0))
-        self._count = 0
+        self._index_lines = []
 
     def _finish_shard(self) -> None:
         self._tar.close()  # writes the end-of-archive blocks
         self._tar = None
         self._stack.close()  # publishes the object
         self._stack = None
-        log.debug("wrote %s (%d samples)", self.shards[-1].uri, self.shards[-1].count)
+        info = self.shards[-1]
+        if self.index:  # after the tar: an index never points into a missing shard
+            text = f"{_INDEX_VERSION} {info.count}\n" + "\n".join(self._index_lines) + "\n"
+            storage.put_bytes(index_uri(info.uri), text.encode())
+        log.debug("wrote %s (%d samples)", info.uri, info.count)
 
-    def _add(self, name: str, data: bytes) -> None:
+    def _add(self, name: str, data: bytes) -> str:
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = len(data), 0o644, 0  # mtime 0: byte-identical reruns
+        data_offset = self._tar.offset + tarfile.BLOCKSIZE  # after this entry's one-block header
         self._tar.addfile(info, io.BytesIO(data))
+        return f"{name.partition('.')[2]} {data_offset} {len(data)} {name}"
 
     def write(self, key: str, image: bytes, ext: str, cls: int | None = None,
               meta: dict | None = None) -> None:
@@ -109,7 +130,7 @@ class ShardWriter:
         if ext not in IMAGE_EXTS:
             raise DataError(f"sample {key!r}: image extension must be png or jpg, got {ext!r}")
         if not _KEY_RE.match(key):
-            raise DataError(f"sample key {key!r} must match [A-Za-z0-9_-]+")
+            raise DataError(f"sample key {key!r} must be 1-90 characters of [A-Za-z0-9_-]")
         if key in self._keys:
             raise DataError(f"duplicate sample key {key!r}")
         if cls is not None and (int(cls) != cls or cls < 0):
@@ -117,12 +138,13 @@ class ShardWriter:
         if self._tar is None:
             self._open_shard()
         self._keys.add(key)
-        self._add(f"{key}.{ext}", image)
+        parts = [self._add(f"{key}.{ext}", image)]
         if cls is not None:
-            self._add(f"{key}.cls", str(int(cls)).encode("ascii"))
+            parts.append(self._add(f"{key}.cls", str(int(cls)).encode("ascii")))
             self.class_counts[int(cls)] += 1
         if meta:
-            self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+            parts.append(self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
+        self._index_lines.append(" ".join(parts))
         self.shards[-1].count += 1
         if self.shards[-1].count >= self.samples_per_shard:
             self._finish_shard()

@@ -9,7 +9,7 @@ endpoint, read from the environment (on Kubernetes, from a Secret):
     ``MINIO_ACCESS_KEY`` + ``MINIO_SECRET_KEY``, else ``MINIO_ROOT_USER`` + ``MINIO_ROOT_PASSWORD``;
   - region (optional): ``AWS_REGION``; without it the client asks the server once per bucket.
 
-Transient failures (connection reset, timeouts, HTTP 5xx, SlowDown) are retried with
+Transient failures (connection reset, read timeouts, HTTP 5xx, SlowDown) are retried with
 bounded backoff; everything else becomes a one-line ``StorageError``.
 """
 
@@ -29,7 +29,8 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import NameResolutionError, NewConnectionError, ProtocolError, SSLError
+from urllib3.exceptions import (ConnectTimeoutError, NameResolutionError, NewConnectionError,
+                                ProtocolError, SSLError)
 
 from semisup_core.errors import StorageError
 from semisup_core.storage.base import Backend
@@ -124,10 +125,11 @@ def _http_client() -> urllib3.PoolManager:
 def is_transient(err: BaseException) -> bool:
     """True for failures a retry may fix: dropped connections, timeouts, 5xx, SlowDown.
 
-    A refused connection, an unknown host or a TLS mismatch is not retried: the endpoint
-    is wrong or down, and waiting a second will not change that -- better to say so at once.
+    A connection that cannot be opened (refused, unknown host, connect timeout) or a TLS
+    mismatch is not retried: the endpoint is wrong or down, and waiting a second will not
+    change that -- better to say so within CONNECT_TIMEOUT_S than after four of them.
     """
-    if isinstance(err, (NewConnectionError, SSLError)):
+    if isinstance(err, (ConnectTimeoutError, SSLError)):  # NewConnectionError is a subclass
         return False
     if isinstance(err, Urllib3Error):  # ProtocolError (reset), Read/ConnectTimeoutError, ...
         return True
@@ -175,6 +177,7 @@ class S3Backend(Backend):
         self.client = Minio(settings.endpoint, access_key=settings.access_key,
                             secret_key=settings.secret_key, secure=settings.secure,
                             region=settings.region, http_client=_http_client())
+        log.debug("S3 backend at %s (access key %s)", settings.url, settings.access_key)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "S3Backend":
@@ -318,6 +321,9 @@ def _to_storage_error(err: Exception, uri: str, settings: S3Settings) -> Storage
         return StorageError(f"S3 error on {uri}: {err.code}: {err.message}")
     if isinstance(err, NewConnectionError):
         return StorageError(f"cannot reach S3 endpoint {settings.url}: {_connect_reason(err)}")
+    if isinstance(err, ConnectTimeoutError):
+        return StorageError(f"cannot reach S3 endpoint {settings.url}: "
+                            f"no answer within {CONNECT_TIMEOUT_S:.0f}s")
     if isinstance(err, SSLError):
         return StorageError(f"TLS error talking to {settings.url} ({_first_line(err)}); "
                             "does the endpoint speak http rather than https?")

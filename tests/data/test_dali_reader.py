@@ -1,5 +1,7 @@
 """DALI (device="cpu", no GPU needed) against the PIL/numpy reference path."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ MEAN, STD = [0.2860], [0.3530]  # Fashion-MNIST pixel statistics
 def split(fashion_test, distractors, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("dali") / "split")
     return split_labelled(fashion_test[0], out, labels_per_class=7, seed=3,
-                          pool_extra=[distractors[0]], samples_per_shard=16)
+                          pool_extra=[distractors[0]], samples_per_shard=250)
 
 
 def _collect(batches):
@@ -73,6 +75,19 @@ def test_rgb_shuffle_epochs_and_torch(tmp_path, make_dataset):
                                    atol=1e-5, rtol=0)
         orders.append(keys)
     assert orders[0] != sorted(samples) and orders[0] != orders[1]
+
+
+def test_without_index_files(tmp_path, make_dataset):
+    uri = str(tmp_path / "noidx")
+    make_dataset(uri, 20, ["a", "b"], prefix="n", per_shard=8)
+    with_idx = _collect(iter_dali(uri, batch_size=6, device="cpu"))
+    for name in os.listdir(uri):
+        if name.endswith(".idx"):
+            os.unlink(os.path.join(uri, name))
+    without = _collect(iter_dali(uri, batch_size=6, device="cpu"))
+    assert with_idx[2] == without[2] == [f"n-{i:05d}" for i in range(20)]
+    np.testing.assert_array_equal(with_idx[0], without[0])
+    np.testing.assert_array_equal(with_idx[1], without[1])
 
 
 def test_device_and_staging(tmp_path):

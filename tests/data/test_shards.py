@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from semisup_core.data.decode import encode_png
-from semisup_core.data.shards import Sample, ShardWriter, iter_shard, write_samples
+from semisup_core.data.shards import (Sample, ShardWriter, index_uri, iter_shard,
+                                      write_samples)
 from semisup_core.errors import DataError
 
 
@@ -44,6 +45,20 @@ def test_round_trip(tmp_path):
     assert keys == sorted(keys)
 
 
+def test_dali_index_matches_tar(tmp_path):
+    shards = write_samples(str(tmp_path / "ds"), _samples(7), samples_per_shard=5)
+    for shard in shards:
+        lines = open(index_uri(shard.uri)).read().splitlines()
+        assert lines[0] == f"v1.2 {shard.count}" and len(lines) == shard.count + 1
+        with tarfile.open(shard.uri) as tar:
+            want = [(m.name.split(".", 1)[1], m.offset_data, m.size, m.name) for m in tar]
+        got = []
+        for line in lines[1:]:
+            f = line.split()
+            got += [(f[i], int(f[i + 1]), int(f[i + 2]), f[i + 3]) for i in range(0, len(f), 4)]
+        assert got == want
+
+
 def test_deterministic_bytes(tmp_path):
     a = write_samples(str(tmp_path / "a"), _samples(6), samples_per_shard=100)
     b = write_samples(str(tmp_path / "b"), _samples(6), samples_per_shard=100)
@@ -56,7 +71,7 @@ def test_bad_writes(tmp_path):
         w.write("a", png, "jpeg")
         with pytest.raises(DataError, match="duplicate sample key 'a'"):
             w.write("a", png, "png")
-        with pytest.raises(DataError, match=r"must match"):
+        with pytest.raises(DataError, match=r"must be 1-90 characters"):
             w.write("a.b", png, "png")
         with pytest.raises(DataError, match="png or jpg"):
             w.write("b", png, "gif")
@@ -72,7 +87,7 @@ def test_failed_writer_publishes_nothing(tmp_path):
             for s in _samples(5):
                 w.write(s.key, s.image, s.ext, s.cls)
             raise RuntimeError("boom")
-    assert sorted(os.listdir(out)) == ["shard-000000.tar"]  # the full shard only, no temp file
+    assert sorted(os.listdir(out)) == ["shard-000000.idx", "shard-000000.tar"]  # no temp file
 
 
 def test_empty_and_missing_image(tmp_path):

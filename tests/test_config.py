@@ -1,0 +1,83 @@
+"""Typed configs: YAML + overrides, one-line errors naming the field."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from semisup_core import config
+from semisup_core.errors import ConfigError
+from semisup_core.train.config import TrainConfig
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+BASE = {"out": "/tmp/x", "data": {"train": "/tmp/d"}}
+
+
+def test_overrides_nested_and_typed(tmp_path):
+    cfg = config.load(TrainConfig, _write(tmp_path, BASE),
+                      ["optim.lr=1e-3", "epochs=3", "augment.hflip=false", "model_kwargs.width=24"])
+    assert cfg.optim.lr == pytest.approx(1e-3) and cfg.epochs == 3
+    assert cfg.augment.hflip is False and cfg.model_kwargs == {"width": 24}
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("optim.lrr=0.1", "optim.lrr: unknown key"),
+    ("epochs=-1", "epochs: Input should be greater than 0"),
+    ("amp=fast", "amp: Input should be"),
+    ("batch_size=many", "batch_size: Input should be a valid integer"),
+])
+def test_bad_values_name_the_field(tmp_path, override, fragment):
+    with pytest.raises(ConfigError) as err:
+        config.load(TrainConfig, _write(tmp_path, BASE), [override])
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_required_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"data: Field required"):
+        config.load(TrainConfig, _write(tmp_path, {"out": "/tmp/x"}))
+
+
+def test_section_of_a_file(tmp_path):
+    path = _write(tmp_path, {"train": BASE, "other": {"x": 1}})
+    assert config.load(TrainConfig, path, section="train").out == "/tmp/x"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("out: [unclosed", "invalid YAML"),
+    ("- a\n- b\n", "top level must be a mapping"),
+])
+def test_bad_yaml(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=fragment):
+        config.load(TrainConfig, str(path))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config: no such file"):
+        config.load(TrainConfig, str(tmp_path / "nope.yaml"))
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="must look like"):
+        config.apply_overrides({}, ["epochs"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        config.apply_overrides({"epochs": 3}, ["epochs.x=1"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.load(TrainConfig, _write(tmp_path, BASE), ["seed=7"])
+    uri = config.save(cfg, str(tmp_path / "out"))
+    assert config.load(TrainConfig, uri) == cfg
+
+
+def test_describe_lists_every_leaf_field_with_defaults():
+    lines = "\n".join(config.describe(TrainConfig))
+    assert "optim.lr" in lines and "per 256 images" in lines
+    assert "out" in lines and "REQUIRED" in lines and "checkpoint.every_steps" in lines
