@@ -6,9 +6,9 @@ grey output for 1-channel datasets) -> optional ``fn.resize`` ->
 ``fn.crop_mirror_normalize`` to float32 CHW with ``(x / 255 - mean) / std``.
 
 DALI reads local files only. Shards of a remote dataset (s3://, minio://) are first
-staged into a local cache directory (``cache_dir``, default ``$SEMISUP_CACHE`` or
-``~/.cache/semisup/shards``); a shard already in the cache is not fetched again, so
-a rerun or a restarted pod reads from disk.
+staged into a local cache directory (``cache_dir``, default
+``${SEMISUP_CACHE:-~/.cache/semisup}/shards``) together with their ``.idx``; a shard
+already in the cache is not fetched again, so a rerun or a restarted pod reads from disk.
 
 Workers split the samples with DALI's ``shard_id`` / ``num_shards``: worker ``i`` of
 ``S`` reads samples ``[N*i//S, N*(i+1)//S)`` of the dataset's N, every epoch
@@ -58,7 +58,8 @@ def resolve_device(device: str) -> str:
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("SEMISUP_CACHE") or os.path.expanduser("~/.cache/semisup/shards")
+    root = os.environ.get("SEMISUP_CACHE") or os.path.expanduser("~/.cache/semisup")
+    return os.path.join(root, "shards")
 
 
 def stage_shards(uris: Sequence[str], cache_dir: str | None = None) -> list[str]:
@@ -111,7 +112,9 @@ def build_pipeline(paths: list[str], *, labelled: bool, channels: int, mean, std
                    seed: int = 0, size: tuple[int, int] | None = None):
     """The DALI pipeline (built); outputs ``(images N x C x H x W float, cls bytes?, source_info)``.
 
-    ``mean``/``std`` are per channel in [0, 1] units, as in torchvision.
+    ``mean``/``std`` are per channel in [0, 1] units, as in torchvision. Grey PNGs match
+    the PIL reference exactly; JPEGs decoded by nvJPEG (``mixed``) and colour images
+    converted to grey may differ from PIL by a grey level.
     """
     from nvidia.dali import fn, pipeline_def, types
 
@@ -127,7 +130,8 @@ def build_pipeline(paths: list[str], *, labelled: bool, channels: int, mean, std
                   seed=seed, prefetch_queue_depth=2)
     def pipe():
         outs = fn.readers.webdataset(
-            paths=paths, index_paths=index_paths, ext=["png;jpg", "cls"] if labelled else ["png;jpg"],
+            paths=paths, index_paths=index_paths,
+            ext=["png;jpg", "cls"] if labelled else ["png;jpg"],
             missing_component_behavior="error", name=_READER, shard_id=shard_id,
             num_shards=num_shards, stick_to_shard=True, pad_last_batch=True,
             random_shuffle=shuffle, initial_fill=min(4096, 64 * batch_size))
@@ -194,9 +198,9 @@ class DaliReader:
         self.num_samples = shard_size(self.meta.num_samples, shard_id, num_shards)
         paths, index_paths = stage_dataset(shard_uris(dataset_uri, self.meta), cache_dir)
         self.pipe = build_pipeline(
-            paths, index_paths=index_paths, labelled=self.meta.labelled, channels=self.meta.channels, mean=mean, std=std,
-            device=self.device, batch_size=batch_size, num_threads=num_threads,
-            shard_id=shard_id, num_shards=num_shards, shuffle=shuffle, seed=seed, size=size)
+            paths, index_paths=index_paths, labelled=self.meta.labelled,
+            channels=self.meta.channels, mean=mean, std=std, device=self.device,
+            batch_size=batch_size, num_threads=num_threads, shard_id=shard_id, num_shards=num_shards, shuffle=shuffle, seed=seed, size=size)
 
     def __len__(self) -> int:
         return self.num_samples

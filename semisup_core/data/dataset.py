@@ -49,7 +49,8 @@ class DatasetMeta:
 
     def validate(self, where: str = DATASET_FILE) -> "DatasetMeta":
         """Check internal consistency; raises DataError naming the field."""
-        _check(isinstance(self.name, str) and self.name, where, "name", "must be a non-empty string")
+        _check(isinstance(self.name, str) and self.name, where, "name",
+               "must be a non-empty string")
         _check(isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes)
                and len(set(self.classes)) == len(self.classes), where, "classes",
                "must be a list of distinct strings")
@@ -69,7 +70,8 @@ class DatasetMeta:
         for s in self.shards:
             ok = isinstance(s, dict) and set(s) == {"uri", "count"} and isinstance(s["uri"], str)
             ok = ok and "://" not in s["uri"] and not s["uri"].startswith("/") \
-                and ".." not in s["uri"].split("/") and isinstance(s["count"], int) and s["count"] > 0
+                and ".." not in s["uri"].split("/")
+            ok = ok and isinstance(s["count"], int) and s["count"] > 0
             _check(ok, where, "shards", f"entry {s!r} must be {{uri: relative path, count: > 0}}")
         total = sum(s["count"] for s in self.shards)
         _check(total == self.num_samples, where, "num_samples",
@@ -89,7 +91,8 @@ def make_meta(dataset_uri: str, name: str, classes: list[str], shards: list[Shar
     ``class_counts`` maps class index -> count, or None for an unlabelled pool.
     """
     rel = [{"uri": _relative(s.uri, dataset_uri), "count": s.count} for s in shards]
-    counts = [] if class_counts is None else [int(class_counts.get(i, 0)) for i in range(len(classes))]
+    counts = [] if class_counts is None else [int(class_counts.get(i, 0))
+                                              for i in range(len(classes))]
     meta = DatasetMeta(
         name=name, classes=list(classes), num_classes=len(classes), shards=rel,
         num_samples=sum(s.count for s in shards), class_counts=counts,
@@ -166,8 +169,10 @@ def require_same_classes(a: DatasetMeta, b: DatasetMeta) -> None:
     if a.classes == b.classes:
         return
     if sorted(a.classes) == sorted(b.classes):
-        raise DataError(f"datasets {a.name!r} and {b.name!r} list the same classes in a different order")
+        raise DataError(f"datasets {a.name!r} and {b.name!r} list the same classes "
+                        "in a different order")
     only_a = sorted(set(a.classes) - set(b.classes))[:5]
     only_b = sorted(set(b.classes) - set(a.classes))[:5]
-    raise DataError(f"class mismatch between datasets {a.name!r} ({a.num_classes} classes) and "
-                    f"{b.name!r} ({b.num_classes}): only in first {only_a}, only in second {only_b}")
+    raise DataError(f"class mismatch between datasets {a.name!r} ({a.num_classes} classes) "
+                    f"and {b.name!r} ({b.num_classes}): only in first {only_a}, "
+                    f"only in second {only_b}")

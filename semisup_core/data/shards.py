@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = ("png", "jpg")
 # no '.' (splits key/ext), no '/' (a path); <= 90 chars so "<key>.json" fits one
 # 512-byte tar header (the 100-byte name field), which the .idx offsets rely on
-_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,90}$")
+_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,90}")
 _INDEX_VERSION = "v1.2"
 _TAIL = 64 * 1024  # tar writers pad the end with zeros to a record (GNU: 10 KiB)
 
@@ -129,7 +129,7 @@ class ShardWriter:
         ext = "jpg" if ext.lower() == "jpeg" else ext.lower()
         if ext not in IMAGE_EXTS:
             raise DataError(f"sample {key!r}: image extension must be png or jpg, got {ext!r}")
-        if not _KEY_RE.match(key):
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
             raise DataError(f"sample key {key!r} must be 1-90 characters of [A-Za-z0-9_-]")
         if key in self._keys:
             raise DataError(f"duplicate sample key {key!r}")

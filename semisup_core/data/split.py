@@ -167,7 +167,8 @@ def split_labelled(dataset_uri: str, out_uri: str, labels_per_class: int, seed: 
     oracle_uri = storage.join(out_uri, ORACLE_FILE)
     _write_oracle(oracle_uri, rows)
     storage.write_json(storage.join(out_uri, SPLIT_FILE), {
-        "dataset": dataset_uri, "pool_extra": list(pool_extra), "labels_per_class": labels_per_class,
+        "dataset": dataset_uri, "pool_extra": list(pool_extra),
+        "labels_per_class": labels_per_class,
         "seed": seed, "labelled": lab.num_samples, "unlabelled": unl.num_samples,
         "unlabelled_sources": unl.extra["sources"], "oracle": ORACLE_FILE})
     log.info("split %s: %d labelled (%d per class), %d unlabelled (%s)", meta.name,
@@ -176,5 +177,6 @@ def split_labelled(dataset_uri: str, out_uri: str, labels_per_class: int, seed: 
 
 
 def read_oracle(oracle_uri: str) -> pa.Table:
-    """The oracle table (analysis only): key, source, true_class, true_class_name, source_class_name."""
+    """The oracle table (analysis only): key, source, true_class, true_class_name,
+    source_class_name."""
     return pq.read_table(io.BytesIO(storage.get_bytes(oracle_uri)))

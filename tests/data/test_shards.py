@@ -71,8 +71,9 @@ def test_bad_writes(tmp_path):
         w.write("a", png, "jpeg")
         with pytest.raises(DataError, match="duplicate sample key 'a'"):
             w.write("a", png, "png")
-        with pytest.raises(DataError, match=r"must be 1-90 characters"):
-            w.write("a.b", png, "png")
+        for bad in ("a.b", "a/b", "a\n", "", "k" * 91):
+            with pytest.raises(DataError, match=r"must be 1-90 characters"):
+                w.write(bad, png, "png")
         with pytest.raises(DataError, match="png or jpg"):
             w.write("b", png, "gif")
         with pytest.raises(DataError, match="non-negative int"):

@@ -25,7 +25,8 @@ def test_exact_per_class_and_counts(split_a, fashion_test):
     out, res = split_a
     lab = list(iter_dataset(res.labelled_uri))
     assert len(lab) == 100 and Counter(s.cls for s in lab) == {c: 10 for c in range(10)}
-    assert res.labelled.class_counts == [10] * 10 and res.labelled.classes == fashion_test[1].classes
+    assert res.labelled.class_counts == [10] * 10
+    assert res.labelled.classes == fashion_test[1].classes
     assert res.unlabelled.num_samples == 10000 - 100 + 60 and not res.unlabelled.labelled
     assert res.unlabelled.extra["sources"] == {"dis": 60, "fashion-mnist-test": 9900}
     pool_keys = {s.key for s in iter_dataset(res.unlabelled_uri)}
@@ -62,7 +63,8 @@ def test_distractors_mixed_across_shards(split_a):
     _, res = split_a
     per_shard = []
     for entry in res.unlabelled.shards:
-        srcs = [s.meta["source"] for s in iter_shard(os.path.join(res.unlabelled_uri, entry["uri"]))]
+        shard = os.path.join(res.unlabelled_uri, entry["uri"])
+        srcs = [s.meta["source"] for s in iter_shard(shard)]
         per_shard.append(srcs.count("dis"))
     assert len(per_shard) == 10 and sum(per_shard) == 60
     assert sum(n > 0 for n in per_shard) >= 6  # 60 among 10 shards: not bunched at the end

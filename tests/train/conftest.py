@@ -9,18 +9,26 @@ from semisup_core.data.dataset import make_meta, write_meta
 from semisup_core.data.decode import encode_png
 from semisup_core.data.shards import ShardWriter
 
-CLASSES = ["top-left", "top-right", "bottom-left", "bottom-right"]
+CLASSES = ["horizontal", "vertical", "checker", "flat"]
+
+
+def _texture(c: int, rng: np.random.Generator) -> np.ndarray:
+    """28x28x1 uint8: stripes / checkerboard (period 4, random phase) or flat, plus noise."""
+    r, q = np.meshgrid(np.arange(28), np.arange(28), indexing="ij")
+    phase = rng.integers(0, 4, 2)
+    pattern = [((r + phase[0]) // 2) % 2, ((q + phase[1]) // 2) % 2,
+               (((r + phase[0]) // 2) + ((q + phase[1]) // 2)) % 2, np.full((28, 28), 0.5)][c]
+    img = 60 + 120 * pattern + rng.normal(0, 25, (28, 28))
+    return np.clip(img, 0, 255).astype(np.uint8)[:, :, None]
 
 
 def write_blocks_dataset(uri: str, n: int, seed: int = 0, per_shard: int = 32):
-    """28x28 grey images: noise plus a bright 10x10 block in the class's quadrant."""
+    """Four texture classes; sample i has class i % 4 (translation-invariant, like GAP nets)."""
     rng = np.random.default_rng(seed)
     with ShardWriter(uri, per_shard) as w:
         for i in range(n):
             c = i % len(CLASSES)
-            img = rng.integers(0, 90, (28, 28, 1), dtype=np.uint8)
-            r0, c0 = 2 + 14 * (c // 2) + rng.integers(0, 3), 2 + 14 * (c % 2) + rng.integers(0, 3)
-            img[r0:r0 + 10, c0:c0 + 10] = 230
+            img = _texture(c, rng)
             w.write(f"blocks-{i:05d}", encode_png(img), "png", c, {"source": "blocks"})
     write_meta(uri, make_meta(uri, "blocks", CLASSES, w.shards, w.class_counts,
                               source="generated", channels=1, hw=(28, 28)))
