@@ -14,17 +14,30 @@ import torch.nn as nn
 from semisup_core.models.registry import register_model
 
 
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm (default) or GroupNorm with 8 channels per group.
+
+    GroupNorm does not depend on the batch, so N DDP replicas compute exactly what one
+    process computes on the global batch (no SyncBatchNorm needed, which has no CPU kernel).
+    """
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(max(1, channels // 8), channels)
+    raise ValueError(f"norm must be 'batch' or 'group', got {kind!r}")
+
+
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str = "batch"):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = make_norm(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = make_norm(norm, cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+                                          make_norm(norm, cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -33,18 +46,19 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """ResNet for small images; ``depth`` blocks per stage, base width ``width``."""
+    """ResNet for small images; ``depth`` blocks per stage, base width ``width``,
+    ``norm`` "batch" or "group"."""
 
     def __init__(self, num_classes: int, in_chans: int = 1, width: int = 16, depth: int = 1,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, norm: str = "batch"):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+                                  make_norm(norm, width), nn.ReLU(inplace=True))
         stages, cin = [], width
         for i, mult in enumerate((1, 2, 4)):
             cout = width * mult
-            blocks = [BasicBlock(cin, cout, 1 if i == 0 else 2)]
-            blocks += [BasicBlock(cout, cout, 1) for _ in range(depth - 1)]
+            blocks = [BasicBlock(cin, cout, 1 if i == 0 else 2, norm)]
+            blocks += [BasicBlock(cout, cout, 1, norm) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*blocks))
             cin = cout
         self.stages = nn.Sequential(*stages)

@@ -54,6 +54,9 @@ def build_model(cfg: TrainConfig, meta: DatasetMeta, dist: DistInfo) -> torch.nn
     if cfg.init_from:
         _init_from(model, cfg.init_from)
     if cfg.sync_bn and dist.world_size > 1:
+        if dist.device.type != "cuda":
+            raise ConfigError("sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); "
+                              "set sync_bn=false on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(dist.device)
     if dist.device.type == "cuda":

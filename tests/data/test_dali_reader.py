@@ -11,8 +11,6 @@ from semisup_core.data.dataset import iter_dataset
 from semisup_core.data.split import split_labelled
 from semisup_core.errors import ConfigError
 
-pytest.importorskip("nvidia.dali")
-
 MEAN, STD = [0.2860], [0.3530]  # Fashion-MNIST pixel statistics
 
 
@@ -97,3 +95,24 @@ def test_device_and_staging(tmp_path):
         resolve_device("gpu")
     assert stage_shards([str(tmp_path / "a.tar")], str(tmp_path / "cache")) == [
         str(tmp_path / "a.tar")]
+
+
+def test_dali_and_torch_iterable_dataset_yield_the_same_images(split):
+    """The two readers of the project: DALI (cpu) and the torch ShardStream."""
+    import torch
+
+    from semisup_core.data.dataset import shard_uris
+    from semisup_core.data.stream import ShardStream
+    from semisup_core.train.augment import normalize
+
+    images, labels, keys = _collect(iter_dali(split.labelled_uri, mean=0.5, std=0.5,
+                                              batch_size=16, device="cpu"))
+    stream = ShardStream(shard_uris(split.labelled_uri), local_batch=16, shuffle=False,
+                         split="shards", channels=1)
+    t_keys, t_images, t_labels = [], [], []
+    for image, label, key in stream:
+        t_keys.append(key)
+        t_images.append(normalize(image[None], 0.5, 0.5)[0])
+        t_labels.append(label)
+    assert t_keys == keys and t_labels == labels.tolist()
+    np.testing.assert_allclose(images, torch.stack(t_images).numpy(), atol=1e-5, rtol=0)

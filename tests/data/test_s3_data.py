@@ -34,7 +34,6 @@ def test_shards_split_and_import_on_s3(s3_env, make_dataset):
 
 
 def test_dali_stages_remote_shards(s3_env, make_dataset, tmp_path):
-    pytest.importorskip("nvidia.dali")
     from semisup_core.data.dali_reader import iter_dali, reference_batch
     ds = storage.join(s3_env, "ds")
     make_dataset(ds, 20, ["a", "b"], prefix="r", per_shard=8)
