@@ -25,9 +25,11 @@ want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "creating .venv and installing Python packages (first time: several GB, ~5-10 min)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.lock
-  .venv/bin/python -m pip install -q --no-deps -e .
+  pipi() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >>.venv/setup.log 2>&1 \
+             || { tail -n 30 .venv/setup.log; log "pip install $* failed (log: .venv/setup.log)"; exit 1; }; }
+  pipi --upgrade pip
+  pipi -r requirements.lock
+  pipi --no-deps -e .
   echo "$want" > "$stamp"
 fi
 log "ready: .venv/bin/semisup"

@@ -43,7 +43,7 @@ class Record:
     key: str
 
 
-def _to_chw(arr: np.ndarray, channels: int | None) -> torch.Tensor:
+def to_chw(arr: np.ndarray, channels: int | None) -> torch.Tensor:
     t = torch.from_numpy(np.require(arr, requirements=["C", "W"])).permute(2, 0, 1)  # HWC -> CHW
     if channels == 1 and t.shape[0] == 3:
         t = _rgb_to_gray(t)
@@ -118,7 +118,7 @@ class ShardStream(IterableDataset):
         yield from buf
 
     def _decode(self, sample) -> Record:
-        image = _to_chw(decode_image(sample.image), self.channels)
+        image = to_chw(decode_image(sample.image), self.channels)
         label = -1 if sample.cls is None else int(sample.cls)
         return Record(image, label, sample.key)
 

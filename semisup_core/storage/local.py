@@ -14,7 +14,7 @@ from semisup_core.storage.uri import local_path
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str) -> Iterator[BinaryIO]:
+def atomic_file(path: str) -> Iterator[BinaryIO]:
     """Write to a temp file beside ``path``; rename over it only on success."""
     directory = os.path.dirname(path) or "."
     try:
@@ -36,7 +36,7 @@ def _atomic_file(path: str) -> Iterator[BinaryIO]:
 
 class LocalBackend(Backend):
     def put_bytes(self, uri: str, data: bytes) -> None:
-        with _atomic_file(local_path(uri)) as f:
+        with atomic_file(local_path(uri)) as f:
             f.write(data)
 
     def get_bytes(self, uri: str) -> bytes:
@@ -55,16 +55,16 @@ class LocalBackend(Backend):
             raise StorageError(f"permission denied reading {path}") from None
 
     def open_write(self, uri: str):
-        return _atomic_file(local_path(uri))
+        return atomic_file(local_path(uri))
 
     def put_file(self, local: str, uri: str) -> None:
         if not os.path.isfile(local):
             raise StorageError(f"no such file: {local}")
-        with open(local, "rb") as src, _atomic_file(local_path(uri)) as dst:
+        with open(local, "rb") as src, atomic_file(local_path(uri)) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
 
     def get_file(self, uri: str, local: str) -> None:
-        with self.open_read(uri) as src, _atomic_file(os.path.abspath(local)) as dst:
+        with self.open_read(uri) as src, atomic_file(os.path.abspath(local)) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
 
     def list(self, prefix: str, recursive: bool = True) -> Iterator[str]:

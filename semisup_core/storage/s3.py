@@ -34,7 +34,7 @@ from urllib3.exceptions import (ConnectTimeoutError, NameResolutionError, NewCon
 
 from semisup_core.errors import StorageError
 from semisup_core.storage.base import Backend
-from semisup_core.storage.local import _atomic_file
+from semisup_core.storage.local import atomic_file
 from semisup_core.storage.retry import retry
 from semisup_core.storage.uri import split_uri
 
@@ -253,7 +253,7 @@ class S3Backend(Backend):
         bucket, key = _object(uri)
         response = self.client.get_object(bucket, key)
         try:
-            with _atomic_file(path) as dst:
+            with atomic_file(path) as dst:
                 for chunk in response.stream(CHUNK_BYTES):
                     dst.write(chunk)
         finally:

@@ -1,0 +1,173 @@
+"""The ``score`` stage: the teacher scores every unlabelled image (Yalniz et al. §3.1).
+
+For each pool shard this worker owns (shards ``i::N``, from the config or from
+``RANK``/``WORLD_SIZE``), it writes ``out/shards/<shard>.parquet`` with the top-P
+classes of every image (``key, shard, class_id, score, p_rank``) and then a marker
+``out/shards/<shard>.done.json`` (counts, corrupt keys, top-1 counts per class). A
+rerun skips shards that have a marker, so a killed worker resumes where it stopped.
+When all its shards are done the worker writes its partial per-class top-K table,
+``out/partials/worker-XXXXX-of-YYYYY.parquet``, which ``select`` merges.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from pydantic import Field
+from tqdm import tqdm
+
+from semisup_core import checkpoint, config, storage
+from semisup_core.config import StageConfig
+from semisup_core.data.dataset import read_meta, shard_uris
+from semisup_core.data.decode import decode_image
+from semisup_core.data.shards import iter_shard
+from semisup_core.data.stream import to_chw
+from semisup_core.errors import ConfigError, DataError
+from semisup_core.topk import TopKPerClass
+from semisup_core.train.augment import normalize
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = pa.schema([("key", pa.string()), ("shard", pa.string()), ("class_id", pa.int32()),
+                        ("score", pa.float32()), ("p_rank", pa.int8())])
+
+
+class ScoreConfig(StageConfig):
+    """Score an unlabelled pool with a trained model."""
+
+    model: str = Field(description="teacher model directory URI")
+    pool: str = Field(description="unlabelled dataset directory URI")
+    out: str = Field(description="output directory URI (shards/, partials/)")
+    top_p: int = Field(10, ge=1, description="classes kept per image (paper: P=10; "
+                                             "small label spaces: 1-2)")
+    partial_k: int = Field(16000, ge=1, description="per-class candidates each worker keeps "
+                                                    "for select (>= the K you will select)")
+    use_logits: bool = Field(False, description="rank by raw logits instead of softmax "
+                                                "(the paper's ablation; softmax is better)")
+    batch_size: int = Field(512, ge=1)
+    worker: int | None = Field(None, ge=0, description="this worker's index; default $RANK or 0")
+    num_workers: int | None = Field(None, ge=1, description="worker count; default $WORLD_SIZE or 1")
+    fail_after_shards: int | None = Field(None, description="testing aid: crash after N shards")
+
+
+def _worker(cfg: ScoreConfig) -> tuple[int, int]:
+    w = cfg.worker if cfg.worker is not None else int(os.environ.get("RANK", "0"))
+    n = cfg.num_workers if cfg.num_workers is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= w < n:
+        raise ConfigError(f"worker {w} is not in [0, {n})")
+    return w, n
+
+
+def _shard_name(uri: str) -> str:
+    return posixpath.basename(uri.replace("\\", "/")).rsplit(".", 1)[0]
+
+
+def _decode_shard(uri: str, channels: int) -> tuple[list[str], list[torch.Tensor], list[str]]:
+    """Keys and CxHxW uint8 images of one shard; corrupt images are counted, not fatal."""
+    keys, images, corrupt = [], [], []
+    for sample in iter_shard(uri):
+        try:
+            images.append(to_chw(decode_image(sample.image), channels))
+            keys.append(sample.key)
+        except DataError:
+            corrupt.append(sample.key)
+    if corrupt:
+        log.warning("%s: skipped %d corrupt image(s): %s", uri, len(corrupt), ", ".join(corrupt[:10]))
+    return keys, images, corrupt
+
+
+@torch.inference_mode()
+def _top_p(model, images, state, cfg: ScoreConfig, device) -> tuple[np.ndarray, np.ndarray]:
+    """Top-P (scores, classes) per image: both N x P, scores descending."""
+    scores, classes = [], []
+    p = min(cfg.top_p, state["model"]["num_classes"])
+    for i in range(0, len(images), cfg.batch_size):
+        x = normalize(torch.stack(images[i:i + cfg.batch_size]).to(device), state["mean"], state["std"])
+        out = model(x).float()
+        out = out if cfg.use_logits else out.softmax(dim=1)  # N x C
+        top = out.topk(p, dim=1)
+        scores.append(top.values.cpu().numpy())
+        classes.append(top.indices.cpu().numpy())
+    if not scores:
+        return np.zeros((0, p), np.float32), np.zeros((0, p), np.int64)
+    return np.concatenate(scores), np.concatenate(classes)
+
+
+def _write_table(uri: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.put_bytes(uri, buf.getvalue())
+
+
+def read_table(uri: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.get_bytes(uri)))
+
+
+def score_shard(model, state, uri: str, cfg: ScoreConfig, device) -> dict:
+    """Score one shard; write its candidate table, then its done marker."""
+    name = _shard_name(uri)
+    keys, images, corrupt = _decode_shard(uri, state["model"]["in_chans"])
+    scores, classes = _top_p(model, images, state, cfg, device)
+    n, p = scores.shape
+    table = pa.table({"key": np.repeat(np.array(keys, dtype=object), p), "shard": [name] * (n * p),
+                      "class_id": classes.reshape(-1).astype(np.int32),
+                      "score": scores.reshape(-1).astype(np.float32),
+                      "p_rank": np.tile(np.arange(p, dtype=np.int8), n)}, schema=CANDIDATES)
+    _write_table(storage.join(cfg.out, "shards", f"{name}.parquet"), table)
+    top1 = np.bincount(classes[:, 0], minlength=state["model"]["num_classes"]) if n else \
+        np.zeros(state["model"]["num_classes"], np.int64)
+    marker = {"shard": name, "images": n, "corrupt": len(corrupt), "corrupt_keys": corrupt[:1000],
+              "top1_counts": top1.tolist()}
+    storage.write_json(storage.join(cfg.out, "shards", f"{name}.done.json"), marker)
+    return marker
+
+
+def worker_partial(cfg: ScoreConfig, names: list[str], num_classes: int) -> TopKPerClass:
+    """Per-class top-K over this worker's finished shards (read back from the store)."""
+    top = TopKPerClass(cfg.partial_k, num_classes, payload=("shard",))
+    for name in names:
+        t = read_table(storage.join(cfg.out, "shards", f"{name}.parquet"))
+        top.add(t["class_id"].to_numpy(), t["score"].to_numpy(), t["key"].to_numpy(zero_copy_only=False),
+                shard=t["shard"].to_numpy(zero_copy_only=False))
+    return top
+
+
+def score(cfg: ScoreConfig) -> dict:
+    """Score this worker's shards (skipping finished ones) and write its partial top-K."""
+    w, n = _worker(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, state = checkpoint.load_model(cfg.model, device)
+    meta = read_meta(cfg.pool)
+    if meta.classes != state["classes"] and meta.classes:
+        raise DataError(f"class mismatch: pool {cfg.pool} uses {meta.num_classes} classes, "
+                        f"model {cfg.model} {len(state['classes'])}")
+    mine = shard_uris(cfg.pool, meta)[w::n]
+    config.save(cfg, cfg.out, f"config-worker-{w:05d}.yaml")
+    done = 0
+    for uri in tqdm(mine, desc=f"score worker {w}/{n}", unit="shard"):
+        marker = storage.join(cfg.out, "shards", f"{_shard_name(uri)}.done.json")
+        if storage.exists(marker):
+            log.info("skip %s (already scored)", uri)
+            continue
+        score_shard(model, state, uri, cfg, device)
+        done += 1
+        if cfg.fail_after_shards is not None and done >= cfg.fail_after_shards:
+            raise RuntimeError(f"injected failure after {done} shard(s)")
+    names = [_shard_name(u) for u in mine]
+    res = worker_partial(cfg, names, len(state["classes"])).result()
+    _write_table(storage.join(cfg.out, "partials", f"worker-{w:05d}-of-{n:05d}.parquet"),
+                 pa.table({"class_id": res["class_id"], "score": res["score"], "key": res["key"],
+                           "shard": res["shard"]}))
+    markers = [storage.read_json(storage.join(cfg.out, "shards", f"{nm}.done.json")) for nm in names]
+    summary = {"worker": w, "num_workers": n, "shards": len(names),
+               "images": sum(m["images"] for m in markers), "corrupt": sum(m["corrupt"] for m in markers)}
+    log.info("scored %d images in %d shards (%d corrupt)", summary["images"], summary["shards"],
+             summary["corrupt"])
+    return summary

@@ -1,0 +1,186 @@
+"""The ``select`` stage: merge scoring results into the ranked manifest (Yalniz et al. §3.1-3.2).
+
+Strategies (a registry, since the set grows):
+- ``balanced`` (default): the top-K images of every class by score;
+- ``unbalanced``: per-class K_c following the teacher's predicted class frequency
+  (``k_law=frequency``) or a Zipf law over classes ranked by that frequency
+  (``k_law=zipf``), with sum K_c = K * C (§4.4);
+- ``random``: K images per class drawn uniformly among those whose top-P contains the
+  class -- the paper's "balanced-with-tags" control (Table 5);
+- ``threshold``: every (image, class) with score >= ``threshold``, ranked.
+
+The manifest is Parquet ``class_id, rank, score, shard, key``; ties are broken by key,
+so the result does not depend on how scoring was split across workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from semisup_core import config, storage
+from semisup_core.config import StageConfig
+from semisup_core.errors import DataError
+from semisup_core.score import read_table
+from semisup_core.topk import TopKPerClass
+
+log = logging.getLogger(__name__)
+
+MANIFEST = pa.schema([("class_id", pa.int32()), ("rank", pa.int32()), ("score", pa.float32()),
+                      ("shard", pa.string()), ("key", pa.string())])
+
+
+class SelectConfig(StageConfig):
+    """Build the ranked manifest from a ``score`` output directory."""
+
+    scores: str = Field(description="score stage output directory URI")
+    out: str = Field(description="output directory URI (manifest.parquet, summary.json)")
+    strategy: Literal["balanced", "unbalanced", "random", "threshold"] = "balanced"
+    k: int = Field(16000, ge=1, description="images per class (paper: 16k of 1B for 1000 "
+                                            "classes; scale with pool size / classes)")
+    k_law: Literal["frequency", "zipf"] = Field("frequency", description="unbalanced: shape of K_c")
+    zipf_exponent: float = Field(1.0, gt=0, description="unbalanced zipf: K_c ~ 1/rank^s")
+    threshold: float = Field(0.5, description="threshold: minimum score kept")
+    seed: int = Field(0, description="random strategy: seed of the draw")
+
+
+def _shard_tables(scores: str) -> list[str]:
+    return sorted(u for u in storage.list_uris(storage.join(scores, "shards")) if u.endswith(".parquet"))
+
+
+def _partials(scores: str) -> list[str]:
+    return sorted(u for u in storage.list_uris(storage.join(scores, "partials")) if u.endswith(".parquet"))
+
+
+def _blocks(uris: list[str]) -> Iterator[pa.Table]:
+    for uri in uris:
+        yield read_table(uri)
+
+
+def _markers(scores: str) -> list[dict]:
+    return [storage.read_json(u) for u in sorted(storage.list_uris(storage.join(scores, "shards")))
+            if u.endswith(".done.json")]
+
+
+def _check_complete(scores: str) -> list[dict]:
+    markers = _markers(scores)
+    tables = _shard_tables(scores)
+    if not markers:
+        raise DataError(f"{scores}: no scored shards (run the score stage first)")
+    if len(tables) != len(markers):
+        raise DataError(f"{scores}: {len(tables)} shard tables but {len(markers)} done markers "
+                        "(a scoring worker did not finish)")
+    return markers
+
+
+def _random_scores(keys: np.ndarray, classes: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform score per (key, class) that depends on nothing else: split-invariant."""
+    out = np.empty(len(keys), np.float32)
+    for i, (k, c) in enumerate(zip(keys, classes)):
+        h = hashlib.blake2b(f"{seed}/{c}/{k}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "little") / 2**64
+    return out
+
+
+def per_class_k(cfg: SelectConfig, top1_counts: np.ndarray) -> np.ndarray:
+    """K_c for the unbalanced strategy, summing to about K * C (each >= 1)."""
+    c = len(top1_counts)
+    if cfg.k_law == "frequency":
+        weights = top1_counts / max(1, top1_counts.sum())
+    else:
+        order = np.argsort(-top1_counts, kind="stable")
+        weights = np.empty(c)
+        weights[order] = 1.0 / np.arange(1, c + 1) ** cfg.zipf_exponent
+        weights /= weights.sum()
+    return np.maximum(1, np.round(weights * cfg.k * c)).astype(np.int64)
+
+
+def _run_topk(blocks: Iterator[pa.Table], k, num_classes: int,
+              score_fn: Callable[[pa.Table], np.ndarray] | None = None) -> dict:
+    top = TopKPerClass(k, num_classes, payload=("shard",))
+    for t in blocks:
+        classes = t["class_id"].to_numpy()
+        keys = t["key"].to_numpy(zero_copy_only=False)
+        scores = score_fn(t) if score_fn else t["score"].to_numpy()
+        top.add(classes, scores, keys, shard=t["shard"].to_numpy(zero_copy_only=False))
+    return top.result()
+
+
+def select(cfg: SelectConfig) -> dict:
+    """Write ``out/manifest.parquet`` and ``out/summary.json``; returns the summary."""
+    markers = _check_complete(cfg.scores)
+    top1 = np.sum([m["top1_counts"] for m in markers], axis=0)
+    num_classes = len(top1)
+    if cfg.strategy == "balanced":
+        partial_k = _partial_k(cfg.scores)
+        src = _partials(cfg.scores) if partial_k and partial_k >= cfg.k else _shard_tables(cfg.scores)
+        res = _run_topk(_blocks(src), cfg.k, num_classes)
+    elif cfg.strategy == "unbalanced":
+        res = _run_topk(_blocks(_shard_tables(cfg.scores)), per_class_k(cfg, top1), num_classes)
+    elif cfg.strategy == "random":
+        res = _run_topk(_blocks(_shard_tables(cfg.scores)), cfg.k, num_classes,
+                        lambda t: _random_scores(t["key"].to_numpy(zero_copy_only=False),
+                                                 t["class_id"].to_numpy(), cfg.seed))
+        res["score"] = _lookup_scores(cfg.scores, res)
+    else:
+        res = _threshold(cfg, num_classes)
+    return _write_manifest(cfg, res, top1, markers)
+
+
+def _partial_k(scores: str) -> int | None:
+    cfgs = [u for u in storage.list_uris(scores, recursive=False) if "config-worker-" in u]
+    if not cfgs or not _partials(scores):
+        return None
+    return min(config.read_yaml(u).get("partial_k", 0) for u in cfgs)
+
+
+def _lookup_scores(scores: str, res: dict) -> np.ndarray:
+    """The teacher's scores of randomly drawn (key, class) pairs, for the manifest."""
+    want = {(k, c) for k, c in zip(res["key"].tolist(), res["class_id"].tolist())}
+    found: dict = {}
+    for t in _blocks(_shard_tables(scores)):
+        for k, c, s in zip(t["key"].to_pylist(), t["class_id"].to_pylist(), t["score"].to_pylist()):
+            if (k, c) in want:
+                found[(k, c)] = s
+    return np.array([found[(k, c)] for k, c in zip(res["key"].tolist(), res["class_id"].tolist())],
+                    np.float32)
+
+
+def _threshold(cfg: SelectConfig, num_classes: int) -> dict:
+    def kept() -> Iterator[pa.Table]:
+        for t in _blocks(_shard_tables(cfg.scores)):
+            yield t.filter(pa.compute.greater_equal(t["score"], cfg.threshold))
+    big = np.iinfo(np.int32).max // max(1, num_classes)
+    return _run_topk(kept(), big, num_classes)
+
+
+def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: list[dict]) -> dict:
+    if len(res["key"]) == 0:
+        raise DataError(f"selection from {cfg.scores} is empty (strategy {cfg.strategy}; "
+                        f"threshold too high?)")
+    table = pa.table({"class_id": res["class_id"], "rank": res["rank"], "score": res["score"],
+                      "shard": res["shard"], "key": res["key"]}, schema=MANIFEST)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.put_bytes(storage.join(cfg.out, "manifest.parquet"), buf.getvalue())
+    counts = np.bincount(res["class_id"], minlength=len(top1))
+    summary = {"strategy": cfg.strategy, "k": cfg.k, "selected": int(len(res["key"])),
+               "unique_images": int(len(set(res["key"].tolist()))),
+               "per_class": counts.tolist(), "pool_images": int(sum(m["images"] for m in markers)),
+               "corrupt": int(sum(m["corrupt"] for m in markers)), "top1_counts": top1.tolist()}
+    config.save(cfg, cfg.out)
+    storage.write_json(storage.join(cfg.out, "summary.json"), summary)
+    log.info("selected %d (image, class) pairs, %d distinct images", summary["selected"],
+             summary["unique_images"])
+    return summary
+
+
+def read_manifest(uri: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.get_bytes(uri)))

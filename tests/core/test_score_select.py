@@ -1,0 +1,139 @@
+"""score + select: brute-force equality, split invariance, resume after a crash, strategies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semisup_core import checkpoint, storage
+from semisup_core.data.dataset import read_meta, shard_uris
+from semisup_core.data.manifest import manifest_dataset
+from semisup_core.data.shards import iter_shard
+from semisup_core.data.decode import decode_image
+from semisup_core.data.stream import to_chw
+from semisup_core.errors import DataError
+from semisup_core.score import ScoreConfig, read_table, score
+from semisup_core.select import SelectConfig, read_manifest, select
+from semisup_core.train.augment import normalize
+
+import torch
+
+
+def _score(teacher, pool, out, workers=1, **kw):
+    for w in range(workers):
+        score(ScoreConfig(model=teacher, pool=pool, out=str(out), top_p=2, partial_k=kw.pop("partial_k", 30),
+                          worker=w, num_workers=workers, batch_size=16, **kw))
+    return str(out)
+
+
+def _select(scores, out, **kw) -> tuple[dict, bytes]:
+    summary = select(SelectConfig(scores=scores, out=str(out), **kw))
+    return summary, storage.get_bytes(str(out / "manifest.parquet"))
+
+
+def _brute_force(teacher, pool, top_p, k):
+    """Softmax of every pool image, then a full sort per class: (class, rank, key)."""
+    model, state = checkpoint.load_model(teacher)
+    rows = []
+    for uri in shard_uris(pool):
+        for s in iter_shard(uri):
+            try:
+                x = to_chw(decode_image(s.image), 1)
+            except DataError:
+                continue
+            with torch.no_grad():
+                prob = model(normalize(x[None], state["mean"], state["std"])).softmax(1)[0]
+            top = prob.topk(top_p)
+            rows += [(int(c), float(p), s.key) for p, c in zip(top.values, top.indices)]
+    rows.sort(key=lambda r: (r[0], -r[1], r[2]))
+    out, seen = [], {}
+    for c, p, key in rows:
+        if seen.get(c, 0) < k:
+            out.append((c, seen.get(c, 0), key, p))
+            seen[c] = seen.get(c, 0) + 1
+    return out
+
+
+def test_balanced_manifest_matches_brute_force(teacher, pool, tmp_path):
+    scores = _score(teacher, pool, tmp_path / "scores")
+    summary, _ = _select(scores, tmp_path / "sel", k=12)
+    m = read_manifest(str(tmp_path / "sel" / "manifest.parquet"))
+    got = list(zip(m["class_id"].to_pylist(), m["rank"].to_pylist(), m["key"].to_pylist()))
+    want = _brute_force(teacher, pool, 2, 12)
+    assert got == [(c, r, key) for c, r, key, _ in want]
+    np.testing.assert_allclose(m["score"].to_numpy(), [p for *_, p in want], rtol=1e-5)
+    assert summary["corrupt"] == 2 and summary["pool_images"] == 148
+
+
+def test_any_number_of_workers_gives_identical_bytes(teacher, pool, tmp_path):
+    one = _select(_score(teacher, pool, tmp_path / "s1"), tmp_path / "m1", k=10)[1]
+    three = _select(_score(teacher, pool, tmp_path / "s3", workers=3), tmp_path / "m3", k=10)[1]
+    assert one == three
+
+
+def test_partials_and_shard_tables_agree(teacher, pool, tmp_path):
+    scores = _score(teacher, pool, tmp_path / "s", workers=2, partial_k=10)
+    via_partials = _select(scores, tmp_path / "a", k=10)[1]
+    via_shards = _select(scores, tmp_path / "b", k=11)[1]  # k > partial_k -> per-shard tables
+    a = read_manifest(str(tmp_path / "a" / "manifest.parquet"))
+    b = read_manifest(str(tmp_path / "b" / "manifest.parquet"))
+    b10 = b.filter(np.array(b["rank"].to_pylist()) < 10)
+    assert a.to_pylist() == b10.to_pylist() and via_partials != via_shards
+
+
+def test_killed_score_resumes_to_the_same_manifest(teacher, pool, tmp_path):
+    straight = _select(_score(teacher, pool, tmp_path / "s1"), tmp_path / "m1", k=10)[1]
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _score(teacher, pool, tmp_path / "s2", fail_after_shards=3)
+    done = [u for u in storage.list_uris(str(tmp_path / "s2" / "shards")) if u.endswith(".done.json")]
+    assert len(done) == 3
+    resumed = _select(_score(teacher, pool, tmp_path / "s2"), tmp_path / "m2", k=10)[1]
+    assert resumed == straight
+
+
+def test_random_strategy_draws_from_candidates(teacher, pool, tmp_path):
+    scores = _score(teacher, pool, tmp_path / "s")
+    cands = {(r["key"], r["class_id"]) for r in
+             read_table(str(tmp_path / "s" / "shards" / "shard-000000.parquet")).to_pylist()}
+    a = read_manifest(_select(scores, tmp_path / "a", strategy="random", k=8, seed=1) and
+                      str(tmp_path / "a" / "manifest.parquet"))
+    b = read_manifest(_select(scores, tmp_path / "b", strategy="random", k=8, seed=2) and
+                      str(tmp_path / "b" / "manifest.parquet"))
+    top = read_manifest(_select(scores, tmp_path / "t", k=8) and str(tmp_path / "t" / "manifest.parquet"))
+    assert np.bincount(a["class_id"].to_numpy()).max() <= 8
+    assert a["key"].to_pylist() != b["key"].to_pylist() != top["key"].to_pylist()
+    all_cands = set()
+    for uri in storage.list_uris(str(tmp_path / "s" / "shards")):
+        if uri.endswith(".parquet"):
+            all_cands |= {(r["key"], r["class_id"]) for r in read_table(uri).to_pylist()}
+    assert cands <= all_cands
+    assert set(zip(a["key"].to_pylist(), a["class_id"].to_pylist())) <= all_cands
+
+
+def test_unbalanced_and_threshold(teacher, pool, tmp_path):
+    scores = _score(teacher, pool, tmp_path / "s")
+    summary = _select(scores, tmp_path / "u", strategy="unbalanced", k=10)[0]
+    top1 = np.array(summary["top1_counts"])
+    assert summary["per_class"][int(top1.argmax())] == max(summary["per_class"])
+    zipf = _select(scores, tmp_path / "z", strategy="unbalanced", k=10, k_law="zipf")[0]
+    assert sorted(zipf["per_class"], reverse=True)[0] > sorted(zipf["per_class"])[0]
+    all_scores = np.concatenate([read_table(u)["score"].to_numpy() for u in
+                                 storage.list_uris(str(tmp_path / "s" / "shards")) if u.endswith(".parquet")])
+    cut = float(np.median(all_scores))
+    summary = _select(scores, tmp_path / "t", strategy="threshold", threshold=cut)[0]
+    t = read_manifest(str(tmp_path / "t" / "manifest.parquet"))
+    assert min(t["score"].to_pylist()) >= cut
+    assert summary["selected"] == int((all_scores >= cut).sum())
+    with pytest.raises(DataError, match="is empty"):
+        _select(scores, tmp_path / "none", strategy="threshold", threshold=1.5)
+
+
+def test_manifest_dataset_one_sample_per_image_and_class(teacher, pool, tmp_path):
+    scores = _score(teacher, pool, tmp_path / "s")
+    _select(scores, tmp_path / "m", k=40)
+    m = read_manifest(str(tmp_path / "m" / "manifest.parquet"))
+    out = manifest_dataset(m, pool, str(tmp_path / "ds"), samples_per_shard=50)
+    meta = read_meta(out)
+    assert meta.num_samples == m.num_rows and meta.labelled
+    assert meta.class_counts == np.bincount(m["class_id"].to_numpy(), minlength=4).tolist()
+    assert len(set(m["key"].to_pylist())) < m.num_rows  # top-2: some images in two classes
