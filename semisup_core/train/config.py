@@ -10,7 +10,8 @@ from semisup_core.config import StageConfig
 
 
 class DataConfig(StageConfig):
-    train: str = Field(description="dataset directory URI (holds dataset.json and shards)")
+    train: str | list[str] = Field(description="dataset directory URI (dataset.json + shards), "
+                                               "or a list of them with the same classes")
     split: Literal["auto", "shards", "samples"] = Field(
         "auto", description="how ranks share the data: whole shards (scale) or slices of each "
                             "global batch (exact, small data); auto picks shards when there are enough")
@@ -45,14 +46,12 @@ class CheckpointConfig(StageConfig):
     resume: bool = Field(True, description="resume from the newest checkpoint under out")
 
 
-class TrainConfig(StageConfig):
-    """Supervised training of one registered model on one dataset."""
+class TrainRecipe(StageConfig):
+    """How to train: model, schedule, optimiser. Pipelines hold one recipe per model they
+    train (teacher, student, fine-tuning) and add the data and output locations."""
 
-    out: str = Field(description="output directory URI: checkpoints, final model, metrics")
-    data: DataConfig
     model: str = Field("small_resnet8", description="a name from `semisup models`")
     model_kwargs: dict = Field(default_factory=dict, description="extra model args, e.g. width")
-    init_from: str | None = Field(None, description="checkpoint dir to start from (fine-tuning)")
     epochs: float = Field(10, gt=0, description="passes over the training set")
     batch_size: int = Field(128, ge=1, description="GLOBAL batch, split evenly across ranks")
     seed: int = 0
@@ -63,11 +62,19 @@ class TrainConfig(StageConfig):
         "auto", description="mixed precision on GPU (auto = bf16 when supported); off on CPU")
     sync_bn: bool = Field(False, description="synchronise BatchNorm statistics across ranks")
     threads: int = Field(0, ge=0, description="torch CPU threads per rank; 0 = cores / ranks")
-    fail_at_step: int | None = Field(
-        None, description="testing aid: raise after this step to simulate a crash")
-
     @model_validator(mode="after")
     def _check(self):
         if self.optim.schedule == "step" and any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError("optim.milestones must be fractions in (0, 1)")
         return self
+
+
+class TrainConfig(TrainRecipe):
+    """Supervised training of one registered model on one (or several) datasets."""
+
+    out: str = Field(description="output directory URI: checkpoints, final model, metrics")
+    data: DataConfig
+    init_from: str | None = Field(None, description="model dir to start from (fine-tuning); "
+                                                    "a head of another shape starts fresh")
+    fail_at_step: int | None = Field(
+        None, description="testing aid: raise after this step to simulate a crash")

@@ -14,6 +14,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from semisup_core import checkpoint, config, storage
-from semisup_core.data.dataset import DatasetMeta, read_meta, shard_uris
+from semisup_core.data.dataset import read_meta, require_same_classes, shard_uris
 from semisup_core.data.stream import ShardStream
 from semisup_core.errors import ConfigError
 from semisup_core.models import create_model
@@ -38,7 +39,41 @@ class InjectedFailure(RuntimeError):
     """Raised by ``fail_at_step`` to simulate a crashed pod."""
 
 
-def _plan(cfg: TrainConfig, meta: DatasetMeta, world: int) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class TrainSet:
+    """One or several labelled datasets with the same classes, read as one."""
+
+    classes: list[str]
+    channels: int
+    num_samples: int
+    shards: list[str]
+    height: int | None
+    width: int | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def training_set(train: str | list[str]) -> TrainSet:
+    """Read and check the ``dataset.json`` of every training dataset."""
+    uris = [train] if isinstance(train, str) else list(train)
+    if not uris:
+        raise ConfigError("data.train is an empty list")
+    metas = [read_meta(u) for u in uris]
+    for uri, meta in zip(uris, metas):
+        if not meta.labelled:
+            raise ConfigError(f"data.train {uri} is unlabelled; train needs labels")
+        require_same_classes(metas[0], meta)
+        if meta.channels != metas[0].channels:
+            raise ConfigError(f"data.train {uri} has {meta.channels} channels, "
+                              f"{uris[0]} has {metas[0].channels}")
+    first = metas[0]
+    return TrainSet(first.classes, first.channels, sum(m.num_samples for m in metas),
+                    [s for u, m in zip(uris, metas) for s in shard_uris(u, m)], first.height, first.width)
+
+
+def _plan(cfg: TrainConfig, meta: TrainSet, world: int) -> tuple[int, int, int]:
     """(local batch, steps per epoch, total steps)."""
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
@@ -49,7 +84,7 @@ def _plan(cfg: TrainConfig, meta: DatasetMeta, world: int) -> tuple[int, int, in
     return cfg.batch_size // world, steps_per_epoch, math.ceil(cfg.epochs * steps_per_epoch)
 
 
-def build_model(cfg: TrainConfig, meta: DatasetMeta, dist: DistInfo) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, meta: TrainSet, dist: DistInfo) -> torch.nn.Module:
     model = create_model(cfg.model, meta.num_classes, meta.channels, **cfg.model_kwargs)
     if cfg.init_from:
         _init_from(model, cfg.init_from)
@@ -93,9 +128,9 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _loader(cfg: TrainConfig, meta: DatasetMeta, dist: DistInfo, local_batch: int,
+def _loader(cfg: TrainConfig, meta: TrainSet, dist: DistInfo, local_batch: int,
             steps: int, epoch: int) -> DataLoader:
-    stream = ShardStream(shard_uris(cfg.data.train, meta), local_batch=local_batch, steps=steps, rank=dist.rank,
+    stream = ShardStream(meta.shards, local_batch=local_batch, steps=steps, rank=dist.rank,
                          world_size=dist.world_size, seed=cfg.seed, shuffle=True,
                          shuffle_buffer=cfg.data.shuffle_buffer, split=cfg.data.split,
                          channels=meta.channels)
@@ -104,7 +139,7 @@ def _loader(cfg: TrainConfig, meta: DatasetMeta, dist: DistInfo, local_batch: in
                       pin_memory=dist.device.type == "cuda", drop_last=False)
 
 
-def _model_spec(cfg: TrainConfig, meta: DatasetMeta) -> dict:
+def _model_spec(cfg: TrainConfig, meta: TrainSet) -> dict:
     return {"model": {"name": cfg.model, "num_classes": meta.num_classes,
                       "in_chans": meta.channels, "kwargs": cfg.model_kwargs},
             "classes": meta.classes, "mean": cfg.data.mean, "std": cfg.data.std,
@@ -119,9 +154,7 @@ class Trainer:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.meta = read_meta(cfg.data.train)
-        if not self.meta.labelled:
-            raise ConfigError(f"data.train {cfg.data.train} is unlabelled; train needs labels")
+        self.meta = training_set(cfg.data.train)
         self.local_batch, self.steps_per_epoch, self.total_steps = _plan(
             cfg, self.meta, self.dist.world_size)
         self.model = build_model(cfg, self.meta, self.dist)
