@@ -1,0 +1,141 @@
+"""The teacher/student pipeline of Yalniz et al. 2019, run in-process.
+
+teacher on labels -> score the pool -> top-P classes per image -> top-K images per
+class -> pre-train the student on them -> fine-tune it on the labels. Variants are
+configuration: ``self_training`` (teacher architecture = student's), ``rounds`` (the
+fine-tuned student becomes the next teacher), ``finetune.labels=inferred`` (fine-tune
+on the selected set plus the labels), ``finetune.enabled=false`` (skip it).
+
+Every step writes under ``out`` and is skipped when its output is already complete,
+so a rerun after a crash continues where it stopped (training resumes from its newest
+checkpoint, scoring skips finished shards).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field
+
+from semisup_core import config, storage
+from semisup_core.analysis import selection_analysis
+from semisup_core.config import StageConfig
+from semisup_core.data.manifest import manifest_dataset
+from semisup_core.evaluate import EvaluateConfig, evaluate
+from semisup_core.score import ScoreConfig, score
+from semisup_core.select import SelectConfig, read_manifest, select
+from semisup_core.train import TrainConfig, train
+from semisup_core.train.config import DataConfig, TrainRecipe
+
+log = logging.getLogger(__name__)
+
+
+class SelectionSpec(StageConfig):
+    """Scoring and selection knobs (paper defaults: softmax, P=10, K=16k, balanced)."""
+
+    top_p: int = Field(10, ge=1, description="classes kept per image")
+    k: int = Field(16000, ge=1, description="images per class")
+    strategy: Literal["balanced", "unbalanced", "random", "threshold"] = "balanced"
+    k_law: Literal["frequency", "zipf"] = "frequency"
+    threshold: float = 0.5
+    use_logits: bool = Field(False, description="rank by logits (ablation) instead of softmax")
+    workers: int = Field(1, ge=1, description="scoring workers (shards i::N each)")
+
+
+class FinetuneSpec(TrainRecipe):
+    """Fine-tuning of the pre-trained student: its own LR and schedule."""
+
+    enabled: bool = Field(True, description="false skips fine-tuning (to show it matters)")
+    labels: Literal["true", "inferred"] = Field(
+        "true", description="true: the labelled set; inferred: selected set + labelled set")
+
+
+class TeacherStudentConfig(StageConfig):
+    """The whole pipeline; every model is evaluated on ``test``."""
+
+    out: str = Field(description="output directory URI")
+    labelled: str = Field(description="labelled dataset URI (split/labelled)")
+    pool: str = Field(description="unlabelled pool URI (split/unlabelled)")
+    test: str = Field(description="labelled test set URI")
+    oracle: str | None = Field(None, description="oracle.parquet (analysis only, never training)")
+    teacher: TrainRecipe = Field(default_factory=TrainRecipe)
+    student: TrainRecipe = Field(default_factory=TrainRecipe)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
+    self_training: bool = Field(False, description="teacher uses the student's recipe")
+    rounds: int = Field(1, ge=1, description="student of round r is the teacher of round r+1")
+    baseline: bool = Field(True, description="also train the student architecture on the labels")
+    seed: int = Field(0, description="seed of every model in the run")
+
+
+class Runner:
+    """Runs the steps of one TeacherStudentConfig; collects results as it goes."""
+
+    def __init__(self, cfg: TeacherStudentConfig):
+        self.cfg = cfg
+        self.results: dict = {"models": {}, "rounds": []}
+
+    def _path(self, *parts: str) -> str:
+        return storage.join(self.cfg.out, *parts)
+
+    def train_eval(self, name: str, recipe: TrainRecipe, data, init_from: str | None = None) -> str:
+        """Train ``name`` (skipped if finished) and evaluate it on the test set."""
+        out = self._path("models", name)
+        if not storage.exists(storage.join(out, "state.json")):
+            fields = recipe.model_dump(exclude={"enabled", "labels"})
+            fields["seed"] = self.cfg.seed
+            train(TrainConfig(out=out, data=DataConfig(train=data), init_from=init_from, **fields))
+        metrics = evaluate(EvaluateConfig(model=out, data=self.cfg.test, out=self._path("eval", name)))
+        self.results["models"][name] = {"arch": recipe.model, "top1": metrics["top1"],
+                                        "top5": metrics["top5"],
+                                        "per_class_recall": metrics["per_class_recall"]}
+        return out
+
+    def score_select(self, teacher: str, r: int) -> tuple[str, dict]:
+        s = self.cfg.selection
+        scores = self._path(f"round-{r}", "scores")
+        for w in range(s.workers):
+            score(ScoreConfig(model=teacher, pool=self.cfg.pool, out=scores, top_p=s.top_p,
+                              partial_k=s.k, use_logits=s.use_logits, worker=w, num_workers=s.workers))
+        sel = self._path(f"round-{r}", "select")
+        summary = select(SelectConfig(scores=scores, out=sel, strategy=s.strategy, k=s.k,
+                                      k_law=s.k_law, threshold=s.threshold, seed=self.cfg.seed))
+        selected = self._path(f"round-{r}", "selected")
+        if not storage.exists(storage.join(selected, "dataset.json")):
+            manifest_dataset(read_manifest(storage.join(sel, "manifest.parquet")), self.cfg.pool, selected)
+        return selected, summary
+
+    def round(self, teacher: str, r: int) -> str:
+        selected, summary = self.score_select(teacher, r)
+        info = {"round": r, "teacher": teacher, "selection": summary}
+        if self.cfg.oracle:
+            info["analysis"] = selection_analysis(
+                read_manifest(self._path(f"round-{r}", "select", "manifest.parquet")), self.cfg.oracle)
+        pre = self.train_eval(f"student-r{r}-pretrain", self.cfg.student, selected)
+        student = pre
+        ft = self.cfg.finetune
+        if ft.enabled:
+            data = self.cfg.labelled if ft.labels == "true" else [selected, self.cfg.labelled]
+            student = self.train_eval(f"student-r{r}", ft.model_copy(update={"model": self.cfg.student.model,
+                                      "model_kwargs": self.cfg.student.model_kwargs}), data, init_from=pre)
+        self.results["rounds"].append(info)
+        return student
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        config.save(cfg, cfg.out)
+        if cfg.baseline:
+            self.train_eval("baseline", cfg.student, cfg.labelled)
+        teacher = self.train_eval("teacher", cfg.student if cfg.self_training else cfg.teacher,
+                                  cfg.labelled)
+        for r in range(1, cfg.rounds + 1):
+            teacher = self.round(teacher, r)
+        self.results["final"] = teacher
+        storage.write_json(self._path("results.json"), self.results)
+        return self.results
+
+
+def run_teacher_student(cfg: TeacherStudentConfig) -> dict:
+    """Run the pipeline; returns ``results.json`` content."""
+    return Runner(cfg).run()

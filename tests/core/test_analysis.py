@@ -1,0 +1,49 @@
+"""Oracle analysis against hand-computed values."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from semisup_core import storage
+from semisup_core.analysis import precision_by_rank, selection_analysis
+from semisup_core.errors import DataError
+
+import numpy as np
+
+
+def _oracle(tmp_path) -> str:
+    t = pa.table({"key": ["a", "b", "c", "d", "e"], "source": ["f", "f", "f", "m", "f"],
+                  "true_class": pa.array([0, 1, 1, -1, 0], pa.int32()),
+                  "true_class_name": ["x", "y", "y", "", "x"], "source_class_name": ["x", "y", "y", "3", "x"]})
+    uri = str(tmp_path / "oracle.parquet")
+    buf = io.BytesIO()
+    pq.write_table(t, buf)
+    storage.put_bytes(uri, buf.getvalue())
+    return uri
+
+
+def test_selection_analysis(tmp_path):
+    manifest = pa.table({"class_id": [0, 0, 0, 1, 1, 1], "rank": [0, 1, 2, 0, 1, 2],
+                         "key": ["a", "e", "d", "b", "a", "c"]})
+    res = selection_analysis(manifest, _oracle(tmp_path), bins=3)
+    assert res["precision"] == pytest.approx(4 / 6)
+    assert res["per_class_precision"] == pytest.approx([2 / 3, 2 / 3])
+    assert res["distractor_share"] == pytest.approx(1 / 6)
+    assert [b["precision"] for b in res["precision_by_rank"]] == pytest.approx([1.0, 0.5, 0.5])
+
+
+def test_precision_by_rank_bins_cover_everything():
+    rank = np.arange(100)
+    out = precision_by_rank(rank < 50, rank, bins=2)
+    assert [(b["rank_lo"], b["rank_hi"], b["precision"], b["n"]) for b in out] == [
+        (0, 50, 1.0, 50), (50, 100, 0.0, 50)]
+
+
+def test_unknown_keys_are_an_error(tmp_path):
+    manifest = pa.table({"class_id": [0], "rank": [0], "key": ["zzz"]})
+    with pytest.raises(DataError, match="not in the oracle"):
+        selection_analysis(manifest, _oracle(tmp_path))
