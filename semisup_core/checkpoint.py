@@ -126,4 +126,4 @@ def load_model(model_dir: str, device: str = "cpu"):
     spec = state["model"]
     model = create_model(spec["name"], spec["num_classes"], spec["in_chans"], **spec["kwargs"])
     model.load_state_dict(load_weights(storage.join(model_dir, "model.safetensors")))
-    return model.to(device).eval(), state
+    return model.to(device, memory_format=torch.channels_last).eval(), state
