@@ -23,10 +23,15 @@ def _stage_registry() -> dict:
     from semisup_core.data.config import ImportConfig, SplitConfig
     from semisup_core.data.stages import run_import, run_split
     from semisup_core.evaluate import EvaluateConfig, evaluate
+    from semisup_core.score import ScoreConfig, score
+    from semisup_core.select import SelectConfig, select
+    from semisup_core.teacher_student import TeacherStudentConfig, run_teacher_student
     from semisup_core.train import TrainConfig, train
 
     return {"import": (ImportConfig, run_import), "split": (SplitConfig, run_split),
-            "train": (TrainConfig, train), "evaluate": (EvaluateConfig, evaluate)}
+            "train": (TrainConfig, train), "evaluate": (EvaluateConfig, evaluate),
+            "score": (ScoreConfig, score), "select": (SelectConfig, select),
+            "teacher-student": (TeacherStudentConfig, run_teacher_student)}
 
 
 _HELP = {
@@ -34,6 +39,9 @@ _HELP = {
     "split": "draw N labels per class; the rest (+ distractors) becomes the unlabelled pool",
     "train": "train one model (one process, or DDP under torchrun)",
     "evaluate": "top-1/top-5, per-class recall and confusion matrix of a model on a dataset",
+    "score": "teacher scores the unlabelled pool: top-P classes per image, partial top-K per class",
+    "select": "merge scores into the ranked manifest (balanced/unbalanced/random/threshold)",
+    "teacher-student": "the whole Yalniz et al. pipeline in one process (variants as config)",
 }
 
 
@@ -44,12 +52,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _stage_parser(sub, name: str, section: bool) -> None:
-    from semisup_core.data.config import ImportConfig, SplitConfig
-    from semisup_core.evaluate import EvaluateConfig
-    from semisup_core.train.config import TrainConfig
-
-    cls = {"import": ImportConfig, "split": SplitConfig, "train": TrainConfig,
-           "evaluate": EvaluateConfig}[name]
+    cls = _stage_registry()[name][0]
     epilog = "config fields (set in --config or with --set):\n" + "\n".join(cfglib.describe(cls))
     p = sub.add_parser(name, help=_HELP[name], description=_HELP[name], epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         _stage_parser(data, name, section=False)
     stage = sub.add_parser("stage", help="run one pipeline stage").add_subparsers(
         dest="stage_command", required=True)
-    for name in ("train", "evaluate"):
+    for name in ("train", "evaluate", "score", "select", "teacher-student"):
         _stage_parser(stage, name, section=True)
     models = sub.add_parser("models", help="list registered models")
     models.set_defaults(func=_run_models)

