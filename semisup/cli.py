@@ -74,7 +74,7 @@ def _run_stage(args) -> int:
 def _summary(result) -> object:
     if isinstance(result, dict):  # keep the printout short: drop bulky tables
         return {k: v for k, v in result.items()
-                if k not in ("confusion_matrix", "history", "per_class_recall")}
+                if k not in ("confusion_matrix", "history", "per_class_recall", "classes")}
     return result
 
 

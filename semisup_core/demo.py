@@ -39,11 +39,13 @@ class DemoConfig(StageConfig):
     labels_per_class: int = Field(100, ge=1, description="labelled images per class")
     seed: int = Field(0, description="seed of the labelled draw and of every model")
     teacher: TrainRecipe = Field(default_factory=lambda: _recipe(
-        model="small_resnet14", model_kwargs={"width": 32}, epochs=60, batch_size=64))
+        model="small_resnet8", model_kwargs={"width": 32}, epochs=80, batch_size=64))
     student: TrainRecipe = Field(default_factory=lambda: _recipe(
-        model="small_resnet8", model_kwargs={"width": 16}, epochs=6, batch_size=128))
-    baseline: TrainRecipe | None = Field(None, description="recipe of the supervised baseline; "
-                                                           "default: the student's with 60 epochs")
+        model="small_resnet8", model_kwargs={"width": 16}, epochs=10, batch_size=128))
+    baseline: TrainRecipe = Field(default_factory=lambda: _recipe(
+        model="small_resnet8", model_kwargs={"width": 16}, epochs=100, batch_size=64),
+        description="the supervised baseline: the student architecture on the labels alone "
+                    "(also the self-training teacher)")
     finetune: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(
         epochs=30, batch_size=64, optim={"lr": 0.05, "warmup_epochs": 0}))
     selection: SelectionSpec = Field(default_factory=lambda: SelectionSpec(top_p=2, k=2000))
@@ -87,13 +89,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     data = prepare_data(cfg)
     run = storage.join(cfg.out, f"seed-{cfg.seed}")
     save(cfg, run, "demo-config.yaml")
-    baseline = cfg.baseline or cfg.student.model_copy(update={"epochs": cfg.finetune.epochs * 2})
     main = run_teacher_student(_pipeline(cfg, data, storage.join(run, "teacher-student"),
                                          baseline=False))
     # self-training: the teacher is the student architecture trained on the labels, i.e.
     # the supervised baseline itself (rounds=0 trains and evaluates just that model)
     base = run_teacher_student(_pipeline(cfg, data, storage.join(run, "self-training"),
-                                         teacher=baseline, baseline=False,
+                                         teacher=cfg.baseline, baseline=False,
                                          rounds=1 if cfg.self_training else 0))
     sweep = {}
     for k in cfg.k_sweep:
