@@ -39,19 +39,22 @@ class DemoConfig(StageConfig):
     labels_per_class: int = Field(100, ge=1, description="labelled images per class")
     seed: int = Field(0, description="seed of the labelled draw and of every model")
     teacher: TrainRecipe = Field(default_factory=lambda: _recipe(
-        model="small_resnet8", model_kwargs={"width": 32}, epochs=80, batch_size=64))
+        model="small_resnet8", model_kwargs={"width": 32}, epochs=80, batch_size=64,
+        optim={"lr": 0.4}))
     student: TrainRecipe = Field(default_factory=lambda: _recipe(
-        model="small_resnet8", model_kwargs={"width": 16}, epochs=10, batch_size=128))
+        model="small_resnet8", model_kwargs={"width": 16}, epochs=10, batch_size=128,
+        optim={"lr": 0.4}))
     baseline: TrainRecipe = Field(default_factory=lambda: _recipe(
-        model="small_resnet8", model_kwargs={"width": 16}, epochs=100, batch_size=64),
+        model="small_resnet8", model_kwargs={"width": 16}, epochs=100, batch_size=64,
+        optim={"lr": 0.4}),
         description="the supervised baseline: the student architecture on the labels alone "
                     "(also the self-training teacher)")
     finetune: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(
-        epochs=30, batch_size=64, optim={"lr": 0.05, "warmup_epochs": 0}))
+        epochs=30, batch_size=64, optim={"lr": 0.1, "warmup_epochs": 0}))
     selection: SelectionSpec = Field(default_factory=lambda: SelectionSpec(top_p=2, k=2000))
     self_training: bool = Field(True, description="also run the self-training variant")
-    k_sweep: list[int] = Field(default_factory=list, description="extra K values for the "
-                                                                "accuracy-vs-K plot (each trains a student)")
+    k_sweep: list[int] = Field(default_factory=lambda: [500], description="extra K values for "
+                               "the accuracy-vs-K plot (each pre-trains and fine-tunes a student)")
 
 
 def prepare_data(cfg: DemoConfig) -> dict[str, str]:

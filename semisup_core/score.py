@@ -110,10 +110,25 @@ def read_table(uri: str) -> pa.Table:
     return pq.read_table(io.BytesIO(storage.get_bytes(uri)))
 
 
-def score_shard(model, state, uri: str, cfg: ScoreConfig, device) -> dict:
-    """Score one shard; write its candidate table, then its done marker."""
+class _DecodedShards(torch.utils.data.IterableDataset):
+    """Decodes whole shards in a DataLoader worker, so decoding the next shard overlaps
+    with inference on the current one."""
+
+    def __init__(self, uris: list[str], channels: int):
+        super().__init__()
+        self.uris, self.channels = uris, channels
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        for uri in self.uris[wid::nw]:
+            yield (uri, *_decode_shard(uri, self.channels))
+
+
+def score_shard(model, state, uri: str, decoded, cfg: ScoreConfig, device) -> dict:
+    """Score one decoded shard; write its candidate table, then its done marker."""
     name = _shard_name(uri)
-    keys, images, corrupt = _decode_shard(uri, state["model"]["in_chans"])
+    keys, images, corrupt = decoded
     scores, classes = _top_p(model, images, state, cfg, device)
     n, p = scores.shape
     table = pa.table({"key": np.repeat(np.array(keys, dtype=object), p), "shard": [name] * (n * p),
@@ -150,13 +165,15 @@ def score(cfg: ScoreConfig) -> dict:
                         f"model {cfg.model} {len(state['classes'])}")
     mine = shard_uris(cfg.pool, meta)[w::n]
     config.save(cfg, cfg.out, f"config-worker-{w:05d}.yaml")
+    todo = [u for u in mine
+            if not storage.exists(storage.join(cfg.out, "shards", f"{_shard_name(u)}.done.json"))]
+    if len(todo) < len(mine):
+        log.info("skipping %d already scored shard(s)", len(mine) - len(todo))
+    loader = torch.utils.data.DataLoader(_DecodedShards(todo, state["model"]["in_chans"]),
+                                         batch_size=None, num_workers=min(1, len(todo)))
     done = 0
-    for uri in tqdm(mine, desc=f"score worker {w}/{n}", unit="shard"):
-        marker = storage.join(cfg.out, "shards", f"{_shard_name(uri)}.done.json")
-        if storage.exists(marker):
-            log.info("skip %s (already scored)", uri)
-            continue
-        score_shard(model, state, uri, cfg, device)
+    for uri, *decoded in tqdm(loader, total=len(todo), desc=f"score worker {w}/{n}", unit="shard"):
+        score_shard(model, state, uri, decoded, cfg, device)
         done += 1
         if cfg.fail_after_shards is not None and done >= cfg.fail_after_shards:
             raise RuntimeError(f"injected failure after {done} shard(s)")

@@ -92,7 +92,8 @@ class Runner:
             fields["seed"] = self.cfg.seed
             train(TrainConfig(out=out, data=DataConfig(train=data), init_from=init_from, **fields))
         metrics = evaluate(EvaluateConfig(model=out, data=self.cfg.test, out=self._path("eval", name)))
-        self.results["models"][name] = {"arch": recipe.model, "top1": metrics["top1"],
+        arch = recipe.model + "".join(f" {k}={v}" for k, v in sorted(recipe.model_kwargs.items()))
+        self.results["models"][name] = {"arch": arch, "top1": metrics["top1"],
                                         "top5": metrics["top5"],
                                         "per_class_recall": metrics["per_class_recall"]}
         return out

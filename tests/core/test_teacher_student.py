@@ -52,7 +52,7 @@ def test_default_pipeline_trains_every_model(tmp_path, data):
 def test_variants(tmp_path, data):
     res = run_teacher_student(_cfg(tmp_path, data, self_training=True, rounds=2, baseline=False,
                                    finetune=dict(TINY, epochs=1, labels="inferred")))
-    assert res["models"]["teacher"]["arch"] == "small_resnet8"
+    assert res["models"]["teacher"]["arch"] == "small_resnet8 width=8"
     assert [r["round"] for r in res["rounds"]] == [1, 2]
     assert res["rounds"][1]["teacher"].endswith("student-r1")
     cfg_yaml = storage.get_bytes(str(tmp_path / "run" / "models" / "student-r1" / "config.yaml")).decode()
