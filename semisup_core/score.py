@@ -69,8 +69,9 @@ def _shard_name(uri: str) -> str:
     return posixpath.basename(uri.replace("\\", "/")).rsplit(".", 1)[0]
 
 
-def _decode_shard(uri: str, channels: int) -> tuple[list[str], list[torch.Tensor], list[str]]:
-    """Keys and CxHxW uint8 images of one shard; corrupt images are counted, not fatal."""
+def _decode_shard(uri: str, channels: int) -> tuple[list[str], torch.Tensor | list, list[str]]:
+    """Keys, images (N x C x H x W uint8, stacked when sizes agree) and corrupt keys of one
+    shard; corrupt images are counted, not fatal."""
     keys, images, corrupt = [], [], []
     for sample in iter_shard(uri):
         try:
@@ -80,6 +81,8 @@ def _decode_shard(uri: str, channels: int) -> tuple[list[str], list[torch.Tensor
             corrupt.append(sample.key)
     if corrupt:
         log.warning("%s: skipped %d corrupt image(s): %s", uri, len(corrupt), ", ".join(corrupt[:10]))
+    if images and len({tuple(i.shape) for i in images}) == 1:
+        images = torch.stack(images)  # one tensor crosses the worker boundary, not N of them
     return keys, images, corrupt
 
 
@@ -89,7 +92,9 @@ def _top_p(model, images, state, cfg: ScoreConfig, device) -> tuple[np.ndarray, 
     scores, classes = [], []
     p = min(cfg.top_p, state["model"]["num_classes"])
     for i in range(0, len(images), cfg.batch_size):
-        x = normalize(torch.stack(images[i:i + cfg.batch_size]).to(device), state["mean"], state["std"])
+        batch = images[i:i + cfg.batch_size]
+        batch = batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
+        x = normalize(batch.to(device), state["mean"], state["std"])
         out = model(x).float()
         out = out if cfg.use_logits else out.softmax(dim=1)  # N x C
         top = out.topk(p, dim=1)

@@ -1,0 +1,49 @@
+"""Mean and spread over seeds of the demo's comparison table.
+
+Run the demo for several seeds, then aggregate:
+    for s in 0 1 2; do .venv/bin/semisup demo --set out=runs/demo --set seed=$s; done
+    .venv/bin/python benchmarks/demo_seeds.py runs/demo > benchmarks/results/demo_seeds.md
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+
+def main(root: str) -> None:
+    runs = sorted(glob.glob(os.path.join(root, "seed-*", "report", "metrics.json")))
+    if not runs:
+        raise SystemExit(f"no seed-*/report/metrics.json under {root}")
+    table: dict[str, dict] = {}
+    for path in runs:
+        for row in json.load(open(path))["rows"]:
+            entry = table.setdefault(row["model"], {"arch": row["arch"], "top1": [], "sp": [], "ds": []})
+            entry["top1"].append(100 * row["top1"])
+            if "selection_precision" in row:
+                entry["sp"].append(100 * row["selection_precision"])
+                entry["ds"].append(100 * row["distractor_share"])
+    seeds = [p.split(os.sep)[-3] for p in runs]
+    print(f"Seeds: {', '.join(seeds)}. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{platform.system()} {platform.release()}.\n")
+    print("| model | arch | top-1 mean ± std | per seed | selection precision | distractors selected |")
+    print("|---|---|---:|---|---:|---:|")
+    fmt = lambda v: f"{np.mean(v):.2f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.2f}" if v else ""
+    for name, e in table.items():
+        per = ", ".join(f"{v:.2f}" for v in e["top1"])
+        print(f"| {name} | {e['arch']} | {fmt(e['top1'])} | {per} | {fmt(e['sp'])} | {fmt(e['ds'])} |")
+    base = table.get("supervised baseline", {}).get("top1")
+    for name in ("student, fine-tuned", "self-training, fine-tuned"):
+        if base and name in table and len(table[name]["top1"]) == len(base):
+            d = np.array(table[name]["top1"]) - np.array(base)
+            print(f"\n{name} minus baseline, paired by seed: {d.mean():+.2f} ± {d.std(ddof=1) if len(d) > 1 else 0:.2f}"
+                  f" points; baseline seed std {np.std(base, ddof=1) if len(base) > 1 else 0:.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
