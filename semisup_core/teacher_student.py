@@ -87,10 +87,10 @@ class Runner:
     def train_eval(self, name: str, recipe: TrainRecipe, data, init_from: str | None = None) -> str:
         """Train ``name`` (skipped if finished) and evaluate it on the test set."""
         out = self._path("models", name)
-        if not storage.exists(storage.join(out, "state.json")):
-            fields = recipe.model_dump(exclude={"enabled", "labels"})
-            fields["seed"] = self.cfg.seed
-            train(TrainConfig(out=out, data=DataConfig(train=data), init_from=init_from, **fields))
+        fields = recipe.model_dump(exclude={"enabled", "labels"})
+        fields["seed"] = self.cfg.seed
+        # a finished run returns at once; a changed config is refused, not silently reused
+        train(TrainConfig(out=out, data=DataConfig(train=data), init_from=init_from, **fields))
         metrics = evaluate(EvaluateConfig(model=out, data=self.cfg.test, out=self._path("eval", name)))
         arch = recipe.model + "".join(f" {k}={v}" for k, v in sorted(recipe.model_kwargs.items()))
         self.results["models"][name] = {"arch": arch, "top1": metrics["top1"],

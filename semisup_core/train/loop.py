@@ -145,6 +145,25 @@ def _model_spec(cfg: TrainConfig, meta: TrainSet) -> dict:
             "image_size": [meta.height, meta.width]}
 
 
+# fields that may change between a run and its resumption without changing its result
+_RESUMABLE = {"fail_at_step", "threads", "checkpoint", "amp"}
+
+
+def _check_same_run(cfg: TrainConfig) -> None:
+    """Refuse to resume (or overwrite) a run in ``out`` that was started with another config."""
+    uri = storage.join(cfg.out, "config.yaml")
+    if not storage.exists(uri):
+        return
+    old = {k: v for k, v in config.read_yaml(uri).items() if k not in _RESUMABLE}
+    new = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUMABLE}
+    old.get("data", {}).pop("num_workers", None)
+    new.get("data", {}).pop("num_workers", None)
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise ConfigError(f"{cfg.out} holds a run with a different config ({', '.join(diff)} "
+                          f"differ): use another out or delete it")
+
+
 class Trainer:
     """Holds the state of one run; ``run()`` trains to the end and returns metrics."""
 
@@ -162,6 +181,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
         self.step, self.history = 0, []
+        _check_same_run(cfg)
         if cfg.checkpoint.resume:
             self._resume()
 
@@ -240,6 +260,11 @@ class Trainer:
         while self.step < self.total_steps:
             self._run_epoch(self.step // self.steps_per_epoch, bar)
         bar.close()
+        found = checkpoint.latest(cfg.out) if self.dist.is_main else None
+        if self.dist.is_main and (found is None or found[0] != self.total_steps):
+            # the last step is a checkpoint too: a rerun then finds the run finished
+            checkpoint.save_checkpoint(cfg.out, self.step, self.model, self.optimizer,
+                                       self._state(), keep=cfg.checkpoint.keep)
         result = {"steps": self.total_steps, "epochs": cfg.epochs,
                   "final_loss": self.history[-1]["loss"] if self.history else None,
                   "seconds": round(time.time() - t0, 1), "world_size": self.dist.world_size}

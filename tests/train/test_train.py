@@ -114,3 +114,17 @@ def test_sync_bn_on_cpu_is_a_clear_error(tmp_path, blocks_dataset):
     cfg = _cfg(tmp_path / "ddp", blocks_dataset, sync_bn=True, epochs=0.25)
     proc = _torchrun(2, cfg, tmp_path)
     assert proc.returncode != 0 and "sync_bn needs GPUs" in proc.stderr
+
+
+def test_rerun_of_a_finished_run_is_a_no_op_and_a_changed_config_is_refused(tmp_path, blocks_dataset):
+    from semisup_core.errors import ConfigError
+
+    cfg = _cfg(tmp_path / "run", blocks_dataset, epochs=1, checkpoint={"every_steps": 100})
+    train(cfg)
+    assert checkpoint.latest(str(tmp_path / "run"))[0] == 8  # the last step is a checkpoint
+    before = _weights(tmp_path / "run")
+    train(cfg.model_copy(update={"threads": 2}))  # resumable field: fine, nothing to do
+    after = _weights(tmp_path / "run")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ConfigError, match="different config .*epochs"):
+        train(cfg.model_copy(update={"epochs": 2}))
