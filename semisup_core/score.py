@@ -105,13 +105,15 @@ def _top_p(model, images, state, cfg: ScoreConfig, device) -> tuple[np.ndarray, 
     return np.concatenate(scores), np.concatenate(classes)
 
 
-def _write_table(uri: str, table: pa.Table) -> None:
+def write_table(uri: str, table: pa.Table) -> None:
+    """Write a Parquet table to any storage URI (one atomic put)."""
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.put_bytes(uri, buf.getvalue())
 
 
 def read_table(uri: str) -> pa.Table:
+    """Read a Parquet table from any storage URI."""
     return pq.read_table(io.BytesIO(storage.get_bytes(uri)))
 
 
@@ -140,7 +142,7 @@ def score_shard(model, state, uri: str, decoded, cfg: ScoreConfig, device) -> di
                       "class_id": classes.reshape(-1).astype(np.int32),
                       "score": scores.reshape(-1).astype(np.float32),
                       "p_rank": np.tile(np.arange(p, dtype=np.int8), n)}, schema=CANDIDATES)
-    _write_table(storage.join(cfg.out, "shards", f"{name}.parquet"), table)
+    write_table(storage.join(cfg.out, "shards", f"{name}.parquet"), table)
     top1 = np.bincount(classes[:, 0], minlength=state["model"]["num_classes"]) if n else \
         np.zeros(state["model"]["num_classes"], np.int64)
     marker = {"shard": name, "images": n, "corrupt": len(corrupt), "corrupt_keys": corrupt[:1000],
@@ -184,7 +186,7 @@ def score(cfg: ScoreConfig) -> dict:
             raise RuntimeError(f"injected failure after {done} shard(s)")
     names = [_shard_name(u) for u in mine]
     res = worker_partial(cfg, names, len(state["classes"])).result()
-    _write_table(storage.join(cfg.out, "partials", f"worker-{w:05d}-of-{n:05d}.parquet"),
+    write_table(storage.join(cfg.out, "partials", f"worker-{w:05d}-of-{n:05d}.parquet"),
                  pa.table({"class_id": res["class_id"], "score": res["score"], "key": res["key"],
                            "shard": res["shard"]}))
     markers = [storage.read_json(storage.join(cfg.out, "shards", f"{nm}.done.json")) for nm in names]

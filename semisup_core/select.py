@@ -16,19 +16,17 @@ so the result does not depend on how scoring was split across workers.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from typing import Callable, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from semisup_core import config, storage
 from semisup_core.config import StageConfig
 from semisup_core.errors import DataError
-from semisup_core.score import read_table
+from semisup_core.score import read_table, write_table
 from semisup_core.topk import TopKPerClass
 
 log = logging.getLogger(__name__)
@@ -167,9 +165,7 @@ def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: lis
                         f"threshold too high?)")
     table = pa.table({"class_id": res["class_id"], "rank": res["rank"], "score": res["score"],
                       "shard": res["shard"], "key": res["key"]}, schema=MANIFEST)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.put_bytes(storage.join(cfg.out, "manifest.parquet"), buf.getvalue())
+    write_table(storage.join(cfg.out, "manifest.parquet"), table)
     counts = np.bincount(res["class_id"], minlength=len(top1))
     summary = {"strategy": cfg.strategy, "k": cfg.k, "selected": int(len(res["key"])),
                "unique_images": int(len(set(res["key"].tolist()))),
@@ -183,4 +179,5 @@ def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: lis
 
 
 def read_manifest(uri: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.get_bytes(uri)))
+    """The ranked manifest: class_id, rank, score, shard, key."""
+    return read_table(uri)
