@@ -38,7 +38,8 @@ MANIFEST = pa.schema([("class_id", pa.int32()), ("rank", pa.int32()), ("score", 
 class SelectConfig(StageConfig):
     """Build the ranked manifest from a ``score`` output directory."""
 
-    scores: str = Field(description="score stage output directory URI")
+    scores: str | list[str] = Field(description="score stage output directory URI, or several "
+                                                "(one per scoring task, e.g. a KFP ParallelFor)")
     out: str = Field(description="output directory URI (manifest.parquet, summary.json)")
     strategy: Literal["balanced", "unbalanced", "random", "threshold"] = "balanced"
     k: int = Field(16000, ge=1, description="images per class (paper: 16k of 1B for 1000 "
@@ -49,12 +50,22 @@ class SelectConfig(StageConfig):
     seed: int = Field(0, description="random strategy: seed of the draw")
 
 
-def _shard_tables(scores: str) -> list[str]:
-    return sorted(u for u in storage.list_uris(storage.join(scores, "shards")) if u.endswith(".parquet"))
+def _dirs(scores: str | list[str]) -> list[str]:
+    return [scores] if isinstance(scores, str) else list(scores)
 
 
-def _partials(scores: str) -> list[str]:
-    return sorted(u for u in storage.list_uris(storage.join(scores, "partials")) if u.endswith(".parquet"))
+def _files(scores: str | list[str], sub: str, suffix: str) -> list[str]:
+    """Files under ``<dir>/<sub>`` of every score directory, sorted by name within each."""
+    return [u for d in _dirs(scores) for u in sorted(storage.list_uris(storage.join(d, sub)))
+            if u.endswith(suffix)]
+
+
+def _shard_tables(scores: str | list[str]) -> list[str]:
+    return _files(scores, "shards", ".parquet")
+
+
+def _partials(scores: str | list[str]) -> list[str]:
+    return _files(scores, "partials", ".parquet")
 
 
 def _blocks(uris: list[str]) -> Iterator[pa.Table]:
@@ -62,19 +73,23 @@ def _blocks(uris: list[str]) -> Iterator[pa.Table]:
         yield read_table(uri)
 
 
-def _markers(scores: str) -> list[dict]:
-    return [storage.read_json(u) for u in sorted(storage.list_uris(storage.join(scores, "shards")))
-            if u.endswith(".done.json")]
+def _markers(scores: str | list[str]) -> list[dict]:
+    return [storage.read_json(u) for u in _files(scores, "shards", ".done.json")]
 
 
-def _check_complete(scores: str) -> list[dict]:
+def _check_complete(scores: str | list[str]) -> list[dict]:
     markers = _markers(scores)
     tables = _shard_tables(scores)
+    where = ", ".join(_dirs(scores))
     if not markers:
-        raise DataError(f"{scores}: no scored shards (run the score stage first)")
+        raise DataError(f"{where}: no scored shards (run the score stage first)")
     if len(tables) != len(markers):
-        raise DataError(f"{scores}: {len(tables)} shard tables but {len(markers)} done markers "
+        raise DataError(f"{where}: {len(tables)} shard tables but {len(markers)} done markers "
                         "(a scoring worker did not finish)")
+    names = [u.rsplit("/", 1)[-1] for u in tables]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"shard {twice[0]} was scored in more than one of {where}")
     return markers
 
 
@@ -132,14 +147,15 @@ def select(cfg: SelectConfig) -> dict:
     return _write_manifest(cfg, res, top1, markers)
 
 
-def _partial_k(scores: str) -> int | None:
-    cfgs = [u for u in storage.list_uris(scores, recursive=False) if "config-worker-" in u]
+def _partial_k(scores: str | list[str]) -> int | None:
+    cfgs = [u for d in _dirs(scores) for u in storage.list_uris(d, recursive=False)
+            if "config-worker-" in u]
     if not cfgs or not _partials(scores):
         return None
     return min(config.read_yaml(u).get("partial_k", 0) for u in cfgs)
 
 
-def _lookup_scores(scores: str, res: dict) -> np.ndarray:
+def _lookup_scores(scores: str | list[str], res: dict) -> np.ndarray:
     """The teacher's scores of randomly drawn (key, class) pairs, for the manifest."""
     want = {(k, c) for k, c in zip(res["key"].tolist(), res["class_id"].tolist())}
     found: dict = {}
@@ -161,7 +177,7 @@ def _threshold(cfg: SelectConfig, num_classes: int) -> dict:
 
 def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: list[dict]) -> dict:
     if len(res["key"]) == 0:
-        raise DataError(f"selection from {cfg.scores} is empty (strategy {cfg.strategy}; "
+        raise DataError(f"selection from {', '.join(_dirs(cfg.scores))} is empty (strategy {cfg.strategy}; "
                         f"threshold too high?)")
     table = pa.table({"class_id": res["class_id"], "rank": res["rank"], "score": res["score"],
                       "shard": res["shard"], "key": res["key"]}, schema=MANIFEST)

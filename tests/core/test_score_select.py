@@ -71,6 +71,20 @@ def test_any_number_of_workers_gives_identical_bytes(teacher, pool, tmp_path):
     assert one == three
 
 
+def test_one_score_dir_per_worker_gives_identical_bytes(teacher, pool, tmp_path):
+    """A KFP ParallelFor writes each worker's scores to its own artifact; select merges them."""
+    one = _select(_score(teacher, pool, tmp_path / "s1"), tmp_path / "m1", k=10)[1]
+    dirs = []
+    for w in range(3):
+        score(ScoreConfig(model=teacher, pool=pool, out=str(tmp_path / f"w{w}"), top_p=2,
+                          partial_k=30, worker=w, num_workers=3, batch_size=16))
+        dirs.append(str(tmp_path / f"w{w}"))
+    assert _select(dirs, tmp_path / "m3", k=10)[1] == one
+    assert _select(dirs[::-1], tmp_path / "m3r", k=10)[1] == one
+    with pytest.raises(DataError, match="scored in more than one"):
+        _select(dirs + [str(tmp_path / "s1")], tmp_path / "bad", k=10)
+
+
 def test_partials_and_shard_tables_agree(teacher, pool, tmp_path):
     scores = _score(teacher, pool, tmp_path / "s", workers=2, partial_k=10)
     via_partials = _select(scores, tmp_path / "a", k=10)[1]
