@@ -25,9 +25,10 @@ def main(root: str) -> None:
         for row in json.load(open(path))["rows"]:
             entry = table.setdefault(row["model"], {"arch": row["arch"], "top1": [], "sp": [], "ds": []})
             entry["top1"].append(100 * row["top1"])
-            if "selection_precision" in row:
-                entry["sp"].append(100 * row["selection_precision"])
-                entry["ds"].append(100 * row["distractor_share"])
+            sel = row.get("selection") or {}
+            if sel.get("precision") is not None:
+                entry["sp"].append(100 * sel["precision"])
+                entry["ds"].append(100 * sel["distractor_share"])
     seeds = [p.split(os.sep)[-3] for p in runs]
     print(f"Seeds: {', '.join(seeds)}. Machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.system()} {platform.release()}.\n")

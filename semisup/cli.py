@@ -89,10 +89,21 @@ def _run_models(args) -> int:
 
 
 def _run_demo(args) -> int:
-    from semisup_core.demo import DemoConfig, run_demo
+    if args.in_process:
+        from semisup_core.demo import DemoConfig, run_demo
 
-    cfg = cfglib.load(DemoConfig, args.config, args.overrides)
-    run_demo(cfg)
+        run_demo(cfglib.load(DemoConfig, args.config, args.overrides))
+        return 0
+    from semisup.local_run import run_local
+
+    run_local("teacher_student", args.config, args.overrides)
+    return 0
+
+
+def _run_pipeline(args) -> int:
+    from semisup.local_run import run_local
+
+    run_local(args.pipeline, args.config, args.overrides)
     return 0
 
 
@@ -111,9 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
         _stage_parser(stage, name, section=True)
     models = sub.add_parser("models", help="list registered models")
     models.set_defaults(func=_run_models)
-    demo = sub.add_parser("demo", help="the main job on the embedded default (local files, no server)")
+    demo = sub.add_parser("demo", help="the main job on the embedded default: the teacher_student "
+                          "pipeline through kfp.local (local files, no server)")
     _add_config_args(demo)
+    demo.add_argument("--in-process", action="store_true",
+                      help="run the same steps in this process (semisup_core only, no kfp)")
     demo.set_defaults(func=_run_demo)
+    run = sub.add_parser("run", help="run a pipeline of pipelines/ locally through kfp.local")
+    run.add_argument("pipeline", help="pipeline name, e.g. teacher_student")
+    _add_config_args(run)
+    run.set_defaults(func=_run_pipeline)
     return parser
 
 

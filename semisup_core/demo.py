@@ -17,7 +17,8 @@ from semisup_core import storage
 from semisup_core.config import StageConfig, save
 from semisup_core.data.config import ImportConfig, SplitConfig
 from semisup_core.data.stages import run_import, run_split
-from semisup_core.demo_report import write_report
+from semisup_core.data.dataset import read_meta
+from semisup_core.demo_report import entries_from_results, format_table, write_report
 from semisup_core.teacher_student import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
                                           run_teacher_student)
 from semisup_core.train.config import TrainRecipe
@@ -53,6 +54,8 @@ class DemoConfig(StageConfig):
         epochs=30, batch_size=64, optim={"lr": 0.1, "warmup_epochs": 0}))
     selection: SelectionSpec = Field(default_factory=lambda: SelectionSpec(top_p=2, k=2000))
     self_training: bool = Field(True, description="also run the self-training variant")
+    rounds: int = Field(1, ge=1, le=3, description="teacher/student rounds; the student of a round "
+                                                   "teaches the next (the table shows round 1)")
     k_sweep: list[int] = Field(default_factory=lambda: [500], description="extra K values for "
                                "the accuracy-vs-K plot (each pre-trains and fine-tunes a student)")
 
@@ -93,7 +96,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     run = storage.join(cfg.out, f"seed-{cfg.seed}")
     save(cfg, run, "demo-config.yaml")
     main = run_teacher_student(_pipeline(cfg, data, storage.join(run, "teacher-student"),
-                                         baseline=False))
+                                         baseline=False, rounds=cfg.rounds))
     # self-training: the teacher is the student architecture trained on the labels, i.e.
     # the supervised baseline itself (rounds=0 trains and evaluates just that model)
     base = run_teacher_student(_pipeline(cfg, data, storage.join(run, "self-training"),
@@ -106,9 +109,15 @@ def run_demo(cfg: DemoConfig) -> dict:
             teacher_model=storage.join(run, "teacher-student", "models", "teacher"),
             scores_from=storage.join(run, "teacher-student", "round-1", "scores"),
             selection=cfg.selection.model_copy(update={"k": k})))
-    results = {"teacher_student": main, "self_training": base, "k_sweep": sweep,
-               "config": cfg.model_dump(mode="json"), "data": data}
-    report = write_report(results, storage.join(run, "report"), data)
+    entries = entries_from_results(main, base)
+    k_points = [(k, r["models"]["student-r1"]["top1"]) for k, r in [(cfg.selection.k, main),
+                                                                     *sweep.items()]
+                if "student-r1" in r["models"]]
+    report = write_report(entries, storage.join(run, "report"), read_meta(data["test"]).classes,
+                          k_points=k_points, pool=data["pool"], oracle=data["oracle"],
+                          manifest=storage.join(run, "teacher-student", "round-1", "select",
+                                                "manifest.parquet"))
+    print("\n" + format_table(entries))
     where = os.path.abspath(run) if storage.is_local(run) else run
     print(f"\nEverything is under {where}:\n  report/          report.md, metrics.json, *.png"
           f"\n  teacher-student/ models/, eval/, round-1/ (scores, manifest, selected set)"

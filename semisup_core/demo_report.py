@@ -1,94 +1,127 @@
-"""The demo's report: one comparison table, plots and a contact sheet."""
+"""The teacher/student report: one comparison table, plots and a contact sheet.
+
+Its input is a list of *entries*, one per evaluated model, so the in-process demo and the
+KFP report component build the same report::
+
+    {"model": "student, fine-tuned", "arch": "small_resnet8 width=4", "top1": 0.87,
+     "top5": 0.99, "per_class_recall": [...], "selection": {...} | None}
+
+``selection`` is the select step's summary with the oracle analysis (``precision``,
+``distractor_share``, ``precision_by_rank``) of the set the model was pre-trained on.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 
 from semisup_core import storage
-from semisup_core.data.dataset import read_meta
 from semisup_core.data.split import read_oracle
 from semisup_core.report import contact_sheet, plot_accuracy_vs_k, plot_precision_by_rank, plot_recall
 from semisup_core.select import read_manifest
 
-
-def _row(name: str, model: dict | None, analysis: dict | None = None) -> dict | None:
-    if model is None:
-        return None
-    row = {"model": name, "arch": model["arch"], "top1": model["top1"], "top5": model["top5"]}
-    if analysis:
-        row["selection_precision"] = analysis["precision"]
-        row["distractor_share"] = analysis["distractor_share"]
-    return row
+BASELINE, STUDENT = "supervised baseline", "student, fine-tuned"
+#: the rows of the comparison table, in order (entries with other names are left out)
+ROWS = (BASELINE, "teacher", "student, pre-trained only", STUDENT, "self-training, fine-tuned")
 
 
-def comparison_rows(results: dict) -> list[dict]:
-    """Baseline, teacher, student before/after fine-tuning, self-training."""
-    ts, st = results["teacher_student"], results["self_training"]
-    m, rnd = ts["models"], (ts["rounds"][0] if ts["rounds"] else {})
-    rows = [_row("supervised baseline", st["models"].get("teacher")),
-            _row("teacher", m.get("teacher")),
-            _row("student, pre-trained only", m.get("student-r1-pretrain"), rnd.get("analysis")),
-            _row("student, fine-tuned", m.get("student-r1"), rnd.get("analysis"))]
-    if st["rounds"]:
-        rows.append(_row("self-training, fine-tuned", st["models"].get("student-r1"),
-                         st["rounds"][0].get("analysis")))
-    return [r for r in rows if r]
+def entries_from_results(ts: dict, st: dict) -> list[dict]:
+    """Entries from the in-process runner's results (teacher/student and self-training runs)."""
+    def entry(name: str, run: dict, model: str, with_selection: bool) -> dict | None:
+        m = run["models"].get(model)
+        if m is None:
+            return None
+        sel = None
+        if with_selection and run["rounds"]:
+            rnd = run["rounds"][0]
+            sel = dict(rnd["selection"], **rnd.get("analysis", {}))
+        return dict(m, model=name, selection=sel)
+
+    found = [entry(BASELINE, st, "teacher", False), entry("teacher", ts, "teacher", False),
+             entry("student, pre-trained only", ts, "student-r1-pretrain", True),
+             entry(STUDENT, ts, "student-r1", True),
+             entry("self-training, fine-tuned", st, "student-r1", True)]
+    return [e for e in found if e]
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(entries: list[dict]) -> str:
     """A Markdown table (also readable as plain text)."""
     lines = ["| model | arch | top-1 | top-5 | selection precision | distractors selected |",
              "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        sp = f"{100 * r['selection_precision']:.1f}%" if "selection_precision" in r else ""
-        ds = f"{100 * r['distractor_share']:.2f}%" if "distractor_share" in r else ""
-        lines.append(f"| {r['model']} | {r['arch']} | {100 * r['top1']:.2f}% | {100 * r['top5']:.2f}% "
-                     f"| {sp} | {ds} |")
+    for name in ROWS:
+        for e in entries:
+            if e["model"] != name:
+                continue
+            sel = e.get("selection") or {}
+            sp = f"{100 * sel['precision']:.1f}%" if sel.get("precision") is not None else ""
+            ds = (f"{100 * sel['distractor_share']:.2f}%"
+                  if sel.get("distractor_share") is not None else "")
+            lines.append(f"| {name} | {e['arch']} | {100 * e['top1']:.2f}% | "
+                         f"{100 * e['top5']:.2f}% | {sp} | {ds} |")
     return "\n".join(lines)
 
 
-def _plots(results: dict, out: str, data: dict, classes: list[str]) -> dict[str, str]:
-    ts, st = results["teacher_student"], results["self_training"]
-    plots = {}
-    curves = {name: r["rounds"][0]["analysis"]["precision_by_rank"]
-              for name, r in (("teacher/student", ts), ("self-training", st))
-              if r and r["rounds"] and "analysis" in r["rounds"][0]}
+def _by_name(entries: list[dict]) -> dict[str, dict]:
+    return {e["model"]: e for e in entries}
+
+
+def _plots(entries: list[dict], k_points: list[tuple[int, float]], out: str,
+           classes: list[str]) -> dict[str, str]:
+    named, plots = _by_name(entries), {}
+    curves = {label: named[row]["selection"]["precision_by_rank"]
+              for label, row in (("teacher/student", STUDENT),
+                                 ("self-training", "self-training, fine-tuned"))
+              if row in named and (named[row].get("selection") or {}).get("precision_by_rank")}
     if curves:
-        plots["precision_vs_rank"] = plot_precision_by_rank(curves, storage.join(out, "precision_vs_rank.png"))
-    base, student = st["models"].get("teacher"), ts["models"].get("student-r1")
+        plots["precision_vs_rank"] = plot_precision_by_rank(
+            curves, storage.join(out, "precision_vs_rank.png"))
+    base, student = named.get(BASELINE), named.get(STUDENT)
     if base and student:
-        plots["recall"] = plot_recall(classes, {"supervised baseline": base["per_class_recall"],
+        plots["recall"] = plot_recall(classes, {BASELINE: base["per_class_recall"],
                                                 "student (fine-tuned)": student["per_class_recall"]},
                                       storage.join(out, "per_class_recall.png"))
-    k = results["config"]["selection"]["k"]
-    points = [(k, student["top1"])] if student else []
-    points += [(kk, r["models"]["student-r1"]["top1"]) for kk, r in results["k_sweep"].items()
-               if "student-r1" in r["models"]]
-    if points:
-        plots["accuracy_vs_k"] = plot_accuracy_vs_k({"student (fine-tuned)": points},
+    if k_points:
+        plots["accuracy_vs_k"] = plot_accuracy_vs_k({"student (fine-tuned)": k_points},
                                                     base["top1"] if base else None,
                                                     storage.join(out, "accuracy_vs_k.png"))
     return plots
 
 
-def write_report(results: dict, out: str, data: dict) -> dict:
-    """Write ``report.md``, ``metrics.json`` and the PNGs under ``out``; print the table."""
-    classes = read_meta(data["test"]).classes
-    rows = comparison_rows(results)
-    plots = _plots(results, out, data, classes)
-    ts_out = results["config"]["out"]
-    sel = storage.join(ts_out, f"seed-{results['config']['seed']}", "teacher-student", "round-1",
-                       "select", "manifest.parquet")
-    if storage.exists(sel):
-        oracle = read_oracle(data["oracle"])
-        truth = dict(zip(oracle["key"].to_pylist(), oracle["true_class"].to_pylist()))
-        plots["contact_sheet"] = contact_sheet(read_manifest(sel), data["pool"], classes,
+def _html(table_md: str, plots: dict[str, str]) -> str:
+    """A self-contained page (PNGs inlined) for the KFP UI's HTML viewer."""
+    rows = [r.strip("|").split("|") for r in table_md.splitlines() if not r.startswith("|---")]
+    cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{c.strip()}</{'th' if i == 0 else 'td'}>"
+                              for c in r) + "</tr>" for i, r in enumerate(rows)]
+    imgs = [f'<h3>{name}</h3><img src="data:image/png;base64,'
+            f'{base64.b64encode(storage.get_bytes(uri)).decode()}"/>' for name, uri in plots.items()]
+    return ("<html><body><h2>semisup teacher/student report</h2><table border='1'>"
+            + "".join(cells) + "</table>" + "".join(imgs) + "</body></html>\n")
+
+
+def write_report(entries: list[dict], out: str, classes: list[str], *,
+                 k_points: list[tuple[int, float]] = (), manifest: str | None = None,
+                 pool: str | None = None, oracle: str | None = None) -> dict:
+    """Write ``report.md``, ``report.html``, ``metrics.json`` and the PNGs under ``out``.
+
+    ``k_points``: (K, fine-tuned student top-1) pairs for the accuracy-vs-K plot;
+    ``manifest``/``pool``: the ranked manifest and pool for the contact sheet (framed by the
+    ``oracle`` when given). Returns what ``metrics.json`` holds.
+    """
+    plots = _plots(entries, sorted(k_points), out, classes)
+    if manifest and pool and storage.exists(manifest):
+        truth = None
+        if oracle:
+            o = read_oracle(oracle)
+            truth = dict(zip(o["key"].to_pylist(), o["true_class"].to_pylist()))
+        plots["contact_sheet"] = contact_sheet(read_manifest(manifest), pool, classes,
                                                storage.join(out, "contact_sheet.png"), oracle=truth)
-    table = format_table(rows)
-    md = ["# semisup demo report", "", table, ""]
+    table = format_table(entries)
+    md = ["# semisup teacher/student report", "", table, ""]
     md += [f"![{name}]({os.path.basename(uri)})" for name, uri in plots.items()]
     storage.put_bytes(storage.join(out, "report.md"), ("\n".join(md) + "\n").encode())
-    metrics = {"rows": rows, "results": results}
+    storage.put_bytes(storage.join(out, "report.html"), _html(table, plots).encode())
+    metrics = {"rows": [{k: v for k, v in e.items() if k != "per_class_recall"} for e in entries],
+               "entries": entries, "k_points": [list(p) for p in sorted(k_points)],
+               "plots": {k: os.path.basename(v) for k, v in plots.items()}}
     storage.write_json(storage.join(out, "metrics.json"), metrics)
-    print("\n" + table)
     return metrics

@@ -84,7 +84,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                                 state["model"]["in_chans"], cfg.batch_size, cfg.num_workers,
                                 device, desc="evaluate")
     metrics = classification_metrics(logits, labels, len(meta.classes))
-    metrics.update(model=cfg.model, data=cfg.data, classes=meta.classes)
+    spec = state["model"]
+    arch = spec["name"] + "".join(f" {k}={v}" for k, v in sorted(spec["kwargs"].items()))
+    metrics.update(model=cfg.model, arch=arch, data=cfg.data, classes=meta.classes)
     config.save(cfg, cfg.out)
     storage.write_json(storage.join(cfg.out, "metrics.json"), metrics)
     log.info("top-1 %.4f  top-5 %.4f on %d images", metrics["top1"], metrics["top5"],

@@ -106,6 +106,12 @@ def _init_from(model: torch.nn.Module, src: str) -> None:
     own = model.state_dict()
     keep = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     dropped = sorted(set(own) - set(keep))
+    # only the classifier (weight + bias) may differ: anything else means another architecture
+    # whose weights would silently not load
+    if len(dropped) > 2 or any(k not in weights for k in own):
+        raise ConfigError(f"init_from {src}: its weights do not fit this model ({len(dropped)} of "
+                          f"{len(own)} tensors differ, e.g. {dropped[0]}); use the same model and "
+                          "model_kwargs as the run that produced it")
     model.load_state_dict(keep, strict=False)
     log.info("initialised from %s (%d tensors; fresh: %s)", src, len(keep), dropped or "none")
 

@@ -1,0 +1,54 @@
+"""Where a component reads and writes a KFP artifact's content.
+
+On a cluster KFP gives each artifact a ``minio://bucket/key`` URI and copies it to and from a
+local path around the container. Bulk content (scores, selected shards) is better streamed from
+the store directly: when the store is configured (``S3_ENDPOINT``/``MINIO_ENDPOINT`` and
+credentials, as in the pods' Secret), runners use the artifact's URI through semisup_core's
+storage layer; otherwise (kfp.local, or a cluster without credentials in the pod) its local path.
+"""
+
+from __future__ import annotations
+
+import os
+
+from semisup_core import storage
+
+
+def store_configured() -> bool:
+    return bool(os.environ.get("S3_ENDPOINT") or os.environ.get("MINIO_ENDPOINT"))
+
+
+def location(artifact) -> str:
+    """The URI a runner should read or write for ``artifact`` (a kfp.dsl Artifact)."""
+    uri = artifact.uri or ""
+    if uri.startswith(("minio://", "s3://")) and store_configured():
+        return uri
+    return artifact.path
+
+
+def read_json(artifact) -> dict:
+    """A JSON document a runner wrote as an artifact's whole content (e.g. full metrics)."""
+    return storage.read_json(location(artifact))
+
+
+def write_json(artifact, doc: dict) -> None:
+    storage.write_json(location(artifact), doc)
+
+
+REF = "dataset-ref.json"
+
+
+def write_ref(artifact, uri: str) -> None:
+    """Make ``artifact`` a reference to data that lives at ``uri`` (bulk shards stay where they
+    are; KFP still records lineage and shows the URI in the artifact's metadata)."""
+    storage.write_json(storage.join(location(artifact), REF), {"uri": uri})
+    artifact.metadata["uri"] = uri
+
+
+def dataset_uri(artifact) -> str:
+    """The data an artifact stands for: the URI of a reference, else the artifact itself."""
+    where = location(artifact)
+    ref = storage.join(where, REF)
+    if storage.exists(ref):
+        return storage.read_json(ref)["uri"]
+    return where

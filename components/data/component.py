@@ -1,0 +1,54 @@
+"""KFP components of the data stage: import raw data into shards, split labelled/pool.
+
+Their outputs are Dataset artifacts that *refer* to shards under ``root`` (dataset-ref.json and
+the URI in the metadata): the images are imported once and streamed by URI by every run.
+"""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+
+from components import image
+
+
+@dsl.component(base_image=image("data"), install_kfp_package=False)
+def import_data(source: str, src: str, root: str, name: str, dataset: Output[Dataset],
+                split: str = "train"):
+    """Import a raw dataset into WebDataset shards at root/name (skipped when already there).
+
+    Args:
+        source: raw format: fashion-mnist, mnist (IDX files) or image-folder (one folder per class).
+        src: raw data directory, e.g. /usr/share/datasets/fashion-mnist ('' = import nothing).
+        root: data directory URI (local path, s3:// or minio://) shared by all runs.
+        name: the dataset's directory name under root.
+        split: IDX datasets: train or test.
+
+    Returns:
+        dataset: a reference to root/name (to '' when src is '').
+    """
+    from components.data.runner import import_data as run
+    run(source=source, src=src, root=root, name=name, split=split, dataset=dataset)
+
+
+@dsl.component(base_image=image("data"), install_kfp_package=False)
+def split_data(dataset: Input[Dataset], root: str, labelled: Output[Dataset],
+               pool: Output[Dataset], oracle: Output[Dataset], labels_per_class: int = 500,
+               seed: int = 0, distractor: Input[Dataset] = None):
+    """Draw N labels per class; the rest plus the distractors become the unlabelled pool.
+
+    Args:
+        dataset: the labelled source dataset (e.g. imported Fashion-MNIST train).
+        root: data directory URI; the split goes to root/split-n<N>-s<seed> (labelled/,
+            unlabelled/, oracle.parquet) and is reused when it exists.
+        labels_per_class: labelled images per class.
+        seed: seed of the draw.
+        distractor: a dataset mixed into the pool as out-of-distribution images (optional; a
+            reference to '' means none).
+
+    Returns:
+        labelled: reference to the labelled set.
+        pool: reference to the unlabelled pool.
+        oracle: reference to the pool's hidden labels (analysis only, never training).
+    """
+    from components.data.runner import split_data as run
+    run(dataset=dataset, root=root, labels_per_class=labels_per_class, seed=seed,
+        distractor=distractor, labelled=labelled, pool=pool, oracle=oracle)

@@ -1,0 +1,69 @@
+"""What the data components run: semisup_core's import and split stages, skipped when their
+output already exists (data is imported once and shared by every run)."""
+
+from __future__ import annotations
+
+import logging
+
+from semisup_core import config, storage
+from semisup_core.errors import ConfigError
+
+from components.artifacts import dataset_uri, write_ref
+from semisup_core.data.config import ImportConfig, SplitConfig
+from semisup_core.data.stages import run_import, run_split
+
+log = logging.getLogger(__name__)
+
+
+def _done(cfg, marker: str, saved: str) -> bool:
+    """True when ``cfg``'s output exists from the same config; a different one is an error."""
+    if not storage.exists(marker):
+        return False
+    old = config.read_yaml(saved) if storage.exists(saved) else {}
+    new = cfg.model_dump(mode="json")
+    diff = sorted(k for k in new if k in old and old[k] != new[k])
+    if diff:
+        raise ConfigError(f"{cfg.out} holds data made with another {diff[0]} ({old[diff[0]]!r}, "
+                         f"not {new[diff[0]]!r}); choose another output directory")
+    log.info("%s already exists; skipping", cfg.out)
+    return True
+
+
+def import_data(source: str, src: str, root: str, name: str, split: str, dataset) -> str:
+    """Import ``src`` into ``root/name``; ``dataset`` becomes a reference to it. An empty
+    ``src`` imports nothing (a reference to '')."""
+    if not src:
+        write_ref(dataset, "")
+        return ""
+    out = storage.join(root, name)
+    cfg = ImportConfig(source=source, src=src, out=out, split=split)
+    if not _done(cfg, storage.join(out, "dataset.json"), storage.join(out, "import-config.yaml")):
+        run_import(cfg)
+    write_ref(dataset, out)
+    return out
+
+
+def split_dir(root: str, labels_per_class: int, seed: int, distractors: bool) -> str:
+    """Where a split lives: one directory per (N, seed, distractors), shared by every run."""
+    return storage.join(root, f"split-n{labels_per_class}-s{seed}{'' if distractors else '-nodistract'}")
+
+
+def split_data(dataset, root: str, labels_per_class: int, seed: int, distractor,
+               labelled, pool, oracle) -> tuple[str, str, str]:
+    """Split into ``split_dir(root, ...)``; the three outputs become references to the
+    labelled set, the pool and the oracle. Returns their URIs.
+
+    ``distractor`` may be None or a reference to '' (an import that was switched off)."""
+    dataset = dataset_uri(dataset)
+    distractors = [d for d in [dataset_uri(distractor) if distractor is not None else ""] if d]
+    out = split_dir(root, labels_per_class, seed, bool(distractors))
+    cfg = SplitConfig(dataset=dataset, out=out, labels_per_class=labels_per_class, seed=seed,
+                      distractors=distractors)
+    if not _done(cfg, storage.join(out, "unlabelled", "dataset.json"),
+                 storage.join(out, "split-config.yaml")):
+        run_split(cfg)
+    uris = (storage.join(out, "labelled"), storage.join(out, "unlabelled"),
+            storage.join(out, "oracle.parquet"))
+    for artifact, uri in zip((labelled, pool, oracle), uris):
+        write_ref(artifact, uri)
+    return uris

@@ -1,0 +1,48 @@
+"""What the report component runs: the teacher/student comparison from every evaluate step."""
+
+from __future__ import annotations
+
+import logging
+
+from semisup_core import storage
+from semisup_core.data.dataset import read_meta
+from semisup_core.demo_report import BASELINE, STUDENT, format_table, write_report
+
+from components.artifacts import dataset_uri, location
+from components.evaluate.runner import read as read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _entry(doc: dict, name: str) -> dict:
+    return {"model": name, "arch": doc["arch"], "top1": doc["top1"], "top5": doc["top5"],
+            "per_class_recall": doc["per_class_recall"], "selection": doc.get("selection")}
+
+
+def run(rows: dict, sweep: list, manifest, test, pool, oracle, markdown, html, report,
+        summary) -> str:
+    """``rows``: table row name -> evaluate metrics artifact (None = not run);
+    ``sweep``: the gathered evaluations of the K sweep. Returns the Markdown table."""
+    entries = [_entry(read_metrics(m), name) for name, m in rows.items() if m is not None]
+    swept = [_entry(doc, "sweep") for doc in read_metrics(sweep)["items"]]
+    k_points = [(e["selection"]["k"], e["top1"]) for e in
+                swept + [x for x in entries if x["model"] == STUDENT] if e.get("selection")]
+    out = location(report)
+    test, pool = dataset_uri(test), dataset_uri(pool)
+    oracle = dataset_uri(oracle) if oracle is not None else None
+    write_report(entries, out, read_meta(test).classes, k_points=k_points,
+                 manifest=storage.join(location(manifest), "manifest.parquet"), pool=pool,
+                 oracle=oracle)
+    table = format_table(entries)
+    storage.put_bytes(location(markdown), (f"# Teacher/student comparison\n\n{table}\n\n"
+                                           "Plots: see the HTML artifact.\n").encode())
+    storage.put_bytes(location(html), storage.get_bytes(storage.join(out, "report.html")))
+    named = {e["model"]: e for e in entries}
+    for name, e in named.items():
+        summary.log_metric(name.replace(", ", "_").replace(" ", "_") + "_top1", round(e["top1"], 6))
+    if BASELINE in named and STUDENT in named:
+        summary.log_metric("student_minus_baseline", round(named[STUDENT]["top1"]
+                                                           - named[BASELINE]["top1"], 6))
+    log.info("\n%s", table)
+    print("\n" + table, flush=True)
+    return table

@@ -1,0 +1,31 @@
+"""KFP component of the train stage (teacher, baseline, student pre-training, fine-tuning)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components import image
+
+
+@dsl.component(base_image=image("train"), install_kfp_package=False)
+def train(data: Input[Dataset], recipe: dict, model: Output[Model], seed: int = 0,
+          init_from: Input[Model] = None, inferred: Input[Dataset] = None,
+          checkpoints: str = ""):
+    """Train one model on labelled shards (one process; multi-node runs use the PyTorchJob launcher).
+
+    Args:
+        data: the dataset to train on (a split output, or a select step's selected set).
+        recipe: the training recipe: model, model_kwargs, epochs, batch_size, optim, augment,
+            checkpoint, amp, threads (see `semisup stage train --help`); with init_from also
+            enabled (false = pass init_from through) and labels (true | inferred).
+        seed: seed of the initialisation, data order and augmentation.
+        init_from: start from this model (fine-tuning); its architecture is used.
+        inferred: the selected set, added to data when recipe.labels is 'inferred'.
+        checkpoints: store URI for step checkpoints, so a restarted step resumes
+            ('' = inside the output artifact, which does not survive a pod restart).
+
+    Returns:
+        model: the trained model (model.safetensors, state.json, metrics.json).
+    """
+    from components.train.runner import run
+    run(data=data, recipe=recipe, model=model, seed=seed, init_from=init_from, inferred=inferred,
+        checkpoints=checkpoints)

@@ -1,0 +1,210 @@
+"""The teacher/student pipeline of Yalniz et al. 2019 as a KFP pipeline.
+
+data -> supervised baseline + teacher -> score the pool (ParallelFor over worker indices) ->
+select (dsl.Collected) -> pre-train the student -> fine-tune -> evaluate every model -> report.
+Variants are parameters: ``self_training`` (also run the student architecture as its own
+teacher: the baseline scores the pool), ``strategy``, ``k``, ``top_p``, ``rounds`` (1-3: the
+student becomes the next teacher) and ``k_sweep`` (extra K values for accuracy vs K).
+
+Defaults are the demo's (semisup_core.demo.DemoConfig), so a run started from the KFP UI with
+no changes is the demo. Recompile after any change (a test fails on a stale YAML):
+
+    .venv/bin/python -m pipelines.teacher_student          # rewrites teacher_student.yaml
+"""
+
+import os
+
+from kfp import dsl
+
+from components.data.component import import_data, split_data
+from components.evaluate.component import evaluate, gather_metrics
+from components.report.component import report
+from components.score.component import score
+from components.select.component import select
+from components.train.component import train
+from components.workers.component import worker_indices
+from pipelines import compile_main
+from semisup_core import storage
+from semisup_core.demo import DemoConfig
+from semisup_core.demo_report import format_table
+
+NAME = "teacher-student"
+PIPELINE = "teacher_student"
+#: the typed config `semisup run teacher_student --config` validates (the demo's)
+CONFIG = DemoConfig
+MAX_ROUNDS = 3
+_D = DemoConfig()
+
+def _score(label: str, teacher, data: dict, p: dict):
+    """Score the pool with ``teacher``, split over ``score_workers`` parallel tasks."""
+    idx = worker_indices(n=p["score_workers"]).set_display_name(f"{label}: shard groups")
+    with dsl.ParallelFor(items=idx.output) as w:
+        scored = score(teacher=teacher, pool=data["pool"], top_p=p["top_p"], partial_k=p["k"],
+                       use_logits=p["use_logits"], worker=w, num_workers=p["score_workers"])
+        scored.set_display_name(f"{label}: score")
+    return scored
+
+
+def _student(label: str, scores: dict, data: dict, p: dict, k):
+    """Select top-K -> pre-train -> fine-tune -> evaluate both, from one teacher's scores."""
+    sel = select(**scores, pool=data["pool"],
+                 strategy=p["strategy"], k=k, k_law=p["k_law"], threshold=p["threshold"],
+                 seed=p["seed"], oracle=data["oracle"]).set_display_name(f"{label}: select")
+    pre = train(data=sel.outputs["selected"], recipe=p["student"], seed=p["seed"],
+                checkpoints=p["workdir"]).set_display_name(f"{label}: pre-train student")
+    pre_eval = evaluate(model=pre.outputs["model"], data=data["test"],
+                        name="student, pre-trained only", selection=sel.outputs["metrics"])
+    ft = train(data=data["labelled"], recipe=p["finetune"], seed=p["seed"],
+               init_from=pre.outputs["model"], inferred=sel.outputs["selected"],
+               checkpoints=p["workdir"]).set_display_name(f"{label}: fine-tune student")
+    ft_eval = evaluate(model=ft.outputs["model"], data=data["test"], name="student, fine-tuned",
+                       selection=sel.outputs["metrics"])
+    pre_eval.set_display_name(f"{label}: evaluate pre-trained student")
+    ft_eval.set_display_name(f"{label}: evaluate fine-tuned student")
+    return {"select": sel, "pretrain": pre_eval, "student": ft, "eval": ft_eval}
+
+
+def _round(label: str, teacher, data: dict, p: dict):
+    scored = _score(label, teacher, data, p)
+    return _student(label, {"scores": dsl.Collected(scored.outputs["scores"])}, data, p, p["k"])
+
+
+@dsl.pipeline(name=NAME, description="Billion-scale semi-supervised learning (Yalniz et al. "
+              "2019): teacher -> ranked top-K per class -> student pre-training -> fine-tuning")
+def teacher_student(
+        data_root: str = _D.out + "/data",
+        workdir: str = "",
+        fashion_mnist: str = _D.fashion_mnist,
+        mnist: str = _D.mnist,
+        labels_per_class: int = _D.labels_per_class,
+        seed: int = _D.seed,
+        teacher: dict = _D.teacher.model_dump(mode="json"),
+        student: dict = _D.student.model_dump(mode="json"),
+        baseline: dict = _D.baseline.model_dump(mode="json"),
+        finetune: dict = _D.finetune.model_dump(mode="json"),
+        top_p: int = _D.selection.top_p,
+        k: int = _D.selection.k,
+        strategy: str = _D.selection.strategy,
+        k_law: str = _D.selection.k_law,
+        threshold: float = _D.selection.threshold,
+        use_logits: bool = _D.selection.use_logits,
+        score_workers: int = _D.selection.workers,
+        self_training: bool = _D.self_training,
+        rounds: int = _D.rounds,
+        k_sweep: list = _D.k_sweep):
+    """The teacher/student pipeline, its variants as parameters.
+
+    Args:
+        data_root: directory URI for imported datasets and splits, shared by runs (s3://, minio:// or a path).
+        workdir: store URI for training checkpoints so restarted steps resume ('' = none).
+        fashion_mnist: Fashion-MNIST IDX directory: the labelled task.
+        mnist: MNIST IDX directory, mixed into the pool as distractors ('' = no distractors).
+        labels_per_class: labelled images per class; the rest of the training set joins the pool.
+        seed: seed of the labelled draw and of every model.
+        teacher: the teacher's training recipe (model, model_kwargs, epochs, batch_size, optim, augment).
+        student: the student's pre-training recipe on the selected set.
+        baseline: the supervised baseline's recipe: the student architecture on the labels alone (also the self-training teacher).
+        finetune: the student's fine-tuning recipe on the labels; enabled=false skips it, labels=inferred adds the selected set.
+        top_p: classes kept per image when scoring (paper: 10; 10 classes: 1-2).
+        k: images selected per class (paper: 16k of 1B images for 1000 classes).
+        strategy: balanced (paper), unbalanced, random (balanced-with-tags control) or threshold.
+        k_law: unbalanced strategy: frequency (predicted class frequency) or zipf.
+        threshold: threshold strategy: minimum teacher score kept.
+        use_logits: rank by raw logits instead of softmax (the paper's ablation).
+        score_workers: parallel scoring tasks, each taking every n-th shard of the pool.
+        self_training: also run the self-training variant (teacher = the baseline, same architecture as the student).
+        rounds: teacher/student rounds, 1-3; the student of a round is the next round's teacher.
+        k_sweep: extra K values, each pre-training and fine-tuning another student (accuracy vs K).
+    """
+    imports = {name: import_data(source=src_kind, src=src, root=data_root, name=name, split=split)
+               .set_display_name(f"import {name}")
+               for name, src_kind, src, split in (
+                   ("fmnist-train", "fashion-mnist", fashion_mnist, "train"),
+                   ("fmnist-test", "fashion-mnist", fashion_mnist, "test"),
+                   ("mnist-train", "mnist", mnist, "train"))}
+    split = split_data(dataset=imports["fmnist-train"].outputs["dataset"], root=data_root,
+                       labels_per_class=labels_per_class, seed=seed,
+                       distractor=imports["mnist-train"].outputs["dataset"])
+    # every dataset travels as an artifact (a reference to shards under data_root): kfp.local
+    # 2.17 replaces task-output *parameters* that enter a ParallelFor with the loop item
+    data = {"labelled": split.outputs["labelled"], "pool": split.outputs["pool"],
+            "oracle": split.outputs["oracle"], "test": imports["fmnist-test"].outputs["dataset"]}
+    p = dict(seed=seed, student=student, finetune=finetune, top_p=top_p, k=k, strategy=strategy,
+             k_law=k_law, threshold=threshold, use_logits=use_logits, workdir=workdir,
+             score_workers=score_workers)
+
+    base = train(data=data["labelled"], recipe=baseline, seed=seed,
+                 checkpoints=workdir).set_display_name("train supervised baseline")
+    base_eval = evaluate(model=base.outputs["model"], data=data["test"],
+                         name="supervised baseline").set_display_name("evaluate baseline")
+    teach = train(data=data["labelled"], recipe=teacher, seed=seed,
+                  checkpoints=workdir).set_display_name("train teacher")
+    teach_eval = evaluate(model=teach.outputs["model"], data=data["test"],
+                          name="teacher").set_display_name("evaluate teacher")
+    r1 = _round("round 1", teach.outputs["model"], data, p)
+
+    with dsl.ParallelFor(items=k_sweep) as kk:
+        sweep = _student("K sweep", {"reuse": r1["select"].outputs["manifest"]}, data, p, kk)
+    gathered = gather_metrics(items=dsl.Collected(sweep["eval"].outputs["metrics"]))
+    gathered.set_display_name("K sweep: gather")
+    inputs = dict(baseline=base_eval.outputs["metrics"], teacher=teach_eval.outputs["metrics"],
+                  pretrained=r1["pretrain"].outputs["metrics"], student=r1["eval"].outputs["metrics"],
+                  sweep=gathered.outputs["gathered"],
+                  manifest=r1["select"].outputs["manifest"], test=data["test"], pool=data["pool"],
+                  oracle=data["oracle"])
+    with dsl.If(self_training == True, name="self-training"):  # noqa: E712 (a KFP condition)
+        st = _round("self-training", base.outputs["model"], data, p)
+        report(self_training=st["eval"].outputs["metrics"], **inputs).set_display_name("report")
+    with dsl.Else(name="no-self-training"):
+        # (kfp.local 2.17 cannot resolve dsl.OneOf, so each branch has its own report step)
+        report(**inputs).set_display_name("report")
+
+    with dsl.If(rounds >= 2, name="round-2"):
+        r2 = _round("round 2", r1["student"].outputs["model"], data, p)
+        with dsl.If(rounds >= MAX_ROUNDS, name="round-3"):
+            _round("round 3", r2["student"].outputs["model"], data, p)
+
+def arguments(cfg: DemoConfig, out: str) -> dict:
+    """Pipeline arguments from a validated DemoConfig; ``out`` is its absolute output dir."""
+    def absolute(p: str) -> str:
+        return os.path.abspath(p) if p and storage.is_local(p) else p
+
+    sel = cfg.selection
+    return dict(data_root=os.path.join(out, "data"),
+                workdir=os.path.join(out, f"seed-{cfg.seed}", "work"),
+                fashion_mnist=absolute(cfg.fashion_mnist),
+                mnist=absolute(cfg.mnist) if cfg.distractors else "",
+                labels_per_class=cfg.labels_per_class, seed=cfg.seed,
+                teacher=cfg.teacher.model_dump(mode="json"),
+                student=cfg.student.model_dump(mode="json"),
+                baseline=cfg.baseline.model_dump(mode="json"),
+                finetune=cfg.finetune.model_dump(mode="json"),
+                top_p=sel.top_p, k=sel.k, strategy=sel.strategy, k_law=sel.k_law,
+                threshold=sel.threshold, use_logits=sel.use_logits, score_workers=sel.workers,
+                self_training=cfg.self_training, rounds=cfg.rounds, k_sweep=list(cfg.k_sweep))
+
+
+def finish(cfg: DemoConfig, out: str, run_dir: str, artifacts: list[str], seconds: float) -> dict:
+    """After a local run: copy the report next to the run, print the table and the artifacts."""
+    from semisup.local_run import copy_tree
+    # the report step of whichever self-training branch ran (report or report-2)
+    found = [a for a in artifacts if os.path.basename(os.path.dirname(a)).startswith("report")
+             and os.path.basename(a) == "report"]
+    if not found:
+        raise RuntimeError(f"no report under {run_dir}: did the pipeline finish?")
+    report_dir = found[0]
+    seed_dir = os.path.join(out, f"seed-{cfg.seed}")
+    copy_tree(report_dir, os.path.join(seed_dir, "report"))
+    metrics = storage.read_json(os.path.join(seed_dir, "report", "metrics.json"))
+    print("\n" + format_table(metrics["entries"]))
+    print(f"\nFinished in {seconds / 60:.1f} min. Artifacts (kfp.local pipeline root {run_dir}):")
+    for a in artifacts:
+        print("  " + os.path.relpath(a, run_dir))
+    print(f"Data (imports, splits): {os.path.join(out, 'data')}\n"
+          f"Checkpoints: {os.path.join(seed_dir, 'work')}\n"
+          f"Report: {os.path.join(seed_dir, 'report', 'report.md')} (and report.html)")
+    return metrics
+
+
+if __name__ == "__main__":
+    compile_main(teacher_student, __file__)
