@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 #: pipeline module name -> pipeline function name
 PIPELINES = {"teacher_student": "teacher_student"}
@@ -12,10 +14,31 @@ def yaml_path(module_file: str) -> str:
     return os.path.splitext(module_file)[0] + ".yaml"
 
 
+def _stable_header(text: str) -> str:
+    """The compiler's header comment prints dict defaults in protobuf map order, which
+    changes between processes; print them with sorted keys so the YAML is reproducible."""
+    import yaml
+
+    header, sep, body = text.partition("\ncomponents:")
+    params = yaml.safe_load(sep + body)["root"]["inputDefinitions"]["parameters"]
+    lines = []
+    for line in header.splitlines():
+        m = re.match(r"^#    (\w+): dict \[Default: .*\]$", line)
+        if m and m.group(1) in params:
+            value = json.dumps(params[m.group(1)]["defaultValue"], sort_keys=True)
+            line = f"#    {m.group(1)}: dict [Default: {value}]"
+        lines.append(line)
+    return "\n".join(lines) + sep + body
+
+
 def compile_pipeline(func, path: str) -> str:
-    """Compile ``func`` to ``path`` (IR YAML); returns the path."""
+    """Compile ``func`` to ``path`` (IR YAML, reproducible byte for byte); returns the path."""
     from kfp import compiler
     compiler.Compiler().compile(func, path)
+    with open(path) as f:
+        text = _stable_header(f.read())
+    with open(path, "w") as f:
+        f.write(text)
     return path
 
 

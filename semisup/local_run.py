@@ -16,6 +16,7 @@ skips them, and training steps resume from their checkpoints under ``<out>/work`
 from __future__ import annotations
 
 import importlib
+import re
 import logging
 import os
 import shutil
@@ -24,9 +25,13 @@ import warnings
 
 from semisup_core import config as cfglib
 from semisup_core import storage
-from semisup_core.errors import ConfigError
+from semisup_core.errors import ConfigError, SemisupError
 
 log = logging.getLogger(__name__)
+
+
+class PipelineFailed(SemisupError):
+    """A task of a local pipeline run failed."""
 
 
 def pipeline_module(name: str):
@@ -64,7 +69,12 @@ def run_local(name: str, config: str | None, overrides: list[str]) -> dict:
     t0 = time.time()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        getattr(mod, mod.PIPELINE)(**args)
+        try:
+            getattr(mod, mod.PIPELINE)(**args)
+        except RuntimeError as err:  # kfp.local: "Pipeline ... finished with status FAILURE ..."
+            msg = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).splitlines()[0]
+            raise PipelineFailed(f"{msg} (the failing task's log is above; finished tasks are "
+                                 "cached, so rerunning resumes)") from None
     runs = sorted(set(os.listdir(root)) - before)
     run_dir = os.path.join(root, runs[-1]) if runs else root
     return mod.finish(cfg, out, run_dir, _artifacts(run_dir), time.time() - t0)

@@ -48,6 +48,11 @@ class SelectConfig(StageConfig):
     zipf_exponent: float = Field(1.0, gt=0, description="unbalanced zipf: K_c ~ 1/rank^s")
     threshold: float = Field(0.5, description="threshold: minimum score kept")
     seed: int = Field(0, description="random strategy: seed of the draw")
+    top_p: int | None = Field(None, ge=1, description="use only each image's first P scored "
+                              "classes (the P ablation without rescoring); null = all scored")
+    pool_fraction: float = Field(1.0, gt=0, le=1, description="select from the first fraction "
+                                 "of the scored shards only (pool-size ablation; split shuffles "
+                                 "the pool across shards, so this is a random subset)")
 
 
 def _dirs(scores: str | list[str]) -> list[str]:
@@ -68,9 +73,30 @@ def _partials(scores: str | list[str]) -> list[str]:
     return _files(scores, "partials", ".parquet")
 
 
-def _blocks(uris: list[str]) -> Iterator[pa.Table]:
+def _blocks(uris: list[str], top_p: int | None = None) -> Iterator[pa.Table]:
     for uri in uris:
-        yield read_table(uri)
+        t = read_table(uri)
+        if top_p is not None:  # p_rank 0 is the image's top-1 class
+            t = t.filter(pa.compute.less(t["p_rank"], top_p))
+        yield t
+
+
+def _stem(uri: str, suffix: str) -> str:
+    return uri.rsplit("/", 1)[-1][:-len(suffix)]
+
+
+def _subset(cfg: "SelectConfig") -> tuple[list[str], list[dict]]:
+    """Shard tables and done markers of the first ``pool_fraction`` of the shards (by name)."""
+    tables = _shard_tables(cfg.scores)
+    markers = _check_complete(cfg.scores)
+    if cfg.pool_fraction >= 1:
+        return tables, markers
+    names = sorted(_stem(u, ".parquet") for u in tables)
+    keep = set(names[:max(1, int(np.ceil(cfg.pool_fraction * len(names))))])
+    done = dict(zip([_stem(u, ".done.json") for u in _files(cfg.scores, "shards", ".done.json")],
+                    markers))
+    return ([u for u in tables if _stem(u, ".parquet") in keep],
+            [done[n] for n in sorted(keep)])
 
 
 def _markers(scores: str | list[str]) -> list[dict]:
@@ -128,22 +154,23 @@ def _run_topk(blocks: Iterator[pa.Table], k, num_classes: int,
 
 def select(cfg: SelectConfig) -> dict:
     """Write ``out/manifest.parquet`` and ``out/summary.json``; returns the summary."""
-    markers = _check_complete(cfg.scores)
+    tables, markers = _subset(cfg)
     top1 = np.sum([m["top1_counts"] for m in markers], axis=0)
     num_classes = len(top1)
+    whole = cfg.top_p is None and cfg.pool_fraction >= 1  # per-worker partials cover it all
     if cfg.strategy == "balanced":
-        partial_k = _partial_k(cfg.scores)
-        src = _partials(cfg.scores) if partial_k and partial_k >= cfg.k else _shard_tables(cfg.scores)
-        res = _run_topk(_blocks(src), cfg.k, num_classes)
+        partial_k = _partial_k(cfg.scores) if whole else None
+        src = _partials(cfg.scores) if partial_k and partial_k >= cfg.k else tables
+        res = _run_topk(_blocks(src, cfg.top_p), cfg.k, num_classes)
     elif cfg.strategy == "unbalanced":
-        res = _run_topk(_blocks(_shard_tables(cfg.scores)), per_class_k(cfg, top1), num_classes)
+        res = _run_topk(_blocks(tables, cfg.top_p), per_class_k(cfg, top1), num_classes)
     elif cfg.strategy == "random":
-        res = _run_topk(_blocks(_shard_tables(cfg.scores)), cfg.k, num_classes,
+        res = _run_topk(_blocks(tables, cfg.top_p), cfg.k, num_classes,
                         lambda t: _random_scores(t["key"].to_numpy(zero_copy_only=False),
                                                  t["class_id"].to_numpy(), cfg.seed))
-        res["score"] = _lookup_scores(cfg.scores, res)
+        res["score"] = _lookup_scores(tables, res)
     else:
-        res = _threshold(cfg, num_classes)
+        res = _threshold(cfg, tables, num_classes)
     return _write_manifest(cfg, res, top1, markers)
 
 
@@ -155,11 +182,11 @@ def _partial_k(scores: str | list[str]) -> int | None:
     return min(config.read_yaml(u).get("partial_k", 0) for u in cfgs)
 
 
-def _lookup_scores(scores: str | list[str], res: dict) -> np.ndarray:
+def _lookup_scores(tables: list[str], res: dict) -> np.ndarray:
     """The teacher's scores of randomly drawn (key, class) pairs, for the manifest."""
     want = {(k, c) for k, c in zip(res["key"].tolist(), res["class_id"].tolist())}
     found: dict = {}
-    for t in _blocks(_shard_tables(scores)):
+    for t in _blocks(tables):
         for k, c, s in zip(t["key"].to_pylist(), t["class_id"].to_pylist(), t["score"].to_pylist()):
             if (k, c) in want:
                 found[(k, c)] = s
@@ -167,9 +194,9 @@ def _lookup_scores(scores: str | list[str], res: dict) -> np.ndarray:
                     np.float32)
 
 
-def _threshold(cfg: SelectConfig, num_classes: int) -> dict:
+def _threshold(cfg: SelectConfig, tables: list[str], num_classes: int) -> dict:
     def kept() -> Iterator[pa.Table]:
-        for t in _blocks(_shard_tables(cfg.scores)):
+        for t in _blocks(tables, cfg.top_p):
             yield t.filter(pa.compute.greater_equal(t["score"], cfg.threshold))
     big = np.iinfo(np.int32).max // max(1, num_classes)
     return _run_topk(kept(), big, num_classes)
@@ -183,7 +210,8 @@ def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: lis
                       "shard": res["shard"], "key": res["key"]}, schema=MANIFEST)
     write_table(storage.join(cfg.out, "manifest.parquet"), table)
     counts = np.bincount(res["class_id"], minlength=len(top1))
-    summary = {"strategy": cfg.strategy, "k": cfg.k, "selected": int(len(res["key"])),
+    summary = {"strategy": cfg.strategy, "k": cfg.k, "top_p": cfg.top_p,
+               "pool_fraction": cfg.pool_fraction, "selected": int(len(res["key"])),
                "unique_images": int(len(set(res["key"].tolist()))),
                "per_class": counts.tolist(), "pool_images": int(sum(m["images"] for m in markers)),
                "corrupt": int(sum(m["corrupt"] for m in markers)), "top1_counts": top1.tolist()}

@@ -85,6 +85,34 @@ def test_one_score_dir_per_worker_gives_identical_bytes(teacher, pool, tmp_path)
         _select(dirs + [str(tmp_path / "s1")], tmp_path / "bad", k=10)
 
 
+def test_top_p_at_select_equals_scoring_with_that_p(teacher, pool, tmp_path):
+    """The P ablation without rescoring: scores kept for P=2, selected with P=1, give the
+    manifest of a P=1 scoring run byte for byte."""
+    p1 = tmp_path / "p1"
+    score(ScoreConfig(model=teacher, pool=pool, out=str(p1), top_p=1, partial_k=30, batch_size=16))
+    want = _select(str(p1), tmp_path / "m1", k=10)[1]
+    got = _select(_score(teacher, pool, tmp_path / "p2"), tmp_path / "m2", k=10, top_p=1)[1]
+    assert got == want
+    assert _select(str(p1), tmp_path / "m3", k=10, top_p=2)[1] == want  # P above scored P: all
+
+
+def test_pool_fraction_selects_from_a_prefix_of_the_shards(teacher, pool, tmp_path):
+    """Equal to a brute-force top-K over the images of the first half of the shards only."""
+    scores = _score(teacher, pool, tmp_path / "s", workers=2)
+    summary, _ = _select(scores, tmp_path / "half", k=6, pool_fraction=0.5)
+    uris = sorted(shard_uris(pool), key=lambda u: u.rsplit("/", 1)[-1])
+    kept = {s.key for u in uris[:int(np.ceil(len(uris) / 2))] for s in iter_shard(u)}
+    rows = [(c, key) for c, _, key, _ in _brute_force(teacher, pool, 2, 10 ** 6) if key in kept]
+    want, seen = [], {}
+    for c, key in rows:  # already sorted by (class, -score, key)
+        if seen.get(c, 0) < 6:
+            want.append((c, key))
+            seen[c] = seen.get(c, 0) + 1
+    m = read_manifest(str(tmp_path / "half" / "manifest.parquet"))
+    assert list(zip(m["class_id"].to_pylist(), m["key"].to_pylist())) == want
+    assert summary["pool_fraction"] == 0.5 and 0 < summary["pool_images"] < 148
+
+
 def test_partials_and_shard_tables_agree(teacher, pool, tmp_path):
     scores = _score(teacher, pool, tmp_path / "s", workers=2, partial_k=10)
     via_partials = _select(scores, tmp_path / "a", k=10)[1]

@@ -1,0 +1,86 @@
+"""`semisup run teacher_student` end to end under kfp.local on tiny IDX data: every component
+runs as a subprocess, exactly as the demo does (smoke tests: correctness is tested in tests/core)."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from semisup.cli import main
+from semisup_core import storage
+
+pytestmark = pytest.mark.slow
+
+TINY = {"labels_per_class": 10,
+        "teacher": {"model": "small_resnet8", "model_kwargs": {"width": 8}, "epochs": 3,
+                    "batch_size": 16, "threads": 1},
+        "student": {"model": "small_resnet8", "model_kwargs": {"width": 4}, "epochs": 1,
+                    "batch_size": 8, "threads": 1},
+        "baseline": {"model": "small_resnet8", "model_kwargs": {"width": 4}, "epochs": 2,
+                     "batch_size": 16, "threads": 1},
+        "finetune": {"epochs": 1, "batch_size": 16, "threads": 1},
+        "selection": {"top_p": 2, "k": 12}}
+
+
+def _run(tmp_path, raw, **extra) -> tuple[int, str]:
+    cfg = dict(TINY, out=str(tmp_path / "out"), **raw, **extra)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return main(["run", "teacher_student", "--config", str(path)]), str(tmp_path / "out")
+
+
+def _metrics(out: str) -> dict:
+    return json.load(open(os.path.join(out, "seed-0", "report", "metrics.json")))
+
+
+def test_full_variant_set(tmp_path, tiny_raw, capsys):
+    """Self-training, two rounds, two scoring workers (ParallelFor + Collected), a K sweep."""
+    rc, out = _run(tmp_path, tiny_raw, rounds=2, k_sweep=[5],
+                   selection=dict(TINY["selection"], workers=2))
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| student, fine-tuned |" in printed and "Report:" in printed
+    rows = [r["model"] for r in _metrics(out)["rows"]]
+    assert rows == ["supervised baseline", "teacher", "student, pre-trained only",
+                    "student, fine-tuned", "self-training, fine-tuned"]
+    m = _metrics(out)
+    assert sorted(k for k, _ in m["k_points"]) == [5, 12]
+    student = next(r for r in m["rows"] if r["model"] == "student, fine-tuned")
+    assert student["arch"] == "small_resnet8 width=4" and student["selection"]["k"] == 12
+    assert 0 <= student["selection"]["distractor_share"] <= 1
+    report = os.path.join(out, "seed-0", "report")
+    for name in ("report.md", "report.html", "contact_sheet.png", "accuracy_vs_k.png"):
+        assert os.path.getsize(os.path.join(report, name)) > 0
+    assert "data:image/png;base64," in open(os.path.join(report, "report.html")).read()
+    run_dir = os.path.join(out, "kfp", sorted(os.listdir(os.path.join(out, "kfp")))[-1])
+    # two scoring workers wrote their own partials; round 2 and the sweep ran
+    partials = [p for p in storage.list_uris(run_dir) if "/partials/" in p]
+    assert any("worker-00000-of-00002" in p for p in partials)
+    assert any("worker-00001-of-00002" in p for p in partials)
+    assert len([d for d in os.listdir(run_dir) if d.startswith("for-loop")]) >= 4
+
+
+def test_switched_off_variants(tmp_path, tiny_raw):
+    """No self-training (the else branch), no distractors, fine-tuning off: the 'fine-tuned'
+    student is the pre-trained one passed through."""
+    rc, out = _run(tmp_path, tiny_raw, self_training=False, distractors=False, k_sweep=[4],
+                   finetune=dict(TINY["finetune"], enabled=False))
+    assert rc == 0
+    rows = {r["model"]: r for r in _metrics(out)["rows"]}
+    assert "self-training, fine-tuned" not in rows
+    assert rows["student, fine-tuned"]["top1"] == rows["student, pre-trained only"]["top1"]
+    assert rows["student, fine-tuned"]["selection"]["distractor_share"] == 0
+    assert os.path.isdir(os.path.join(out, "data", "split-n10-s0-nodistract"))
+
+
+def test_a_failing_task_is_one_line_and_a_rerun_resumes(tmp_path, tiny_raw, capsys):
+    """A bad recipe fails its task; the CLI says so in one line (exit 2). Fixing it and
+    rerunning reuses the finished tasks from kfp.local's cache."""
+    rc, out = _run(tmp_path, tiny_raw, self_training=False, k_sweep=[4],
+                   student=dict(TINY["student"], model="no_such_model"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("semisup: error: Pipeline") and "FAILURE" in err[-1]
+    assert len(os.listdir(os.path.join(out, "kfp-cache"))) >= 4  # imports, split, trainings
+    rc, out = _run(tmp_path, tiny_raw, self_training=False, k_sweep=[4])
+    assert rc == 0
