@@ -147,3 +147,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("semisup: interrupted", file=sys.stderr)
         return 130
+

@@ -11,7 +11,8 @@ import components
 from pipelines import PIPELINES, compile_pipeline, yaml_path
 from semisup_core.demo import DemoConfig
 
-COMPONENT_MODULES = ["data", "train", "evaluate", "score", "select", "report", "workers"]
+COMPONENT_MODULES = ["data", "train", "evaluate", "score", "select", "report", "workers",
+                     "pytorchjob"]
 
 
 def _components():

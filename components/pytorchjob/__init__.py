@@ -1,0 +1,1 @@
+"""The PyTorchJob launcher component."""
