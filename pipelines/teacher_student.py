@@ -164,14 +164,16 @@ def teacher_student(
         with dsl.If(rounds >= MAX_ROUNDS, name="round-3"):
             _round("round 3", r2["student"].outputs["model"], data, p)
 
-def arguments(cfg: DemoConfig, out: str) -> dict:
-    """Pipeline arguments from a validated DemoConfig; ``out`` is its absolute output dir."""
+def arguments(cfg: DemoConfig, out: str, local: bool = True) -> dict:
+    """Pipeline arguments from a validated DemoConfig; ``out`` is its output dir (absolute
+    for local runs, where relative raw-data paths are made absolute too; on a cluster every
+    location must be a store URI the pods can read)."""
     def absolute(p: str) -> str:
-        return os.path.abspath(p) if p and storage.is_local(p) else p
+        return os.path.abspath(p) if local and p and storage.is_local(p) else p
 
     sel = cfg.selection
-    return dict(data_root=os.path.join(out, "data"),
-                workdir=os.path.join(out, f"seed-{cfg.seed}", "work"),
+    return dict(data_root=storage.join(out, "data"),
+                workdir=storage.join(out, f"seed-{cfg.seed}", "work"),
                 fashion_mnist=absolute(cfg.fashion_mnist),
                 mnist=absolute(cfg.mnist) if cfg.distractors else "",
                 labels_per_class=cfg.labels_per_class, seed=cfg.seed,

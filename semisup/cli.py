@@ -107,6 +107,31 @@ def _run_pipeline(args) -> int:
     return 0
 
 
+def _run_submit(args) -> int:
+    from semisup.kfp_remote import client_for, submit
+
+    run_id = submit(client_for(args.host, args.namespace), args.pipeline, args.config,
+                    args.overrides, experiment=args.experiment, run_name=args.run_name)
+    print(f"run {run_id}: {args.host.rstrip('/')}/#/runs/details/{run_id}")
+    return 0
+
+
+def _run_pipelines(args) -> int:
+    from pipelines import PIPELINES, compile_pipeline, yaml_path
+    from semisup.kfp_remote import client_for, sync, write_k8s_manifest
+    from semisup.local_run import pipeline_module
+
+    if args.pipelines_command == "compile":
+        for name in sorted(PIPELINES):
+            mod = pipeline_module(name)
+            print(compile_pipeline(getattr(mod, mod.PIPELINE), yaml_path(mod.__file__)))
+            print(write_k8s_manifest(name))
+        return 0
+    for name, what in sync(client_for(args.host, args.namespace)).items():
+        print(f"{name}: {what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semisup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline", help="pipeline name, e.g. teacher_student")
     _add_config_args(run)
     run.set_defaults(func=_run_pipeline)
+    submit = sub.add_parser("submit", help="start a pipeline run on a KFP cluster (kfp.Client)")
+    submit.add_argument("pipeline", help="pipeline name, e.g. teacher_student")
+    submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    submit.add_argument("--namespace", help="KFP namespace (multi-user installs)")
+    submit.add_argument("--experiment", default="semisup", help="experiment name (created if absent)")
+    submit.add_argument("--run-name", help="default: <pipeline>-seed<seed>")
+    _add_config_args(submit)
+    submit.set_defaults(func=_run_submit)
+    pipes = sub.add_parser("pipelines", help="compile pipelines; sync their versions to KFP")
+    psub = pipes.add_subparsers(dest="pipelines_command", required=True)
+    psub.add_parser("compile", help="rewrite pipelines/*.yaml and k8s/pipelines/*.yaml").set_defaults(
+        func=_run_pipelines)
+    psync = psub.add_parser("sync", help="upload each pipeline, and a new version only when its "
+                            "compiled YAML changed (name: <pipeline>-<sha256[:10]>-<git commit>)")
+    psync.add_argument("--host", required=True, help="KFP API endpoint")
+    psync.add_argument("--namespace", help="KFP namespace (multi-user installs)")
+    psync.set_defaults(func=_run_pipelines)
     return parser
 
 
