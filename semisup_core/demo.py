@@ -54,7 +54,7 @@ class DemoConfig(StageConfig):
         model="small_resnet8", model_kwargs={"width": 4}, epochs=10, batch_size=128,
         optim={"lr": 0.4}))
     baseline: TrainRecipe = Field(default_factory=lambda: _recipe(
-        model="small_resnet8", model_kwargs={"width": 4}, epochs=40, batch_size=64,
+        model="small_resnet8", model_kwargs={"width": 4}, epochs=160, batch_size=64,
         optim={"lr": 0.4}),
         description="the supervised baseline: the student architecture on the labels alone "
                     "(also the self-training teacher)")

@@ -21,7 +21,10 @@ def _done(cfg, marker: str, saved: str) -> bool:
         return False
     old = config.read_yaml(saved) if storage.exists(saved) else {}
     new = cfg.model_dump(mode="json")
-    diff = sorted(k for k in new if k in old and old[k] != new[k])
+    # paths (out, src, dataset, distractors) may be spelled relative or absolute; what decides
+    # the content is the rest (source, split, labels_per_class, seed, samples_per_shard)
+    paths = {"out", "src", "dataset", "distractors"}
+    diff = sorted(k for k in new if k in old and k not in paths and old[k] != new[k])
     if diff:
         raise ConfigError(f"{cfg.out} holds data made with another {diff[0]} ({old[diff[0]]!r}, "
                          f"not {new[diff[0]]!r}); choose another output directory")

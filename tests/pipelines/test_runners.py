@@ -1,0 +1,40 @@
+"""Component runners without KFP: artifacts are plain objects with path/uri/metadata."""
+
+import types
+
+import pytest
+
+from components.artifacts import dataset_uri
+from components.data.runner import import_data, split_data
+from semisup_core.errors import ConfigError
+
+
+def _artifact(path) -> types.SimpleNamespace:
+    return types.SimpleNamespace(path=str(path), uri=str(path), metadata={})
+
+
+def test_import_is_skipped_when_done_and_refused_when_different(tmp_path, tiny_raw):
+    root = str(tmp_path / "data")
+    first = _artifact(tmp_path / "a1")
+    uri = import_data("fashion-mnist", tiny_raw["fashion_mnist"], root, "train", "train", first)
+    assert dataset_uri(first) == uri and first.metadata["uri"] == uri
+    again = _artifact(tmp_path / "a2")
+    import_data("fashion-mnist", tiny_raw["fashion_mnist"] + "/", root, "train", "train", again)
+    assert dataset_uri(again) == uri  # same content (path spelled differently): reused
+    with pytest.raises(ConfigError, match="another split"):
+        import_data("fashion-mnist", tiny_raw["fashion_mnist"], root, "train", "test",
+                    _artifact(tmp_path / "a3"))
+    off = _artifact(tmp_path / "a4")
+    assert import_data("mnist", "", root, "mnist", "train", off) == "" and dataset_uri(off) == ""
+
+
+def test_split_refers_to_shared_data(tmp_path, tiny_raw):
+    root = str(tmp_path / "data")
+    train = _artifact(tmp_path / "t")
+    import_data("fashion-mnist", tiny_raw["fashion_mnist"], root, "train", "train", train)
+    none = _artifact(tmp_path / "none")
+    import_data("mnist", "", root, "mnist", "train", none)
+    outs = [_artifact(tmp_path / n) for n in ("l", "p", "o")]
+    labelled, pool, oracle = split_data(train, root, 5, 0, none, *outs)
+    assert labelled.endswith("split-n5-s0-nodistract/labelled")
+    assert [dataset_uri(a) for a in outs] == [labelled, pool, oracle]
