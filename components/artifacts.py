@@ -52,3 +52,13 @@ def dataset_uri(artifact) -> str:
     if storage.exists(ref):
         return storage.read_json(ref)["uri"]
     return where
+
+
+def integral(value):
+    """KFP passes dict parameters as protobuf Structs, where every number is a double: give
+    model_kwargs (free-form, so not coerced by the config model) their integers back."""
+    if isinstance(value, dict):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value

@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from semisup_core import __version__
 from semisup_core import config as cfglib
 from semisup_core import storage
 from semisup_core.config import StageConfig
@@ -43,7 +44,8 @@ class JobSpec(StageConfig):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$",
                       description="job name (DNS-1035 label, <= 52 chars: pods add suffixes)")
     namespace: str = Field("semisup", description="namespace of the job")
-    image: str = Field("ghcr.io/semisup/semisup-train:0.1.0", description="train stage image")
+    image: str = Field(f"ghcr.io/semisup/semisup-train:{__version__}",
+                       description="train stage image (images/train)")
     train: dict = Field(description="the TrainConfig of the run (out, data, model, epochs, ...); "
                                     "out and data should be s3:// or minio:// URIs on a cluster")
     config_uri: str | None = Field(None, description="where the launcher writes the TrainConfig "

@@ -8,7 +8,7 @@ from components import image
 
 @dsl.component(base_image=image("launcher"), install_kfp_package=False)
 def pytorchjob(name: str, train: dict, model: Output[Model], backend: str = "kubernetes",
-               namespace: str = "semisup", train_image: str = image("train"), workers: int = 1,
+               namespace: str = "semisup", train_image: str = "", workers: int = 1,
                nproc_per_node: int = 1, gpus_per_node: int = 0, cpu: str = "2",
                memory: str = "8Gi", shm_size: str = "2Gi", elastic_min: int = 0,
                elastic_max: int = 0, storage_secret: str = "semisup-minio") -> str:
@@ -21,7 +21,7 @@ def pytorchjob(name: str, train: dict, model: Output[Model], backend: str = "kub
         backend: kubernetes (create the PyTorchJob through the training operator) or local
             (run the same entrypoint with torchrun on this machine).
         namespace: namespace of the job.
-        train_image: image of the job's pods (the train stage image).
+        train_image: image of the job's pods; empty = the train stage image of this release.
         workers: Worker replicas besides the Master (nodes - 1).
         nproc_per_node: processes per pod (GPUs per node; 1-2 on CPU).
         gpus_per_node: nvidia.com/gpu per pod; > 0 adds the GPU toleration.

@@ -11,7 +11,7 @@ from semisup_core.teacher_student import FinetuneSpec
 from semisup_core.train import TrainConfig, train
 from semisup_core.train.config import DataConfig
 
-from components.artifacts import dataset_uri, location
+from components.artifacts import dataset_uri, integral, location
 
 _FILES = ("model.safetensors", "state.json", "config.yaml", "metrics.json")
 
@@ -27,16 +27,6 @@ def _arch(model_dir: str) -> dict:
     return {"model": spec["name"], "model_kwargs": spec["kwargs"]}
 
 
-def _integral(value):
-    """KFP passes dict parameters as protobuf Structs, where every number is a double: give
-    model_kwargs (free-form, so not coerced by the config model) their integers back."""
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
 def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
         checkpoints: str = "") -> dict:
     """Train on ``data`` with ``recipe`` (a TrainRecipe, or a FinetuneSpec with ``init_from``).
@@ -47,7 +37,7 @@ def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
     """
     out = location(model)
     data = [dataset_uri(data)]
-    recipe = dict(recipe, model_kwargs=_integral(recipe.get("model_kwargs", {})))
+    recipe = dict(recipe, model_kwargs=integral(recipe.get("model_kwargs", {})))
     init = location(init_from) if init_from is not None else None
     spec = FinetuneSpec(**recipe) if init else None
     if spec is not None and not spec.enabled:
