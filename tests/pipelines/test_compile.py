@@ -26,13 +26,13 @@ def _components():
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_compiled_yaml_is_current(name, tmp_path):
     """Recompile and diff (kubeflow/pipelines' compilation test): a pipeline changed without
-    recompiling fails here. Fix: .venv/bin/python -m pipelines.<name>"""
+    recompiling fails here. Fix: .venv/bin/semisup pipelines compile"""
     mod = importlib.import_module(f"pipelines.{name}")
     fresh = compile_pipeline(getattr(mod, PIPELINES[name]), str(tmp_path / f"{name}.yaml"))
     committed = yaml_path(mod.__file__)
-    assert os.path.exists(committed), f"{committed} missing: run python -m pipelines.{name}"
+    assert os.path.exists(committed), f"{committed} missing: run .venv/bin/semisup pipelines compile"
     assert open(fresh).read() == open(committed).read(), (
-        f"{committed} is stale: run .venv/bin/python -m pipelines.{name}")
+        f"{committed} is stale: run .venv/bin/semisup pipelines compile")
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
