@@ -30,7 +30,8 @@ def test_compiled_yaml_is_current(name, tmp_path):
     mod = importlib.import_module(f"pipelines.{name}")
     fresh = compile_pipeline(getattr(mod, PIPELINES[name]), str(tmp_path / f"{name}.yaml"))
     committed = yaml_path(mod.__file__)
-    assert os.path.exists(committed), f"{committed} missing: run .venv/bin/semisup pipelines compile"
+    assert os.path.exists(committed), (
+        f"{committed} missing: run .venv/bin/semisup pipelines compile")
     assert open(fresh).read() == open(committed).read(), (
         f"{committed} is stale: run .venv/bin/semisup pipelines compile")
 
