@@ -32,6 +32,7 @@ from semisup_core.train import TrainConfig
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "pytorchjob-config.yaml"
+CONFIG_MOUNT = "/etc/semisup"  # where a config_map job mounts its ConfigMap
 
 
 class JobFailed(SemisupError):
@@ -65,12 +66,20 @@ class JobSpec(StageConfig):
                                 "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (env for the pods)")
     gpu_toleration: str = Field("nvidia.com/gpu", description="taint key tolerated on GPU nodes")
     service_account: str | None = Field(None, description="pod service account (none needed)")
+    config_map: str | None = Field(None, description="read the TrainConfig from this ConfigMap "
+                                   "(mounted at /etc/semisup) instead of config_uri: for jobs "
+                                   "applied with kubectl, where no launcher writes the config")
+    suspend: bool = Field(False, description="create the job suspended (runPolicy.suspend); "
+                          "kubectl patch it to start, e.g. after the previous stage finished")
 
     def train_config(self) -> TrainConfig:
         """The validated training config the pods run (typos fail here, not in the pod)."""
         return TrainConfig(**self.train)
 
     def config_location(self) -> str:
+        """Where the pods read the TrainConfig."""
+        if self.config_map:
+            return f"{CONFIG_MOUNT}/{CONFIG_NAME}"
         return self.config_uri or storage.join(self.train_config().out, CONFIG_NAME)
 
 
@@ -88,16 +97,23 @@ def _resources(spec: JobSpec):
 
 
 def _pod(spec: JobSpec, config_uri: str):
-    from kubernetes.client import (V1Container, V1EmptyDirVolumeSource, V1EnvFromSource,
-                                   V1EnvVar, V1ObjectMeta, V1PodSecurityContext, V1PodSpec,
-                                   V1PodTemplateSpec, V1SecretEnvSource, V1Toleration, V1Volume,
-                                   V1VolumeMount)
+    from kubernetes.client import (V1ConfigMapVolumeSource, V1Container, V1EmptyDirVolumeSource,
+                                   V1EnvFromSource, V1EnvVar, V1ObjectMeta, V1PodSecurityContext,
+                                   V1PodSpec, V1PodTemplateSpec, V1SecretEnvSource, V1Toleration,
+                                   V1Volume, V1VolumeMount)
+    volumes = [V1Volume(name="dshm", empty_dir=V1EmptyDirVolumeSource(
+        medium="Memory", size_limit=spec.shm_size))]
+    mounts = [V1VolumeMount(name="dshm", mount_path="/dev/shm")]
+    if spec.config_map:
+        volumes.append(V1Volume(name="config", config_map=V1ConfigMapVolumeSource(
+            name=spec.config_map)))
+        mounts.append(V1VolumeMount(name="config", mount_path=CONFIG_MOUNT, read_only=True))
     container = V1Container(
         name="pytorch",  # the operator finds the training container by this name
         image=spec.image, command=entrypoint(config_uri), resources=_resources(spec),
         env=[V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
         env_from=[V1EnvFromSource(secret_ref=V1SecretEnvSource(name=spec.storage_secret))],
-        volume_mounts=[V1VolumeMount(name="dshm", mount_path="/dev/shm")])
+        volume_mounts=mounts)
     tolerations = ([V1Toleration(key=spec.gpu_toleration, operator="Exists", effect="NoSchedule")]
                    if spec.gpus_per_node else None)
     return V1PodTemplateSpec(
@@ -106,8 +122,7 @@ def _pod(spec: JobSpec, config_uri: str):
         spec=V1PodSpec(containers=[container], tolerations=tolerations,
                        service_account_name=spec.service_account,
                        security_context=V1PodSecurityContext(run_as_non_root=True),
-                       volumes=[V1Volume(name="dshm", empty_dir=V1EmptyDirVolumeSource(
-                           medium="Memory", size_limit=spec.shm_size))]))
+                       volumes=volumes))
 
 
 def build_job(spec: JobSpec):
@@ -139,7 +154,8 @@ def build_job(spec: JobSpec):
             pytorch_replica_specs=replicas, nproc_per_node=str(spec.nproc_per_node),
             elastic_policy=elastic,
             run_policy=m.KubeflowOrgV1RunPolicy(backoff_limit=spec.backoff_limit,
-                                                clean_pod_policy="None")))
+                                                clean_pod_policy="None",
+                                                suspend=spec.suspend or None)))
 
 
 def to_manifest(job) -> dict:
@@ -150,6 +166,9 @@ def to_manifest(job) -> dict:
 
 def write_config(spec: JobSpec) -> str:
     """Write the TrainConfig YAML where the pods (or local torchrun) read it."""
+    if spec.config_map:
+        raise ConfigError(f"job {spec.name} reads ConfigMap {spec.config_map}: such jobs are "
+                          "applied with kubectl (k8s/), the launcher writes config_uri instead")
     uri = spec.config_location()
     storage.put_bytes(uri, cfglib.dump(spec.train_config()).encode())
     return uri

@@ -141,3 +141,16 @@ def test_local_backend_runs_the_same_entrypoint_with_two_processes(tmp_path):
     assert res["state"] == "Succeeded"
     metrics = storage.read_json(str(tmp_path / "run" / "metrics.json"))
     assert metrics["world_size"] == 2 and os.path.exists(tmp_path / "run" / "model.safetensors")
+
+
+def test_configmap_jobs_are_for_kubectl_not_the_launcher(tmp_path):
+    """k8s/ jobs read their config from a ConfigMap; the launcher refuses them before creating
+    anything (it would write the config where no pod reads it)."""
+    spec = JobSpec(name="teacher", train=dict(TRAIN, out=str(tmp_path / "run")),
+                   config_map="teacher-config", suspend=True)
+    pod = to_manifest(build_job(spec))["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
+    assert pod["spec"]["containers"][0]["command"][-1] == "/etc/semisup/pytorchjob-config.yaml"
+    client = _Client(["Succeeded"])
+    with pytest.raises(Exception, match="ConfigMap teacher-config"):
+        launch(spec, client=client, poll_s=0)
+    assert client.created == [] and not os.path.exists(tmp_path / "run")

@@ -1,0 +1,161 @@
+"""k8s/: every overlay rendered by a real kustomize (pinned, built from its Go module), every
+built-in object validated with kubernetes-validate --strict at a pinned Kubernetes version,
+every PyTorchJob against the training operator's own CRD; the jobs come from the launcher's
+JobSpec (one definition); broken fields fail."""
+
+import copy
+import os
+import subprocess
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from semisup import k8s_manifests
+from semisup.pytorchjob import build_job, to_manifest
+from semisup_core.train import TrainConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KUBERNETES = "1.33.0"  # the cluster version the manifests target
+OVERLAYS = sorted(os.listdir(os.path.join(REPO, "k8s", "overlays")))
+CUSTOM = {("kubeflow.org/v1", "PyTorchJob")}  # kinds kubernetes-validate has no schema for
+
+
+@pytest.fixture(scope="session")
+def kustomize() -> str:
+    path = subprocess.run([os.path.join(REPO, "scripts", "ensure_kustomize.sh"), "--path"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"kustomize not built at {path}: run scripts/ensure_kustomize.sh")
+    return path
+
+
+def build(kustomize: str, overlay: str) -> list[dict]:
+    proc = subprocess.run([kustomize, "build", os.path.join(REPO, "k8s", "overlays", overlay)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def validate(doc: dict, pytorchjob_schema: dict) -> None:
+    """Raises on an invalid object; custom kinds are checked against their CRDs, because
+    kubernetes-validate passes kinds it has no schema for."""
+    if (doc["apiVersion"], doc["kind"]) in CUSTOM:
+        jsonschema.validate(doc, pytorchjob_schema)
+    else:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def _of(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_of_every_overlay_validates(overlay, kustomize, pytorchjob_schema):
+    docs = build(kustomize, overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"Namespace", "StatefulSet", "Service", "Job", "ServiceAccount", "Role",
+            "RoleBinding", "NetworkPolicy", "ConfigMap", "PyTorchJob"} <= kinds
+    for doc in docs:
+        validate(doc, pytorchjob_schema)
+    assert all(d["metadata"].get("namespace") == "semisup" for d in docs if d["kind"] != "Namespace")
+
+
+def _break_statefulset_type(docs):
+    _of(docs, "StatefulSet")[0]["spec"]["replicas"] = "one"
+
+
+def _break_container_field(docs):
+    _of(docs, "Job")[0]["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+
+
+def _break_networkpolicy(docs):
+    _of(docs, "NetworkPolicy")[0]["spec"]["policyTypes"] = "Ingress"
+
+
+def _break_pytorchjob_field(docs):
+    _of(docs, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["replica"] = 1
+
+
+def _break_pytorchjob_type(docs):
+    _of(docs, "PyTorchJob")[0]["spec"]["runPolicy"]["backoffLimit"] = "3"
+
+
+@pytest.mark.parametrize("breakage", [_break_statefulset_type, _break_container_field,
+                                      _break_networkpolicy, _break_pytorchjob_field,
+                                      _break_pytorchjob_type])
+def test_a_broken_field_fails(breakage, kustomize, pytorchjob_schema):
+    docs = build(kustomize, "dev")
+    broken = copy.deepcopy(docs)
+    breakage(broken)
+    changed = [b for a, b in zip(docs, broken) if a != b]
+    assert len(changed) == 1
+    with pytest.raises((kubernetes_validate.ValidationError, jsonschema.ValidationError)):
+        validate(changed[0], pytorchjob_schema)
+
+
+@pytest.mark.parametrize("overlay", sorted(k8s_manifests.OVERLAYS))
+def test_generated_jobs_are_current(overlay):
+    with open(k8s_manifests.jobs_path(overlay)) as f:
+        assert f.read() == k8s_manifests.render(overlay), (
+            f"{k8s_manifests.jobs_path(overlay)} is stale: run .venv/bin/python -m "
+            "semisup.k8s_manifests")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_jobs_are_the_launchers_jobs(overlay, kustomize):
+    """One definition: what kubectl applies is exactly what the launcher component builds."""
+    rendered = {d["metadata"]["name"]: d for d in _of(build(kustomize, overlay), "PyTorchJob")}
+    specs = k8s_manifests.stage_specs(overlay)
+    assert sorted(rendered) == sorted(s.name for s in specs) == [
+        "finetune", "student-pretrain", "teacher"]
+    configs = {d["metadata"]["name"]: d for d in _of(build(kustomize, overlay), "ConfigMap")}
+    for spec in specs:
+        assert rendered[spec.name]["spec"] == to_manifest(build_job(spec))["spec"]
+        text = configs[spec.config_map]["data"]["pytorchjob-config.yaml"]
+        assert TrainConfig(**yaml.safe_load(text)) == spec.train_config()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_job_pods_are_what_a_cluster_needs(overlay, kustomize):
+    gpu = overlay == "prod"
+    for job in _of(build(kustomize, overlay), "PyTorchJob"):
+        spec = job["spec"]
+        assert spec["runPolicy"]["suspend"] is True  # applying starts nothing
+        assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == (3 if gpu else 2)
+        for replica in spec["pytorchReplicaSpecs"].values():
+            assert replica["restartPolicy"] == "OnFailure"
+            pod = replica["template"]["spec"]
+            (c,) = pod["containers"]
+            assert c["command"][:5] == ["torchrun", "-m", "semisup", "stage", "train"]
+            assert c["envFrom"] == [{"secretRef": {"name": "semisup-minio"}}]
+            mounts = {m["mountPath"] for m in c["volumeMounts"]}
+            assert {"/dev/shm", "/etc/semisup"} <= mounts
+            assert ("nvidia.com/gpu" in c["resources"]["limits"]) == gpu
+            assert bool(pod.get("tolerations")) == gpu
+    elastic = {j["metadata"]["name"]: j["spec"].get("elasticPolicy")
+               for j in _of(build(kustomize, overlay), "PyTorchJob")}
+    assert (elastic["student-pretrain"] is not None) == gpu
+
+
+def test_launcher_role_is_least_privilege(kustomize):
+    (role,) = _of(build(kustomize, "dev"), "Role")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert not {"update", "patch", "escalate", "bind", "impersonate"} & set(rule["verbs"])
+    granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    assert ("kubeflow.org", "pytorchjobs") in granted and ("", "secrets") not in granted
+
+
+def test_only_platform_pods_reach_minio(kustomize):
+    docs = build(kustomize, "dev")
+    (policy,) = _of(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "minio"}
+    allowed = [p["podSelector"]["matchLabels"] for p in policy["spec"]["ingress"][0]["from"]]
+    pods = [r["template"]["metadata"]["labels"] for j in _of(docs, "PyTorchJob")
+            for r in j["spec"]["pytorchReplicaSpecs"].values()]
+    pods.append(_of(docs, "Job")[0]["spec"]["template"]["metadata"]["labels"])
+    for labels in pods:
+        assert any(sel.items() <= labels.items() for sel in allowed), labels
+    assert not any(sel.items() <= {"app": "other"}.items() for sel in allowed)
