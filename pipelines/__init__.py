@@ -10,6 +10,24 @@ import re
 PIPELINES = {"teacher_student": "teacher_student"}
 
 
+#: the Secret with the platform MinIO's endpoint and credentials (k8s/base; README "Going to a
+#: cluster"); every task streams shards from that store, so every task gets it as env
+STORAGE_SECRET = "semisup-minio"
+STORAGE_ENV = ("S3_ENDPOINT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
+#: the label k8s/base's NetworkPolicy admits to MinIO
+MINIO_CLIENT_LABEL = ("semisup.io/minio-client", "true")
+
+
+def on_platform(tasks) -> None:
+    """Cluster settings for every task of a pipeline: the storage Secret as env and the MinIO
+    client label (kfp.local ignores both)."""
+    from kfp import kubernetes
+    for task in tasks:
+        kubernetes.use_secret_as_env(task, secret_name=STORAGE_SECRET,
+                                     secret_key_to_env={k: k for k in STORAGE_ENV})
+        kubernetes.add_pod_label(task, *MINIO_CLIENT_LABEL)
+
+
 def yaml_path(module_file: str) -> str:
     return os.path.splitext(module_file)[0] + ".yaml"
 
@@ -20,7 +38,8 @@ def _stable_header(text: str) -> str:
     import yaml
 
     header, sep, body = text.partition("\ncomponents:")
-    params = yaml.safe_load(sep + body)["root"]["inputDefinitions"]["parameters"]
+    spec = next(yaml.safe_load_all(sep + body))  # (a second document: platform settings)
+    params = spec["root"]["inputDefinitions"]["parameters"]
     lines = []
     for line in header.splitlines():
         m = re.match(r"^#    (\w+): dict \[Default: .*\]$", line)

@@ -15,6 +15,7 @@ no changes is the demo. Recompile after any change (a test fails on a stale YAML
 import os
 
 from kfp import dsl
+from kfp.dsl import pipeline_context
 
 from components.data.component import import_data, split_data
 from components.evaluate.component import evaluate, gather_metrics
@@ -23,7 +24,7 @@ from components.score.component import score
 from components.select.component import select
 from components.train.component import train
 from components.workers.component import worker_indices
-from pipelines import compile_main
+from pipelines import compile_main, on_platform
 from semisup_core import storage
 from semisup_core.demo import DemoConfig
 from semisup_core.demo_report import format_table
@@ -163,6 +164,7 @@ def teacher_student(
         r2 = _round("round 2", r1["student"].outputs["model"], data, p)
         with dsl.If(rounds >= MAX_ROUNDS, name="round-3"):
             _round("round 3", r2["student"].outputs["model"], data, p)
+    on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values())
 
 def arguments(cfg: DemoConfig, out: str, local: bool = True) -> dict:
     """Pipeline arguments from a validated DemoConfig; ``out`` is its output dir (absolute

@@ -38,7 +38,8 @@ def test_compiled_yaml_is_current(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_every_pipeline_parameter_is_described(name):
-    spec = yaml.safe_load(open(yaml_path(importlib.import_module(f"pipelines.{name}").__file__)))
+    spec = next(yaml.safe_load_all(open(yaml_path(
+        importlib.import_module(f"pipelines.{name}").__file__))))
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params
     missing = [p for p, d in params.items() if not d.get("description")]
@@ -71,7 +72,7 @@ def test_demo_config_maps_onto_every_pipeline_parameter():
     """`semisup run teacher_student --config` fills every parameter from the validated config,
     and the pipeline's defaults are the config's defaults (one definition of the arguments)."""
     from pipelines import teacher_student as ts
-    spec = yaml.safe_load(open(yaml_path(ts.__file__)))["root"]["inputDefinitions"]["parameters"]
+    spec = next(yaml.safe_load_all(open(yaml_path(ts.__file__))))["root"]["inputDefinitions"]["parameters"]
     args = ts.arguments(DemoConfig(), "/abs/out")
     assert set(args) == set(spec)
     path_like = {"data_root", "workdir", "fashion_mnist", "mnist"}
@@ -88,3 +89,19 @@ def test_arguments_follow_the_config():
     assert args["mnist"] == "" and args["labels_per_class"] == 7 and args["k"] == 9
     assert args["score_workers"] == 3 and args["self_training"] is False and args["rounds"] == 2
     assert args["k_sweep"] == [3, 4] and args["data_root"] == "/abs/out/data"
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_task_gets_the_storage_secret_and_the_minio_label(name):
+    """On a cluster every task streams shards from the platform MinIO: it needs the Secret as
+    env and the label k8s/base's NetworkPolicy admits."""
+    docs = list(yaml.safe_load_all(open(yaml_path(
+        importlib.import_module(f"pipelines.{name}").__file__))))
+    executors = docs[0]["deploymentSpec"]["executors"]
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(platform) == set(executors)
+    for settings in platform.values():
+        assert settings["podMetadata"]["labels"] == {"semisup.io/minio-client": "true"}
+        (secret,) = settings["secretAsEnv"]
+        assert secret["secretName"] == "semisup-minio"
+        assert {e["envVar"] for e in secret["keyToEnv"]} >= {"S3_ENDPOINT"}
