@@ -25,8 +25,9 @@ from pydantic import Field
 
 from semisup_core import config, storage
 from semisup_core.config import StageConfig
+from semisup_core.data.manifest import manifest_dataset
 from semisup_core.errors import DataError
-from semisup_core.score import read_table, write_table
+from semisup_core.tables import read_table, write_table
 from semisup_core.topk import TopKPerClass
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class SelectConfig(StageConfig):
     pool_fraction: float = Field(1.0, gt=0, le=1, description="select from the first fraction "
                                  "of the scored shards only (pool-size ablation; split shuffles "
                                  "the pool across shards, so this is a random subset)")
+    pool: str | None = Field(None, description="the scored pool's dataset URI: also write the "
+                             "student's training set to out/selected (one sample per selected "
+                             "(image, class) pair); null = the manifest only")
 
 
 def _dirs(scores: str | list[str]) -> list[str]:
@@ -153,7 +157,8 @@ def _run_topk(blocks: Iterator[pa.Table], k, num_classes: int,
 
 
 def select(cfg: SelectConfig) -> dict:
-    """Write ``out/manifest.parquet`` and ``out/summary.json``; returns the summary."""
+    """Write ``out/manifest.parquet`` and ``out/summary.json`` (and ``out/selected``, the
+    student's training set, when ``pool`` is given); returns the summary."""
     tables, markers = _subset(cfg)
     top1 = np.sum([m["top1_counts"] for m in markers], axis=0)
     num_classes = len(top1)
@@ -171,7 +176,11 @@ def select(cfg: SelectConfig) -> dict:
         res["score"] = _lookup_scores(tables, res)
     else:
         res = _threshold(cfg, tables, num_classes)
-    return _write_manifest(cfg, res, top1, markers)
+    summary = _write_manifest(cfg, res, top1, markers)
+    if cfg.pool:
+        manifest_dataset(read_manifest(storage.join(cfg.out, "manifest.parquet")), cfg.pool,
+                         storage.join(cfg.out, "selected"))
+    return summary
 
 
 def _partial_k(scores: str | list[str]) -> int | None:

@@ -179,3 +179,13 @@ def test_manifest_dataset_one_sample_per_image_and_class(teacher, pool, tmp_path
     assert meta.num_samples == m.num_rows and meta.labelled
     assert meta.class_counts == np.bincount(m["class_id"].to_numpy(), minlength=4).tolist()
     assert len(set(m["key"].to_pylist())) < m.num_rows  # top-2: some images in two classes
+
+
+def test_select_with_pool_writes_the_students_training_set(teacher, pool, tmp_path):
+    scores = _score(teacher, pool, tmp_path / "s")
+    _select(scores, tmp_path / "m", k=40, pool=pool)
+    m = read_manifest(str(tmp_path / "m" / "manifest.parquet"))
+    meta = read_meta(str(tmp_path / "m" / "selected"))
+    assert meta.num_samples == m.num_rows and meta.labelled
+    _select(scores, tmp_path / "plain", k=40)
+    assert not (tmp_path / "plain" / "selected").exists()
