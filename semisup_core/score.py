@@ -11,14 +11,12 @@ When all its shards are done the worker writes its partial per-class top-K table
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import posixpath
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 from tqdm import tqdm
@@ -30,6 +28,7 @@ from semisup_core.data.decode import decode_image
 from semisup_core.data.shards import iter_shard
 from semisup_core.data.stream import to_chw
 from semisup_core.errors import ConfigError, DataError
+from semisup_core.tables import read_table, write_table
 from semisup_core.topk import TopKPerClass
 from semisup_core.train.augment import normalize
 
@@ -103,18 +102,6 @@ def _top_p(model, images, state, cfg: ScoreConfig, device) -> tuple[np.ndarray, 
     if not scores:
         return np.zeros((0, p), np.float32), np.zeros((0, p), np.int64)
     return np.concatenate(scores), np.concatenate(classes)
-
-
-def write_table(uri: str, table: pa.Table) -> None:
-    """Write a Parquet table to any storage URI (one atomic put)."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.put_bytes(uri, buf.getvalue())
-
-
-def read_table(uri: str) -> pa.Table:
-    """Read a Parquet table from any storage URI."""
-    return pq.read_table(io.BytesIO(storage.get_bytes(uri)))
 
 
 class _DecodedShards(torch.utils.data.IterableDataset):
