@@ -8,9 +8,11 @@ Bad input ends with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
+from typing import Callable
 
 from semisup_core import config as cfglib
 from semisup_core.errors import SemisupError
@@ -18,20 +20,25 @@ from semisup_core.errors import SemisupError
 log = logging.getLogger("semisup")
 
 
-def _stage_registry() -> dict:
-    """stage name -> (config class, function); imported lazily (torch is slow to import)."""
-    from semisup_core.data.config import ImportConfig, SplitConfig
-    from semisup_core.data.stages import run_import, run_split
-    from semisup_core.evaluate import EvaluateConfig, evaluate
-    from semisup_core.score import ScoreConfig, score
-    from semisup_core.select import SelectConfig, select
-    from semisup_core.teacher_student import TeacherStudentConfig, run_teacher_student
-    from semisup_core.train import TrainConfig, train
+#: stage name -> (config class, function) as "module:attribute"; each stage's module is imported
+#: only when that stage runs or prints its help, so the CPU images (data, select) need no torch
+_STAGES = {
+    "import": ("semisup_core.data.config:ImportConfig", "semisup_core.data.stages:run_import"),
+    "split": ("semisup_core.data.config:SplitConfig", "semisup_core.data.stages:run_split"),
+    "train": ("semisup_core.train:TrainConfig", "semisup_core.train:train"),
+    "evaluate": ("semisup_core.evaluate:EvaluateConfig", "semisup_core.evaluate:evaluate"),
+    "score": ("semisup_core.score:ScoreConfig", "semisup_core.score:score"),
+    "select": ("semisup_core.select:SelectConfig", "semisup_core.select:select"),
+    "teacher-student": ("semisup_core.teacher_student:TeacherStudentConfig",
+                        "semisup_core.teacher_student:run_teacher_student"),
+}
+_DATA_STAGES = ("import", "split")
 
-    return {"import": (ImportConfig, run_import), "split": (SplitConfig, run_split),
-            "train": (TrainConfig, train), "evaluate": (EvaluateConfig, evaluate),
-            "score": (ScoreConfig, score), "select": (SelectConfig, select),
-            "teacher-student": (TeacherStudentConfig, run_teacher_student)}
+
+def _stage(name: str) -> tuple[type, Callable]:
+    """The config class and function of stage ``name`` (imports its module)."""
+    refs = (ref.split(":") for ref in _STAGES[name])
+    return tuple(getattr(importlib.import_module(mod), attr) for mod, attr in refs)
 
 
 _HELP = {
@@ -51,10 +58,18 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override one field, e.g. --set optim.lr=0.05 (repeatable)")
 
 
+class _StageParser(argparse.ArgumentParser):
+    """A stage's parser; its epilog lists the config fields, read only when help is printed."""
+
+    def format_help(self) -> str:
+        cls = _stage(self.get_default("stage"))[0]
+        self.epilog = ("config fields (set in --config or with --set):\n"
+                       + "\n".join(cfglib.describe(cls)))
+        return super().format_help()
+
+
 def _stage_parser(sub, name: str, section: bool) -> None:
-    cls = _stage_registry()[name][0]
-    epilog = "config fields (set in --config or with --set):\n" + "\n".join(cfglib.describe(cls))
-    p = sub.add_parser(name, help=_HELP[name], description=_HELP[name], epilog=epilog,
+    p = sub.add_parser(name, help=_HELP[name], description=_HELP[name],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
     if section:
@@ -63,7 +78,7 @@ def _stage_parser(sub, name: str, section: bool) -> None:
 
 
 def _run_stage(args) -> int:
-    cls, fn = _stage_registry()[args.stage]
+    cls, fn = _stage(args.stage)
     cfg = cfglib.load(cls, args.config, args.overrides, getattr(args, "section", None))
     result = fn(cfg)
     if result is not None:
@@ -138,12 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="import and split datasets").add_subparsers(
-        dest="data_command", required=True)
-    for name in ("import", "split"):
+        dest="data_command", required=True, parser_class=_StageParser)
+    for name in _DATA_STAGES:
         _stage_parser(data, name, section=False)
+    # every stage, the data ones included: what the stage images run (images/<stage>/Dockerfile)
     stage = sub.add_parser("stage", help="run one pipeline stage").add_subparsers(
-        dest="stage_command", required=True)
-    for name in ("train", "evaluate", "score", "select", "teacher-student"):
+        dest="stage_command", required=True, parser_class=_StageParser)
+    for name in _STAGES:
         _stage_parser(stage, name, section=True)
     models = sub.add_parser("models", help="list registered models")
     models.set_defaults(func=_run_models)
