@@ -31,6 +31,7 @@ _STAGES = {
     "select": ("semisup_core.select:SelectConfig", "semisup_core.select:select"),
     "teacher-student": ("semisup_core.teacher_student:TeacherStudentConfig",
                         "semisup_core.teacher_student:run_teacher_student"),
+    "pytorchjob": ("semisup.pytorchjob:JobSpec", "semisup.pytorchjob:launch"),
 }
 _DATA_STAGES = ("import", "split")
 
@@ -49,6 +50,7 @@ _HELP = {
     "score": "teacher scores the unlabelled pool: top-P classes per image, partial top-K per class",
     "select": "merge scores into the ranked manifest (balanced/unbalanced/random/threshold)",
     "teacher-student": "the whole Yalniz et al. pipeline in one process (variants as config)",
+    "pytorchjob": "train on several nodes: create a PyTorchJob (Master + Workers), wait for it",
 }
 
 

@@ -58,6 +58,24 @@ def test_missing_raw_data(tmp_path, capsys):
     _assert_one_line(err, str(tmp_path / "nothing"))
 
 
+@pytest.mark.parametrize("group", ["data", "stage"])
+def test_data_stages_under_data_and_stage(group, tmp_path, capsys):
+    """`stage import` (the data image's entrypoint) is `data import`: same handler and config."""
+    code, err = _run([group, "import", "--set", "source=fashion-mnist",
+                      "--set", f"src={tmp_path}/nothing", "--set", f"out={tmp_path}/o"], capsys)
+    assert code == 2
+    _assert_one_line(err, str(tmp_path / "nothing"))
+
+
+def test_parser_imports_no_stage_module():
+    """Building the CLI imports no stage (and so no torch): the CPU images run it."""
+    code = ("import sys; from semisup.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('torch', 'semisup_core.'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO)).stdout
+    assert "torch" not in out and "semisup_core.train" not in out, out
+
+
 def test_s3_bucket_that_does_not_exist(s3_env, tmp_path, capsys):
     code, err = _run(["stage", "train", "--set", f"out={tmp_path}/o",
                       "--set", "data.train=s3://no-such-bucket-semisup/ds"], capsys)
