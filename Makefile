@@ -12,3 +12,28 @@ setup:
 
 setup-test:
 	scripts/setup-test.sh
+
+# Container images (images/README.md): semisup-base first, then one image per stage, every
+# tag at one version. `make images VERSION=0.2.0`, `make push-images REGISTRY=...`.
+REGISTRY ?= ghcr.io/semisup
+VERSION ?= $(shell sed -n '/^\[project\]/,/^\[/s/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER ?= docker
+DOCKER_BUILD_ARGS ?=
+STAGES := data select launcher evaluate train score
+LABELS = --label org.opencontainers.image.version=$(VERSION) \
+         --label org.opencontainers.image.revision=$(shell git rev-parse --short HEAD 2>/dev/null)
+
+.PHONY: images push-images image-base $(addprefix image-,$(STAGES))
+
+images: $(addprefix image-,$(STAGES))
+
+image-base:
+	@test -n "$(VERSION)" || { echo "make: no VERSION (none in pyproject.toml)" >&2; exit 2; }
+	$(DOCKER) build --pull $(DOCKER_BUILD_ARGS) $(LABELS) -t $(REGISTRY)/semisup-base:$(VERSION) images/base
+
+$(addprefix image-,$(STAGES)): image-%: image-base
+	$(DOCKER) build $(DOCKER_BUILD_ARGS) $(LABELS) -f images/$*/Dockerfile \
+		--build-arg BASE_IMAGE=$(REGISTRY)/semisup-base:$(VERSION) -t $(REGISTRY)/semisup-$*:$(VERSION) .
+
+push-images: images
+	$(foreach i,base $(STAGES),$(DOCKER) push $(REGISTRY)/semisup-$(i):$(VERSION) &&) true
