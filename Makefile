@@ -29,7 +29,8 @@ images: $(addprefix image-,$(STAGES))
 
 image-base:
 	@test -n "$(VERSION)" || { echo "make: no VERSION (none in pyproject.toml)" >&2; exit 2; }
-	$(DOCKER) build --pull $(DOCKER_BUILD_ARGS) $(LABELS) -t $(REGISTRY)/semisup-base:$(VERSION) images/base
+	$(DOCKER) build --pull $(DOCKER_BUILD_ARGS) $(LABELS) \
+		-t $(REGISTRY)/semisup-base:$(VERSION) images/base
 
 $(addprefix image-,$(STAGES)): image-%: image-base
 	$(DOCKER) build $(DOCKER_BUILD_ARGS) $(LABELS) -f images/$*/Dockerfile \

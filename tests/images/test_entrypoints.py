@@ -102,7 +102,8 @@ def test_image_installs_nothing_its_code_does_not_import(image):
     used = {canonicalize_name(d) for path in loaded(_modules(image)).values()
             for mod in third_party(path) for d in dists.get(mod, [mod])}
     extra = sorted({canonicalize_name(r) for r in requirements(image)} - used - set(NOT_IMPORTED))
-    assert not extra, f"{image}: nothing imports {extra}: drop them from images/{image}/requirements.txt"
+    assert not extra, (f"{image}: nothing imports {extra}: drop them from "
+                       f"images/{image}/requirements.txt")
 
 
 def test_select_and_data_images_carry_no_torch():
