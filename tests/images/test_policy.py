@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import shutil
+import os
 import subprocess
 
 import pytest
@@ -96,9 +96,11 @@ def test_every_image_the_code_runs_has_a_dockerfile():
 
 
 def _make_n(*args: str) -> list[str]:
-    if not shutil.which("make"):
-        pytest.skip("make is not installed")
-    proc = subprocess.run(["make", "-n", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+    """``make -n`` as a person runs it: not the sub-make of ``make test``, whose inherited
+    MAKEFLAGS would add "Entering/Leaving directory" lines."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.replace("\\\n", " ").splitlines()
 
