@@ -143,8 +143,7 @@ def worker_partial(cfg: ScoreConfig, names: list[str], num_classes: int) -> TopK
     top = TopKPerClass(cfg.partial_k, num_classes, payload=("shard",))
     for name in names:
         t = read_table(storage.join(cfg.out, "shards", f"{name}.parquet"))
-        top.add(t["class_id"].to_numpy(), t["score"].to_numpy(), t["key"].to_numpy(zero_copy_only=False),
-                shard=t["shard"].to_numpy(zero_copy_only=False))
+        top.add(t["class_id"].to_numpy(), t["score"].to_numpy(), t["key"], shard=t["shard"])
     return top
 
 

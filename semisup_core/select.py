@@ -149,10 +149,9 @@ def _run_topk(blocks: Iterator[pa.Table], k, num_classes: int,
               score_fn: Callable[[pa.Table], np.ndarray] | None = None) -> dict:
     top = TopKPerClass(k, num_classes, payload=("shard",))
     for t in blocks:
-        classes = t["class_id"].to_numpy()
-        keys = t["key"].to_numpy(zero_copy_only=False)
         scores = score_fn(t) if score_fn else t["score"].to_numpy()
-        top.add(classes, scores, keys, shard=t["shard"].to_numpy(zero_copy_only=False))
+        # keys and shards stay arrow columns: only the candidates that pass are converted
+        top.add(t["class_id"].to_numpy(), scores, t["key"], shard=t["shard"])
     return top.result()
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semisup_core.topk import TopKPerClass
+from semisup_core.topk import TopKPerClass, kth_largest_bits, order_bits
 
 
 def _brute(classes, scores, keys, k):
@@ -38,8 +38,7 @@ def _data(seed, n, c, levels):
                                                   (2, 100, 3, 1000, 10)])
 def test_matches_full_sort_with_ties(seed, n, c, k, block):
     classes, scores, keys = _data(seed, n, c, levels=5)
-    top = TopKPerClass(k, c)
-    top._limit = 50  # force many compactions
+    top = TopKPerClass(k, c, slack=3)  # a tiny buffer: many compactions
     for i in range(0, n, block):
         top.add(classes[i:i + block], scores[i:i + block], keys[i:i + block])
     assert _as_rows(top.result()) == _brute(classes.tolist(), scores.tolist(), keys.tolist(), k)
@@ -78,3 +77,86 @@ def test_any_split_gives_the_same_result(rows, k, parts):
 def test_rejects_out_of_range_class():
     with pytest.raises(ValueError, match="out of range"):
         TopKPerClass(3, 2).add([0, 2], [0.1, 0.2], ["a", "b"])
+
+
+def test_order_bits_sort_like_the_floats():
+    x = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 1.0, 7e30, np.inf], np.float32)
+    b = order_bits(x)
+    assert (np.diff(b.astype(np.int64)) >= 0).all()
+    assert b[3] == b[4]  # -0.0 == 0.0
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal(10_000) * 10.0 ** rng.integers(-20, 20, 10_000)).astype(np.float32)
+    assert (np.argsort(order_bits(y), kind="stable") == np.argsort(y, kind="stable")).all()
+    with pytest.raises(ValueError, match="NaN"):
+        order_bits(np.array([0.1, np.nan], np.float32))
+
+
+@pytest.mark.parametrize("seed, c, levels", [(0, 7, 3), (1, 50, 1000), (2, 3, 2 ** 30), (3, 5000, 50)])
+def test_kth_largest_bits_matches_sort(seed, c, levels):
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    classes = rng.integers(0, c, n).astype(np.int32)
+    bits = rng.integers(0, levels, n).astype(np.uint32) * np.uint32(2 ** 32 // max(levels, 1) - 1)
+    k = rng.integers(0, 12, c)
+    got = kth_largest_bits(classes, bits, k, c)
+    for cls in range(c):
+        vals = np.sort(bits[classes == cls])[::-1]
+        want = vals[k[cls] - 1] if 0 < k[cls] <= len(vals) else 0
+        if k[cls] > 0:
+            assert got[cls] == want, cls
+
+
+def test_integer_keys_arrow_columns_and_many_ties():
+    import pyarrow as pa
+    rng = np.random.default_rng(5)
+    n, c, k = 5000, 6, 300
+    classes = rng.integers(0, c, n)
+    scores = np.where(rng.random(n) < 0.7, 0.5, rng.random(n)).astype(np.float32)  # 70% tied
+    keys = rng.permutation(10 * n)[:n]
+    top = TopKPerClass(k, c, slack=50, payload=("shard",))
+    for i in range(0, n, 700):
+        sl = slice(i, i + 700)
+        top.add(pa.array(classes[sl]), pa.array(scores[sl]), pa.array(keys[sl]),
+                shard=pa.array([f"s{j % 4}" for j in range(i, min(n, i + 700))]))
+    res = top.result()
+    assert res["key"].dtype == np.int64
+    assert _as_rows(res) == _brute(classes.tolist(), scores.tolist(), keys.tolist(), k)
+    where = {key: i for i, key in enumerate(keys.tolist())}
+    assert all(s == f"s{where[key] % 4}" for key, s in zip(res["key"].tolist(), res["shard"]))
+
+
+def test_zero_k_and_nan_and_empty():
+    top = TopKPerClass([0, 2], 2)
+    top.add([0, 0, 1, 1, 1], [0.9, 0.8, 0.1, 0.3, 0.2], [1, 2, 3, 4, 5])
+    assert _as_rows(top.result()) == [(1, 0, np.float32(0.3), 4), (1, 1, np.float32(0.2), 5)]
+    with pytest.raises(ValueError, match="NaN"):
+        TopKPerClass(3, 2).add([0], [float("nan")], ["a"])
+    assert len(TopKPerClass(3, 2).result()["key"]) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0.0, 0.25, 0.5, 1.0, -1.0, 3e-39]),
+                          st.integers(0, 10**6)), max_size=200, unique_by=lambda r: r[2]),
+       st.lists(st.integers(0, 9), min_size=5, max_size=5), st.integers(1, 5), st.integers(1, 40),
+       st.integers(1, 30))
+def test_property_equals_full_sort_for_any_blocks_workers_and_buffer(rows, k, workers, block, slack):
+    """Per-class K, heavy ties (6 score levels, a subnormal), integer keys: any blocking, any
+    number of workers, any buffer size gives the full sort's answer, byte for byte."""
+    classes = np.array([r[0] for r in rows], np.int32)
+    scores = np.array([r[1] for r in rows], np.float32)
+    keys = np.array([r[2] for r in rows], np.int64)
+    want = _brute(classes.tolist(), scores.tolist(), keys.tolist(), k)
+    merged = TopKPerClass(k, 5, slack=slack)
+    for w in range(workers):
+        part = TopKPerClass(k, 5, slack=slack)
+        c, s, key = classes[w::workers], scores[w::workers], keys[w::workers]
+        for i in range(0, len(c), block):
+            part.add(c[i:i + block], s[i:i + block], key[i:i + block])
+        r = part.result()
+        merged.add(r["class_id"], r["score"], r["key"])
+    got = merged.result()
+    assert _as_rows(got) == want
+    single = TopKPerClass(k, 5)
+    single.add(classes, scores, keys)
+    ref = single.result()
+    assert all(got[c].tobytes() == ref[c].tobytes() for c in ("class_id", "rank", "score", "key"))
