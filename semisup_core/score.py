@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,11 @@ class ScoreConfig(StageConfig):
     use_logits: bool = Field(False, description="rank by raw logits instead of softmax "
                                                 "(the paper's ablation; softmax is better)")
     batch_size: int = Field(512, ge=1)
+    decoder: Literal["auto", "dali", "pil"] = Field(
+        "auto", description="dali: NVIDIA DALI decodes each shard (cpu, or mixed = nvJPEG on a "
+        "GPU); pil: the PIL reference path; auto: dali when installed. A shard DALI cannot "
+        "decode (a corrupt record) is rescored with PIL, which counts and skips the record")
+    decode_threads: int = Field(2, ge=1, description="DALI CPU threads per worker")
     worker: int | None = Field(None, ge=0, description="this worker's index; default $RANK or 0")
     num_workers: int | None = Field(None, ge=1, description="worker count; default $WORLD_SIZE or 1")
     fail_after_shards: int | None = Field(None, description="testing aid: crash after N shards")
@@ -86,22 +92,69 @@ def _decode_shard(uri: str, channels: int) -> tuple[list[str], torch.Tensor | li
 
 
 @torch.inference_mode()
+def _infer(model, x: torch.Tensor, p: int, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Top-P of one normalised float batch (channels-last; bf16 autocast on a GPU)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
+        out = model(x).float()
+    out = out if cfg.use_logits else out.softmax(dim=1)  # N x C
+    top = out.topk(p, dim=1)
+    return top.values.cpu().numpy(), top.indices.cpu().numpy()
+
+
+def _stack(parts: list[tuple[np.ndarray, np.ndarray]], p: int) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.zeros((0, p), np.float32), np.zeros((0, p), np.int64)
+    return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+
+
 def _top_p(model, images, state, cfg: ScoreConfig, device) -> tuple[np.ndarray, np.ndarray]:
-    """Top-P (scores, classes) per image: both N x P, scores descending."""
-    scores, classes = [], []
+    """Top-P (scores, classes) per image of uint8 images: both N x P, scores descending."""
     p = min(cfg.top_p, state["model"]["num_classes"])
+    parts = []
     for i in range(0, len(images), cfg.batch_size):
         batch = images[i:i + cfg.batch_size]
         batch = batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
-        x = normalize(batch.to(device), state["mean"], state["std"])
-        out = model(x).float()
-        out = out if cfg.use_logits else out.softmax(dim=1)  # N x C
-        top = out.topk(p, dim=1)
-        scores.append(top.values.cpu().numpy())
-        classes.append(top.indices.cpu().numpy())
-    if not scores:
-        return np.zeros((0, p), np.float32), np.zeros((0, p), np.int64)
-    return np.concatenate(scores), np.concatenate(classes)
+        parts.append(_infer(model, normalize(batch.to(device), state["mean"], state["std"]), p, cfg))
+    return _stack(parts, p)
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _dali_top_p(model, state, uri: str, cfg: ScoreConfig, device: str
+                ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Keys and top-P of one shard decoded by DALI (``mixed`` on a GPU, else ``cpu``)."""
+    from semisup_core.data.dali_reader import _READER, _text, _to_host, build_pipeline, stage_shards
+    path = stage_shards([uri])[0]
+    idx = path[:-len(".tar")] + ".idx" if path.endswith(".tar") else None
+    if idx and not os.path.isfile(idx):
+        try:
+            idx = stage_shards([uri[:-len(".tar")] + ".idx"])[0]
+        except Exception:  # no index: DALI scans the tar
+            idx = None
+    pipe = build_pipeline([path], index_paths=[idx] if idx else None, labelled=False,
+                          channels=state["model"]["in_chans"], mean=state["mean"], std=state["std"],
+                          device="mixed" if device == "cuda" else "cpu", batch_size=cfg.batch_size,
+                          num_threads=cfg.decode_threads, normalize=False)
+    left = pipe.epoch_size(_READER)
+    p = min(cfg.top_p, state["model"]["num_classes"])
+    keys, parts = [], []
+    while left > 0:
+        images, info = pipe.run()
+        n = min(left, cfg.batch_size)
+        left -= n
+        keys += [_text(info[i]).rsplit(":", 1)[-1].rsplit("/", 1)[-1].split(".", 1)[0] for i in range(n)]
+        x = _to_host(images, n, as_torch=True).to(device)  # uint8: normalised as in the PIL path
+        parts.append(_infer(model, normalize(x, state["mean"], state["std"]), p, cfg))
+    del pipe
+    scores, classes = _stack(parts, p)
+    return keys, scores, classes
 
 
 class _DecodedShards(torch.utils.data.IterableDataset):
@@ -119,11 +172,16 @@ class _DecodedShards(torch.utils.data.IterableDataset):
             yield (uri, *_decode_shard(uri, self.channels))
 
 
-def score_shard(model, state, uri: str, decoded, cfg: ScoreConfig, device) -> dict:
-    """Score one decoded shard; write its candidate table, then its done marker."""
+def score_shard(model, state, uri: str, decoded, cfg: ScoreConfig, device, top=None) -> dict:
+    """Score one shard (decoded by PIL: ``decoded`` = keys, images, corrupt keys; or already
+    scored by DALI: ``top`` = keys, scores, classes); write its candidate table, then its
+    done marker."""
     name = _shard_name(uri)
-    keys, images, corrupt = decoded
-    scores, classes = _top_p(model, images, state, cfg, device)
+    if top is not None:
+        (keys, scores, classes), corrupt = top, []
+    else:
+        keys, images, corrupt = decoded
+        scores, classes = _top_p(model, images, state, cfg, device)
     n, p = scores.shape
     table = pa.table({"key": np.repeat(np.array(keys, dtype=object), p), "shard": [name] * (n * p),
                       "class_id": classes.reshape(-1).astype(np.int32),
@@ -162,11 +220,28 @@ def score(cfg: ScoreConfig) -> dict:
             if not storage.exists(storage.join(cfg.out, "shards", f"{_shard_name(u)}.done.json"))]
     if len(todo) < len(mine):
         log.info("skipping %d already scored shard(s)", len(mine) - len(todo))
-    loader = torch.utils.data.DataLoader(_DecodedShards(todo, state["model"]["in_chans"]),
-                                         batch_size=None, num_workers=min(1, len(todo)))
+    model = model.to(memory_format=torch.channels_last)
+    use_dali = cfg.decoder == "dali" or (cfg.decoder == "auto" and dali_available())
+    if cfg.decoder == "dali" and not dali_available():
+        raise ConfigError("decoder: dali is not installed (pip install nvidia-dali-cuda120); "
+                          "use decoder: pil")
+    if use_dali:
+        shards = ((uri, None, None) for uri in todo)
+    else:  # decoding the next shard in a DataLoader worker overlaps with inference
+        loader = torch.utils.data.DataLoader(_DecodedShards(todo, state["model"]["in_chans"]),
+                                             batch_size=None, num_workers=min(1, len(todo)))
+        shards = ((uri, decoded, None) for uri, *decoded in loader)
     done = 0
-    for uri, *decoded in tqdm(loader, total=len(todo), desc=f"score worker {w}/{n}", unit="shard"):
-        score_shard(model, state, uri, decoded, cfg, device)
+    for uri, decoded, _ in tqdm(shards, total=len(todo), desc=f"score worker {w}/{n}", unit="shard"):
+        top = None
+        if use_dali:
+            try:
+                top = _dali_top_p(model, state, uri, cfg, device)
+            except RuntimeError as e:  # DALI stops at the first undecodable record
+                log.warning("%s: DALI failed (%s); rescoring with PIL, which skips corrupt records",
+                            uri, str(e).strip().splitlines()[0][:200])
+                decoded = _decode_shard(uri, state["model"]["in_chans"])
+        score_shard(model, state, uri, decoded, cfg, device, top=top)
         done += 1
         if cfg.fail_after_shards is not None and done >= cfg.fail_after_shards:
             raise RuntimeError(f"injected failure after {done} shard(s)")

@@ -109,8 +109,9 @@ def build_pipeline(paths: list[str], *, labelled: bool, channels: int, mean, std
                    index_paths: list[str] | None = None,
                    device: str = "cpu", batch_size: int = 256, num_threads: int = 4,
                    shard_id: int = 0, num_shards: int = 1, shuffle: bool = False,
-                   seed: int = 0, size: tuple[int, int] | None = None):
-    """The DALI pipeline (built); outputs ``(images N x C x H x W float, cls bytes?, source_info)``.
+                   seed: int = 0, size: tuple[int, int] | None = None, normalize: bool = True):
+    """The DALI pipeline (built); outputs ``(images N x C x H x W float, cls bytes?, source_info)``
+    (``normalize=False``: uint8 images, for callers that normalise as the PIL path does).
 
     ``mean``/``std`` are per channel in [0, 1] units, as in torchvision. Grey PNGs match
     the PIL reference exactly; JPEGs decoded by nvJPEG (``mixed``) and colour images
@@ -141,8 +142,11 @@ def build_pipeline(paths: list[str], *, labelled: bool, channels: int, mean, std
                                    output_type=types.GRAY if channels == 1 else types.RGB)
         if size is not None:
             images = fn.resize(images, resize_y=size[0], resize_x=size[1])
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
-                                          mean=mean, std=std)
+        if normalize:
+            images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                              mean=mean, std=std)
+        else:
+            images = fn.transpose(images, perm=[2, 0, 1])  # HWC -> CHW, still uint8
         return (images, outs[1], info) if labelled else (images, info)
 
     p = pipe()
@@ -168,7 +172,8 @@ def _to_host(tl, n: int, as_torch: bool):
         import torch
         from nvidia.dali.plugin.pytorch import feed_ndarray
         dense = tl.as_tensor()
-        out = torch.empty(dense.shape(), dtype=torch.float32, device=torch.cuda.current_device())
+        dtype = torch.uint8 if "UINT8" in str(dense.dtype) else torch.float32
+        out = torch.empty(dense.shape(), dtype=dtype, device=torch.cuda.current_device())
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
         return out[:n]
     arr = (tl.as_cpu() if hasattr(tl, "as_cpu") else tl).as_array()[:n]

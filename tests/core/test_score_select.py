@@ -189,3 +189,16 @@ def test_select_with_pool_writes_the_students_training_set(teacher, pool, tmp_pa
     assert meta.num_samples == m.num_rows and meta.labelled
     _select(scores, tmp_path / "plain", k=40)
     assert not (tmp_path / "plain" / "selected").exists()
+
+
+def test_dali_and_pil_decoders_give_the_same_manifest(teacher, pool, tmp_path, caplog):
+    """DALI (cpu here) decodes the grey PNGs exactly as PIL; shards with a corrupt record
+    fall back to PIL, which counts and skips it."""
+    import logging
+    pil = _select(_score(teacher, pool, tmp_path / "pil", decoder="pil"), tmp_path / "mp", k=10)
+    with caplog.at_level(logging.WARNING, logger="semisup_core.score"):
+        dali = _select(_score(teacher, pool, tmp_path / "dali", decoder="dali"), tmp_path / "md", k=10)
+    assert dali[1] == pil[1]
+    assert dali[0]["corrupt"] == pil[0]["corrupt"] == 2
+    fell_back = [r for r in caplog.records if "DALI failed" in r.getMessage()]
+    assert len(fell_back) == 2  # the two shards holding a corrupt record, not the other six
