@@ -26,7 +26,6 @@ WebDataset keys); payload columns (e.g. the shard name) ride along, stored as in
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 _BITS = 12  # digit width of the radix select (per-class histograms of 4096 buckets)
 
@@ -99,6 +98,17 @@ def kth_largest_bits(classes: np.ndarray, bits: np.ndarray, k: np.ndarray, num_c
     """Per class ``c``, the ``k[c]``-th largest of ``bits`` among its candidates; 0 where the
     class has fewer than ``k[c]`` candidates."""
     return _select(classes, bits, np.asarray(k, np.int64), num_classes)[0]
+
+
+def _sort(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted values, permutation) of an int64 array; torch's CPU sort is ~4x numpy's."""
+    try:
+        import torch
+    except ImportError:
+        order = np.argsort(values)
+        return values[order], order
+    srt, order = torch.sort(torch.from_numpy(values))
+    return srt.numpy(), order.numpy()
 
 
 def _as_numpy(values, mask: np.ndarray | None = None) -> np.ndarray:
@@ -243,8 +253,7 @@ class TopKPerClass:
         n = self._n
         cls, bits, key = self._cls[:n], self._bits[:n], self._key[:n]
         composite = (cls.astype(np.int64) << 32) | (np.uint32(0xFFFFFFFF) - bits).astype(np.int64)
-        srt, order = torch.sort(torch.from_numpy(composite))
-        srt, order = srt.numpy(), order.numpy()
+        srt, order = _sort(composite)
         eq = np.flatnonzero(srt[1:] == srt[:-1])
         if len(eq):  # score ties: order each run of equal composites by key
             pos = np.unique(np.concatenate([eq, eq + 1]))

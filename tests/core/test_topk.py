@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -160,3 +162,16 @@ def test_property_equals_full_sort_for_any_blocks_workers_and_buffer(rows, k, wo
     single.add(classes, scores, keys)
     ref = single.result()
     assert all(got[c].tobytes() == ref[c].tobytes() for c in ("class_id", "rank", "score", "key"))
+
+
+def test_numpy_sort_without_torch_gives_the_same_result(monkeypatch):
+    """The select image has no torch: the numpy fallback must order exactly as torch does."""
+    classes, scores, keys = _data(7, 3000, 6, levels=7)
+    with_torch = TopKPerClass(100, 6)
+    with_torch.add(classes, scores, keys)
+    want = with_torch.result()
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    without = TopKPerClass(100, 6)
+    without.add(classes, scores, keys)
+    got = without.result()
+    assert all(np.array_equal(got[c], want[c]) for c in want)

@@ -62,11 +62,28 @@ def loaded(roots: list[str]) -> dict[str, Path]:
     return seen
 
 
+def _optional(tree: ast.AST) -> set[int]:
+    """ids of the import nodes inside ``try: ... except ImportError:`` (optional packages
+    with a fallback, e.g. torch's sort in topk.py, DALI in score.py)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                for h in node.handlers):
+            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)
+                    if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return out
+
+
 def third_party(path: Path) -> set[str]:
-    """Top-level names of the packages ``path`` imports, anywhere in the file, that are
-    neither the standard library nor ours."""
+    """Top-level names of the packages ``path`` imports, anywhere in the file but in an
+    ``except ImportError`` fallback, that are neither the standard library nor ours."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    optional = _optional(tree)
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
