@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's findings at small scale: three seeds, two single-threaded processes at a time.
-# ~2 h on 2 cores (prepare 15 min, then ~8 min per student). Resumable: rerun after a kill and finished steps are skipped.
+# ~1 h 50 min on 2 cores (prepare 15 min, then ~5-8 min per student). Resumable: rerun after a kill and finished steps are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CFG=${1:-configs/repro/paper_findings.yaml}
