@@ -30,7 +30,13 @@ def _manifest(**kw) -> dict:
 
 @pytest.mark.parametrize("kind", sorted(SPECS))
 def test_jobs_validate_against_the_pytorchjob_crd(kind, pytorchjob_schema):
-    jsonschema.validate(_manifest(**SPECS[kind]), pytorchjob_schema)
+    job = _manifest(**SPECS[kind])
+    validator = jsonschema.validators.validator_for(pytorchjob_schema)(pytorchjob_schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(job)]
+    assert errors == [], errors
+    replicas = job["spec"]["pytorchReplicaSpecs"]  # the schema saw a real job, not an empty one
+    assert job["kind"] == "PyTorchJob" and replicas["Master"]["replicas"] == 1
+    assert replicas.get("Worker", {}).get("replicas", 0) == SPECS[kind]["workers"]
 
 
 @pytest.mark.parametrize("breakage", ["backoff_type", "replicas_type", "unknown_field",
