@@ -35,7 +35,6 @@ from pydantic import Field
 from semisup_core import config, storage
 from semisup_core.analysis import selection_analysis
 from semisup_core.config import StageConfig
-from semisup_core.data.manifest import manifest_dataset
 from semisup_core.demo import DemoConfig, prepare_data
 from semisup_core.score import ScoreConfig, score
 from semisup_core.select import SelectConfig, read_manifest, select
@@ -80,22 +79,24 @@ def prepare(cfg: ReproConfig, seed: int) -> None:
     r, data = _runner(cfg, seed)
     for name, recipe in (("baseline", cfg.baseline), ("teacher", cfg.teacher)):
         model = r.train_eval(name, recipe, data["labelled"])
-        score(ScoreConfig(model=model, pool=data["pool"], out=r._path(f"scores-{name}"),
+        out = storage.join(r.cfg.out, f"scores-{name}")
+        score(ScoreConfig(model=model, pool=data["pool"], out=out,
                           top_p=cfg.score_top_p, partial_k=cfg.score_k))
-    storage.write_json(r._path("prepared.json"), {"models": r.results["models"]})
+    storage.write_json(storage.join(r.cfg.out, "prepared.json"), {"models": r.results["models"]})
 
 
 def run_variant(cfg: ReproConfig, seed: int, name: str) -> dict:
     v = cfg.variants[name]
     r, data = _runner(cfg, seed)
-    done = r._path("results", f"{name}.json")
+    done = storage.join(r.cfg.out, "results", f"{name}.json")
     if storage.exists(done):
         return storage.read_json(done)
-    if not storage.exists(r._path("prepared.json")):
+    if not storage.exists(storage.join(r.cfg.out, "prepared.json")):
         raise SystemExit(f"seed {seed} is not prepared: run `reproduce.py prepare --seed {seed}` first")
     t0 = time.time()
-    sel = r._path("select", name)
-    summary = select(SelectConfig(scores=r._path(f"scores-{v.teacher}"), out=sel, strategy=v.strategy,
+    sel = storage.join(r.cfg.out, "select", name)
+    scores = storage.join(r.cfg.out, f"scores-{v.teacher}")
+    summary = select(SelectConfig(scores=scores, out=sel, strategy=v.strategy,
                                   k=v.k, k_law=v.k_law, top_p=v.top_p, pool_fraction=v.pool_fraction,
                                   seed=seed, pool=data["pool"]))
     manifest = read_manifest(storage.join(sel, "manifest.parquet"))

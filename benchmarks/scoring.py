@@ -74,10 +74,11 @@ def stage_rate(model: str, pool: str, decoder: str, num_workers: int, batch: int
 def decode_rates(pool: str, num_workers: int, channels: int, repeat: int) -> tuple[float, float]:
     """Decode-only images/s (median of ``repeat`` passes) of PIL and of a built DALI pipeline
     (one thread; building it is not timed)."""
-    from semisup_core.data.dali_reader import _READER, build_pipeline
+    from semisup_core.data.dali_reader import _READER, build_pipeline, stage_dataset
     uris = shard_uris(pool)[0::num_workers]
     encoded = [s.image for u in uris for s in iter_shard(u)]  # read once: time decoding only
-    pipe = build_pipeline(list(uris), index_paths=[u[:-4] + ".idx" for u in uris], labelled=False,
+    paths, index_paths = stage_dataset(uris)
+    pipe = build_pipeline(paths, index_paths=index_paths, labelled=False,
                           channels=channels, mean=0.5, std=0.5, batch_size=256, num_threads=1,
                           normalize=False)
     per_epoch = pipe.epoch_size(_READER)

@@ -130,15 +130,9 @@ def dali_available() -> bool:
 def _dali_top_p(model, state, uri: str, cfg: ScoreConfig, device: str
                 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Keys and top-P of one shard decoded by DALI (``mixed`` on a GPU, else ``cpu``)."""
-    from semisup_core.data.dali_reader import _READER, _text, _to_host, build_pipeline, stage_shards
-    path = stage_shards([uri])[0]
-    idx = path[:-len(".tar")] + ".idx" if path.endswith(".tar") else None
-    if idx and not os.path.isfile(idx):
-        try:
-            idx = stage_shards([uri[:-len(".tar")] + ".idx"])[0]
-        except Exception:  # no index: DALI scans the tar
-            idx = None
-    pipe = build_pipeline([path], index_paths=[idx] if idx else None, labelled=False,
+    from semisup_core.data.dali_reader import _READER, _to_host, build_pipeline, sample_key, stage_dataset
+    paths, index_paths = stage_dataset([uri])
+    pipe = build_pipeline(paths, index_paths=index_paths, labelled=False,
                           channels=state["model"]["in_chans"], mean=state["mean"], std=state["std"],
                           device="mixed" if device == "cuda" else "cpu", batch_size=cfg.batch_size,
                           num_threads=cfg.decode_threads, normalize=False)
@@ -149,7 +143,7 @@ def _dali_top_p(model, state, uri: str, cfg: ScoreConfig, device: str
         images, info = pipe.run()
         n = min(left, cfg.batch_size)
         left -= n
-        keys += [_text(info[i]).rsplit(":", 1)[-1].rsplit("/", 1)[-1].split(".", 1)[0] for i in range(n)]
+        keys += [sample_key(info[i]) for i in range(n)]
         x = _to_host(images, n, as_torch=True).to(device)  # uint8: normalised as in the PIL path
         parts.append(_infer(model, normalize(x, state["mean"], state["std"]), p, cfg))
     del pipe

@@ -163,6 +163,11 @@ def _text(tensor) -> str:
     return np.asarray(tensor).tobytes().decode()
 
 
+def sample_key(source_info) -> str:
+    """The sample key from DALI's ``source_info``: ``"<tar>:<offset>:<dir/>key.ext"`` -> key."""
+    return _text(source_info).rsplit(":", 1)[-1].rsplit("/", 1)[-1].split(".", 1)[0]
+
+
 def _to_host(tl, n: int, as_torch: bool):
     """First ``n`` samples of a TensorList as one N x C x H x W array / tensor."""
     if not tl.is_dense_tensor():
@@ -217,9 +222,7 @@ class DaliReader:
             n = min(left, self.batch_size)
             left -= n
             info = outs[-1]
-            # "<tar>:<offset>:<dir/>key.ext" -> key
-            keys = [_text(info[i]).rsplit(":", 1)[-1].rsplit("/", 1)[-1].split(".", 1)[0]
-                    for i in range(n)]
+            keys = [sample_key(info[i]) for i in range(n)]
             labels = None
             if self.meta.labelled:
                 labels = np.array([int(_text(outs[1][i])) for i in range(n)], dtype=np.int64)
