@@ -93,8 +93,8 @@ def _decode_shard(uri: str, channels: int) -> tuple[list[str], torch.Tensor | li
 
 @torch.inference_mode()
 def _infer(model, x: torch.Tensor, p: int, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Top-P of one normalised float batch (channels-last; bf16 autocast on a GPU)."""
-    x = x.contiguous(memory_format=torch.channels_last)
+    """Top-P of one batch from ``normalize`` (channels-last, as the model from
+    ``checkpoint.load_model``); bf16 autocast on a GPU."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
         out = model(x).float()
     out = out if cfg.use_logits else out.softmax(dim=1)  # N x C
@@ -214,7 +214,6 @@ def score(cfg: ScoreConfig) -> dict:
             if not storage.exists(storage.join(cfg.out, "shards", f"{_shard_name(u)}.done.json"))]
     if len(todo) < len(mine):
         log.info("skipping %d already scored shard(s)", len(mine) - len(todo))
-    model = model.to(memory_format=torch.channels_last)
     use_dali = cfg.decoder == "dali" or (cfg.decoder == "auto" and dali_available())
     if cfg.decoder == "dali" and not dali_available():
         raise ConfigError("decoder: dali is not installed (pip install nvidia-dali-cuda120); "
