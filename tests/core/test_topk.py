@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semisup_core.topk import TopKPerClass, kth_largest_bits, order_bits
+from semisup_core import topk
+from semisup_core.topk import TopKPerClass, order_bits
 
 
 def _brute(classes, scores, keys, k):
@@ -93,21 +94,6 @@ def test_order_bits_sort_like_the_floats():
         order_bits(np.array([0.1, np.nan], np.float32))
 
 
-@pytest.mark.parametrize("seed, c, levels", [(0, 7, 3), (1, 50, 1000), (2, 3, 2 ** 30), (3, 5000, 50)])
-def test_kth_largest_bits_matches_sort(seed, c, levels):
-    rng = np.random.default_rng(seed)
-    n = 20_000
-    classes = rng.integers(0, c, n).astype(np.int32)
-    bits = rng.integers(0, levels, n).astype(np.uint32) * np.uint32(2 ** 32 // max(levels, 1) - 1)
-    k = rng.integers(0, 12, c)
-    got = kth_largest_bits(classes, bits, k, c)
-    for cls in range(c):
-        vals = np.sort(bits[classes == cls])[::-1]
-        want = vals[k[cls] - 1] if 0 < k[cls] <= len(vals) else 0
-        if k[cls] > 0:
-            assert got[cls] == want, cls
-
-
 def test_integer_keys_arrow_columns_and_many_ties():
     import pyarrow as pa
     rng = np.random.default_rng(5)
@@ -164,14 +150,32 @@ def test_property_equals_full_sort_for_any_blocks_workers_and_buffer(rows, k, wo
     assert all(got[c].tobytes() == ref[c].tobytes() for c in ("class_id", "rank", "score", "key"))
 
 
-def test_numpy_sort_without_torch_gives_the_same_result(monkeypatch):
-    """The select image has no torch: the numpy fallback must order exactly as torch does."""
-    classes, scores, keys = _data(7, 3000, 6, levels=7)
-    with_torch = TopKPerClass(100, 6)
-    with_torch.add(classes, scores, keys)
-    want = with_torch.result()
-    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
-    without = TopKPerClass(100, 6)
-    without.add(classes, scores, keys)
-    got = without.result()
-    assert all(np.array_equal(got[c], want[c]) for c in want)
+def test_string_keys_of_growing_length_unicode_and_a_growing_arena(monkeypatch):
+    """Keys get longer mid-stream (more key words), non-ASCII keys order by code point, and
+    segments that start empty and grow (K too big to lay out at once) give the same answer."""
+    monkeypatch.setattr(topk, "_PREALLOC", 0)
+    rng = np.random.default_rng(11)
+    n, c, k = 4000, 5, 150
+    classes = rng.integers(0, c, n)
+    scores = (rng.integers(0, 6, n) / 6).astype(np.float32)
+    alphabet = np.array(list("abzé日"))
+    keys = np.array(["".join(rng.choice(alphabet, 1 + i * 30 // n)) + f"{i}" for i in range(n)])
+    top = TopKPerClass(k, c, payload=("shard",), slack=7)
+    for i in range(0, n, 500):
+        top.add(classes[i:i + 500], scores[i:i + 500], keys[i:i + 500],
+                shard=[f"s{j % 3}" for j in range(i, i + 500)])
+    res = top.result()
+    assert _as_rows(res) == _brute(classes.tolist(), scores.tolist(), keys.tolist(), k)
+    where = {key: i for i, key in enumerate(keys.tolist())}
+    assert all(s == f"s{where[key] % 3}" for key, s in zip(res["key"].tolist(), res["shard"]))
+
+
+def test_bad_keys_are_refused():
+    top = TopKPerClass(3, 2)
+    top.add([0], [0.5], ["a"])
+    with pytest.raises(ValueError, match="integers or all strings"):
+        top.add([1], [0.5], np.array([7]))
+    with pytest.raises(ValueError, match="NUL"):
+        TopKPerClass(3, 2).add([0], [0.5], ["a\x00b"])
+    with pytest.raises(ValueError, match="class id 5 out of range"):
+        TopKPerClass(3, 2).add(np.array([0, 5]), np.array([0.1, 0.2]), np.array([1, 2]))

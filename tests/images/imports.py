@@ -64,7 +64,7 @@ def loaded(roots: list[str]) -> dict[str, Path]:
 
 def _optional(tree: ast.AST) -> set[int]:
     """ids of the import nodes inside ``try: ... except ImportError:`` (optional packages
-    with a fallback, e.g. torch's sort in topk.py, DALI in score.py)."""
+    with a fallback, e.g. DALI in score.py)."""
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(

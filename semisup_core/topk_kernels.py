@@ -1,0 +1,289 @@
+"""Compiled (numba) loops of the streaming per-class top-K in ``topk.py``.
+
+State, shared by all kernels (one row of an arena per kept candidate):
+    bits  uint32[A]     order-preserving pattern of the score (``topk.order_bits``)
+    rows  uint64[A, R]  the key as ``nkey`` big-endian words (order of the words = order of the
+                        keys), then payload codes (carried, never compared)
+    seg   int64[C]      start of class c's segment in the arena; ``cap[c]`` rows, ``n[c]`` used
+    full  bool[C]       the class holds k[c] candidates: ``(tbits[c], trow[c])`` is the worst
+                        of them, and a candidate must beat it to enter
+A candidate ``a`` beats ``b`` when its score is higher, or equal with a smaller key (the total
+order of the manifest: score descending, key ascending).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+SIGN = np.uint64(1 << 63)  # int64 keys -> uint64 words that sort alike: flip the sign bit
+OK, BAD_CLASS, NAN, NO_ROOM = 0, 1, 2, 3  # _insert's status
+
+
+@njit(cache=True, inline="always")
+def _score_bits(u):
+    """float32 bit pattern (as int64) -> order-preserving uint32 pattern (as int64); -1 = NaN."""
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return -1
+    if u == 0x80000000:  # -0.0 == 0.0
+        u = 0
+    return 0xFFFFFFFF - u if u >= 0x80000000 else u + 0x80000000
+
+
+@njit(cache=True, inline="always")
+def _beats_threshold(b, rows, i, flip, nkey, c, tbits, trow):
+    """Candidate i (score pattern b) beats the worst kept candidate of class c."""
+    t = np.int64(tbits[c])
+    if b != t:
+        return b > t
+    for j in range(nkey):
+        w = rows[i, j] ^ SIGN if flip and j == 0 else rows[i, j]
+        if w != trow[c, j]:
+            return w < trow[c, j]
+    return False  # the same key again
+
+
+@njit(cache=True)
+def _key_order(rows, idx, nkey):
+    """Permutation sorting ``rows[idx]`` by key (lexicographic over the words; stable)."""
+    order = np.arange(idx.shape[0])
+    col = np.empty(idx.shape[0], np.uint64)
+    for j in range(nkey - 1, -1, -1):  # least significant word first, stable sorts
+        for m in range(order.shape[0]):
+            col[m] = rows[idx[order[m]], j]
+        order = order[np.argsort(col, kind="mergesort")]
+    return order
+
+
+@njit(cache=True)
+def _kth_largest(s, kk):
+    """The kk-th largest of uint32 ``s`` (1 <= kk <= len(s)): a radix select -- one
+    histogram of 2,048 buckets over the values' range, then a partition of the boundary
+    bucket only (a class's held scores are all above its last threshold: a narrow range)."""
+    lo, hi = np.int64(s[0]), np.int64(s[0])
+    for j in range(s.shape[0]):
+        v = np.int64(s[j])
+        lo, hi = min(lo, v), max(hi, v)
+    span = hi - lo
+    shift = 0
+    while (span >> shift) >= 2048:
+        shift += 1
+    hist = np.zeros(2048, np.int64)
+    for j in range(s.shape[0]):
+        hist[(np.int64(s[j]) - lo) >> shift] += 1
+    need, d = kk, 2047
+    while hist[d] < need:  # the bucket holding the kk-th largest, from the top
+        need -= hist[d]
+        d -= 1
+    inside = np.empty(hist[d], np.uint32)
+    q = 0
+    for j in range(s.shape[0]):
+        if (np.int64(s[j]) - lo) >> shift == d:
+            inside[q] = s[j]
+            q += 1
+    return np.partition(inside, q - need)[q - need]
+
+
+@njit(cache=True)
+def compact(c, k, seg, n, bits, rows, nkey, full, tbits, trow):
+    """Keep exactly the best k[c] candidates of class c (in place, any order); they set the
+    class's threshold. Linear time: a radix select finds the k-th score, ties go by key."""
+    lo, m, kk = seg[c], n[c], k[c]
+    if m < kk or kk == 0:
+        return
+    s = bits[lo:lo + m]
+    t = _kth_largest(s, kk)
+    above, tied = 0, 0
+    for j in range(m):
+        if s[j] > t:
+            above += 1
+        elif s[j] == t:
+            tied += 1
+    ties = np.empty(tied, np.int64)
+    q = 0
+    for j in range(m):
+        if s[j] == t:
+            ties[q] = lo + j
+            q += 1
+    need = kk - above  # >= 1: the threshold itself is kept
+    if tied > need:  # only then does the key decide (the smallest keys stay)
+        ties = np.sort(ties[_key_order(rows, ties, nkey)[:need]])  # back in position order
+    worst = ties[0]
+    for q in range(1, need):
+        if _key_greater(rows, ties[q], worst, nkey):
+            worst = ties[q]
+    for j in range(nkey):
+        trow[c, j] = rows[worst, j]
+    tbits[c] = t
+    full[c] = True
+    w = 0
+    q = 0  # ties[] is in position order: walk it alongside
+    for j in range(m):
+        keep = s[j] > t
+        if not keep and q < need and ties[q] == lo + j:
+            keep = True
+            q += 1
+        if keep:
+            if w != j:
+                bits[lo + w] = bits[lo + j]
+                for r in range(rows.shape[1]):  # (a row slice here costs more than the move)
+                    rows[lo + w, r] = rows[lo + j, r]
+            w += 1
+    n[c] = kk
+
+
+@njit(cache=True, inline="always")
+def _key_greater(rows, a, b, nkey):
+    for j in range(nkey):
+        if rows[a, j] != rows[b, j]:
+            return rows[a, j] > rows[b, j]
+    return False
+
+
+@njit(cache=True, nogil=True)
+def insert(start, cls, raw, rows, flip, nkey, k, seg, cap, n, bits, arena_rows, full, tbits,
+           trow, used, cap_max):
+    """Add candidates ``start..`` (class ``cls[i]``, float32 pattern ``raw[i]``, key/payload
+    ``rows[i]``; ``flip``: word 0 is an int64 to flip). Returns ``(status, i)``: OK, or the
+    first candidate with a bad class or a NaN score, or one that needs a bigger arena (the
+    caller grows it and calls again from i; nothing from i on was added)."""
+    C = k.shape[0]
+    R = rows.shape[1]
+    for i in range(start, cls.shape[0]):
+        c = cls[i]
+        if c < 0 or c >= C:
+            return BAD_CLASS, i
+        b = _score_bits(np.int64(raw[i]))
+        if b < 0:
+            return NAN, i
+        if full[c]:
+            if not _beats_threshold(b, rows, i, flip, nkey, c, tbits, trow):
+                continue
+        elif k[c] == 0:
+            continue
+        if n[c] == cap[c]:
+            if cap[c] < cap_max[c]:  # grow the segment: a fresh one at the arena's end
+                new = min(cap_max[c], max(2 * cap[c], 1024))
+                if used[0] + new > bits.shape[0]:
+                    return NO_ROOM, i
+                lo, dst = seg[c], used[0]
+                bits[dst:dst + n[c]] = bits[lo:lo + n[c]]
+                arena_rows[dst:dst + n[c], :] = arena_rows[lo:lo + n[c], :]
+                seg[c], cap[c] = dst, new
+                used[0] += new
+            else:
+                compact(c, k, seg, n, bits, arena_rows, nkey, full, tbits, trow)
+                if not _beats_threshold(b, rows, i, flip, nkey, c, tbits, trow):
+                    continue
+        p = seg[c] + n[c]
+        bits[p] = b
+        arena_rows[p, 0] = rows[i, 0] ^ SIGN if flip else rows[i, 0]
+        for r in range(1, R):
+            arena_rows[p, r] = rows[i, r]
+        n[c] += 1
+    return OK, cls.shape[0]
+
+
+@njit(cache=True, nogil=True)
+def prefilter(cls, raw, k, full, tbits):
+    """Indices of the candidates that may enter (score >= their class's threshold); a bad
+    class or a NaN is returned as ``(status, i)`` so the caller can name it."""
+    C = k.shape[0]
+    out = np.empty(cls.shape[0], np.int64)
+    m = 0
+    for i in range(cls.shape[0]):
+        c = cls[i]
+        if c < 0 or c >= C:
+            return out[:0], BAD_CLASS, i
+        b = _score_bits(np.int64(raw[i]))
+        if b < 0:
+            return out[:0], NAN, i
+        if (full[c] and b >= np.int64(tbits[c])) or (not full[c] and k[c] > 0):
+            out[m] = i
+            m += 1
+    return out[:m], OK, 0
+
+
+@njit(cache=True)
+def _radix_argsort_desc(s):
+    """Stable permutation sorting uint32 ``s`` descending: LSD radix sort (11-bit digits) of
+    ``(~s) << 32 | position`` packed in one uint64, skipping the digits every entry shares (a
+    class's kept scores span a narrow range)."""
+    m = s.shape[0]
+    a, tmp = np.empty(m, np.uint64), np.empty(m, np.uint64)
+    lo, hi = np.int64(0xFFFFFFFF), np.int64(0)
+    for i in range(m):
+        v = 0xFFFFFFFF - np.int64(s[i])
+        lo, hi = min(lo, v), max(hi, v)
+        a[i] = np.uint64((v << 32) | i)
+    count = np.empty(2049, np.int64)
+    for shift in (32, 43, 54):
+        if ((lo ^ hi) >> (shift - 32)) == 0:
+            break
+        count[:] = 0
+        for i in range(m):
+            count[(np.int64(a[i] >> np.uint64(shift)) & 0x7FF) + 1] += 1
+        for d in range(1, 2049):
+            count[d] += count[d - 1]
+        for i in range(m):
+            d = np.int64(a[i] >> np.uint64(shift)) & 0x7FF
+            tmp[count[d]] = a[i]
+            count[d] += 1
+        a, tmp = tmp, a
+    idx = np.empty(m, np.int64)
+    for i in range(m):
+        idx[i] = np.int64(a[i] & np.uint64(0xFFFFFFFF))
+    return idx
+
+
+@njit(cache=True)
+def _class_order(bits, rows, lo, m, kk, nkey):
+    """Arena indices of the best ``min(m, kk)`` of class rows ``lo..lo+m``, by score
+    descending, then key ascending (the whole segment is sorted: cheaper than compacting
+    it first)."""
+    idx = _radix_argsort_desc(bits[lo:lo + m]) + lo
+    take = min(m, kk)
+    a = 0
+    while a < take:  # runs of equal scores that reach into the result: order by key
+        b = a + 1
+        while b < m and bits[idx[b]] == bits[idx[a]]:
+            b += 1
+        if b - a > 1:
+            run = idx[a:b].copy()
+            idx[a:b] = run[_key_order(rows, run, nkey)]
+        a = b
+    return idx[:take]
+
+
+@njit(cache=True)
+def finish(k, seg, n, bits, rows, nkey):
+    """The arena indices of the result: the best k[c] rows of every class, by class, then
+    score descending, then key ascending."""
+    out = np.empty(np.minimum(n, k).sum(), np.int64)
+    p = 0
+    for c in range(k.shape[0]):
+        idx = _class_order(bits, rows, seg[c], n[c], k[c], nkey)
+        out[p:p + idx.shape[0]] = idx
+        p += idx.shape[0]
+        n[c] = idx.shape[0]
+    return out
+
+
+@njit(cache=True)
+def finish_inplace(k, seg, n, bits, rows, nkey, cls_out, rank_out):
+    """``finish`` without a copy, for segments laid out in class order: each class's sorted
+    rows move to the front of the arena (never past a later class's segment), and the
+    score patterns turn back into float32 bits. The arena is the result afterwards."""
+    p = 0
+    for c in range(k.shape[0]):
+        idx = _class_order(bits, rows, seg[c], n[c], k[c], nkey)
+        m = n[c] = idx.shape[0]
+        sb, sr = bits[idx], rows[idx]  # this class's rows, sorted (a copy: p <= seg[c])
+        for j in range(m):
+            u = np.int64(sb[j])  # order pattern -> float32 bits (the inverse of _score_bits)
+            bits[p + j] = u - 0x80000000 if u >= 0x80000000 else 0xFFFFFFFF - u
+            cls_out[p + j] = c
+            rank_out[p + j] = j
+        rows[p:p + m, :] = sr
+        p += m
+    return p
