@@ -57,78 +57,83 @@ def _key_order(rows, idx, nkey):
 
 @njit(cache=True)
 def _kth_largest(s, kk):
-    """The kk-th largest of uint32 ``s`` (1 <= kk <= len(s)): a radix select -- one
-    histogram of 2,048 buckets over the values' range, then a partition of the boundary
-    bucket only (a class's held scores are all above its last threshold: a narrow range)."""
+    """The kk-th largest ``t`` of uint32 ``s`` (1 <= kk <= len(s)), how many entries are
+    above it, and the positions of those equal to it: a radix select -- one histogram of
+    2,048 buckets over the values' range, then a partition of the boundary bucket only (a
+    class's held scores are all above its last threshold: a narrow range)."""
     lo, hi = np.int64(s[0]), np.int64(s[0])
     for j in range(s.shape[0]):
         v = np.int64(s[j])
         lo, hi = min(lo, v), max(hi, v)
-    span = hi - lo
     shift = 0
-    while (span >> shift) >= 2048:
+    while ((hi - lo) >> shift) >= 2048:
         shift += 1
     hist = np.zeros(2048, np.int64)
     for j in range(s.shape[0]):
         hist[(np.int64(s[j]) - lo) >> shift] += 1
-    need, d = kk, 2047
+    need, d, above = kk, 2047, 0
     while hist[d] < need:  # the bucket holding the kk-th largest, from the top
         need -= hist[d]
+        above += hist[d]
         d -= 1
-    inside = np.empty(hist[d], np.uint32)
+    pos = np.empty(hist[d], np.int64)
     q = 0
     for j in range(s.shape[0]):
         if (np.int64(s[j]) - lo) >> shift == d:
-            inside[q] = s[j]
+            pos[q] = j
             q += 1
-    return np.partition(inside, q - need)[q - need]
+    t = np.partition(s[pos], q - need)[q - need]
+    tied = 0
+    for j in range(q):
+        above += s[pos[j]] > t
+        if s[pos[j]] == t:
+            pos[tied] = pos[j]
+            tied += 1
+    return t, above, pos[:tied]
 
 
 @njit(cache=True)
 def compact(c, k, seg, n, bits, rows, nkey, full, tbits, trow):
-    """Keep exactly the best k[c] candidates of class c (in place, any order); they set the
-    class's threshold. Linear time: a radix select finds the k-th score, ties go by key."""
+    """Keep exactly the best k[c] candidates of class c (in place, any order); the worst of
+    them becomes the class's threshold. Linear time: a radix select finds the k-th score;
+    ties at it go by key."""
     lo, m, kk = seg[c], n[c], k[c]
     if m < kk or kk == 0:
         return
     s = bits[lo:lo + m]
-    t = _kth_largest(s, kk)
-    above, tied = 0, 0
-    for j in range(m):
-        if s[j] > t:
-            above += 1
-        elif s[j] == t:
-            tied += 1
-    ties = np.empty(tied, np.int64)
-    q = 0
-    for j in range(m):
-        if s[j] == t:
-            ties[q] = lo + j
-            q += 1
-    need = kk - above  # >= 1: the threshold itself is kept
-    if tied > need:  # only then does the key decide (the smallest keys stay)
-        ties = np.sort(ties[_key_order(rows, ties, nkey)[:need]])  # back in position order
+    t, above, ties = _kth_largest(s, kk)
+    need = kk - above  # >= 1 of the tied stay: the threshold itself
+    all_ties = ties.shape[0] == need
+    if not all_ties:  # rare: the key decides which ties stay (the smallest)
+        ties = np.sort(ties[_key_order(rows, ties + lo, nkey)[:need]])  # in position order
     worst = ties[0]
     for q in range(1, need):
-        if _key_greater(rows, ties[q], worst, nkey):
+        if _key_greater(rows, lo + ties[q], lo + worst, nkey):
             worst = ties[q]
     for j in range(nkey):
-        trow[c, j] = rows[worst, j]
+        trow[c, j] = rows[lo + worst, j]
     tbits[c] = t
     full[c] = True
-    w = 0
-    q = 0  # ties[] is in position order: walk it alongside
-    for j in range(m):
-        keep = s[j] > t
-        if not keep and q < need and ties[q] == lo + j:
-            keep = True
-            q += 1
-        if keep:
-            if w != j:
-                bits[lo + w] = bits[lo + j]
-                for r in range(rows.shape[1]):  # (a row slice here costs more than the move)
-                    rows[lo + w, r] = rows[lo + j, r]
-            w += 1
+    R = rows.shape[1]
+    w = lo
+    if all_ties:  # every s >= t stays: a branch-free pass
+        for j in range(lo, lo + m):
+            b = bits[j]
+            bits[w] = b
+            for r in range(R):
+                rows[w, r] = rows[j, r]
+            w += b >= t
+    else:
+        q = 0  # ties[] is in position order: walk it alongside
+        for j in range(m):
+            keep = s[j] > t
+            if not keep and q < need and ties[q] == j:
+                keep, q = True, q + 1
+            if keep:
+                bits[w] = bits[lo + j]
+                for r in range(R):
+                    rows[w, r] = rows[lo + j, r]
+                w += 1
     n[c] = kk
 
 
@@ -206,9 +211,9 @@ def prefilter(cls, raw, k, full, tbits):
 
 @njit(cache=True)
 def _radix_argsort_desc(s):
-    """Stable permutation sorting uint32 ``s`` descending: LSD radix sort (11-bit digits) of
-    ``(~s) << 32 | position`` packed in one uint64, skipping the digits every entry shares (a
-    class's kept scores span a narrow range)."""
+    """Stable permutation sorting uint32 ``s`` descending: LSD radix sort of
+    ``(~s) << 32 | position`` packed in one uint64, over only the bits in which the entries
+    differ (a class's kept scores span a narrow range), in digits of at most 13 bits."""
     m = s.shape[0]
     a, tmp = np.empty(m, np.uint64), np.empty(m, np.uint64)
     lo, hi = np.int64(0xFFFFFFFF), np.int64(0)
@@ -216,17 +221,22 @@ def _radix_argsort_desc(s):
         v = 0xFFFFFFFF - np.int64(s[i])
         lo, hi = min(lo, v), max(hi, v)
         a[i] = np.uint64((v << 32) | i)
-    count = np.empty(2049, np.int64)
-    for shift in (32, 43, 54):
-        if ((lo ^ hi) >> (shift - 32)) == 0:
-            break
+    nbits = 0
+    while ((lo ^ hi) >> nbits) > 0:
+        nbits += 1
+    passes = (nbits + 12) // 13
+    width = (nbits + passes - 1) // passes if passes else 0
+    mask = (1 << width) - 1
+    count = np.empty((1 << width) + 1, np.int64)
+    for p in range(passes):
+        shift = np.uint64(32 + p * width)
         count[:] = 0
         for i in range(m):
-            count[(np.int64(a[i] >> np.uint64(shift)) & 0x7FF) + 1] += 1
-        for d in range(1, 2049):
+            count[(np.int64(a[i] >> shift) & mask) + 1] += 1
+        for d in range(1, mask + 2):
             count[d] += count[d - 1]
         for i in range(m):
-            d = np.int64(a[i] >> np.uint64(shift)) & 0x7FF
+            d = np.int64(a[i] >> shift) & mask
             tmp[count[d]] = a[i]
             count[d] += 1
         a, tmp = tmp, a
