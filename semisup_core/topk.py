@@ -114,8 +114,7 @@ class TopKPerClass:
         self._key_kind: str | None = None  # "i" (int64) or "U" (strings), set by the first add
         self._nkey = 1
         self._n = np.zeros(num_classes, np.int64)
-        self._full = np.zeros(num_classes, np.bool_)
-        self._tbits = np.zeros(num_classes, np.uint32)
+        self._thr = np.where(self.k > 0, -1, kern.NEVER).astype(np.int64)  # see topk_kernels
         self._names: dict[str, dict] = {name: {} for name in self.payload}
         self._done = False  # result() was taken
         self._alloc(1)
@@ -125,13 +124,15 @@ class TopKPerClass:
         self._nkey = nkey
         width = nkey + len(self.payload)
         total = int(self._cap_max.sum())
+        scratch = self._cap_max == 0  # k == 0: candidates go to row 0 and never stay
         if total * (4 + 8 * width) <= _PREALLOC:  # np.empty: pages are mapped as they fill
-            self._seg = np.concatenate([[0], np.cumsum(self._cap_max)[:-1]]).astype(np.int64)
+            self._seg = 1 + np.concatenate([[0], np.cumsum(self._cap_max)[:-1]]).astype(np.int64)
             self._cap = self._cap_max.copy()
-            size = used = total
-        else:  # segments start empty and grow by doubling at the arena's end
-            self._seg, self._cap = np.zeros_like(self._n), np.zeros_like(self._n)
-            size, used = 1 << 20, 0
+            size = used = 1 + total
+        else:  # segments start at the scratch row and grow by doubling at the arena's end
+            self._seg, self._cap = np.zeros_like(self._n), np.ones_like(self._n)
+            size, used = 1 << 20, 1
+        self._seg[scratch], self._cap[scratch] = 0, 1
         self._used = np.array([used], np.int64)  # arena rows handed out to segments
         self._bits = _empty(size, np.uint32)
         self._rows = _empty((size, width), np.uint64)
@@ -166,19 +167,18 @@ class TopKPerClass:
         i = 0
         while True:
             status, i = kern.insert(i, classes, raw, rows, flip, self._nkey, self.k, self._seg,
-                                    self._cap, self._n, self._bits, self._rows, self._full,
-                                    self._tbits, self._trow, self._used, self._cap_max)
-            if status == kern.NO_ROOM:
-                self._grow(int(self._cap_max.max()))
-                continue
-            self._raise(status, i, classes, raw)
-            return
+                                    self._cap, self._n, self._bits, self._rows, self._thr,
+                                    self._trow, self._used, self._cap_max)
+            if status != kern.NO_ROOM:
+                return
+            self._grow(int(self._cap_max.max()))
 
-    def _raise(self, status: int, i: int, classes: np.ndarray, raw: np.ndarray) -> None:
+    def _check(self, classes: np.ndarray, raw: np.ndarray) -> None:
+        status, i = kern.check(classes, raw, self.num_classes)
         if status == kern.BAD_CLASS:
             raise ValueError(f"class id {classes[i]} out of range [0, {self.num_classes})")
         if status == kern.NAN:
-            raise ValueError("NaN score")
+            raise ValueError(f"NaN score (candidate {i} of the block)")
 
     def add(self, classes, scores, keys, **payload) -> None:
         """Add a block of candidates (equal-length arrays, numpy or pyarrow; payload by name)."""
@@ -188,13 +188,13 @@ class TopKPerClass:
         if len(classes) == 0:
             return
         raw = np.ascontiguousarray(_as_numpy(scores), dtype=np.float32).view(np.uint32)
+        self._check(classes, raw)
         if not self.payload and isinstance(keys, np.ndarray) and keys.dtype.kind in "iu":
             self._check_kind(keys)  # the hot path: one pass, keys read in place
             rows = np.ascontiguousarray(keys, dtype=np.int64).view(np.uint64).reshape(-1, 1)
             self._insert(classes, raw, rows, True)
             return
-        idx, status, i = kern.prefilter(classes, raw, self.k, self._full, self._tbits)
-        self._raise(status, i, classes, raw)
+        idx = kern.prefilter(classes, raw, self._thr)
         if len(idx) == 0:
             return
         key = _take(keys, idx)
@@ -228,7 +228,9 @@ class TopKPerClass:
         self._done = True
         state = (self.k, self._seg, self._n, self._bits, self._rows, self._nkey)
         total = int(np.minimum(self._n, self.k).sum())
-        if (self._seg == np.concatenate([[0], np.cumsum(self._cap)[:-1]])).all():
+        held = self._cap_max > 0
+        laid = 1 + np.concatenate([[0], np.cumsum(np.where(held, self._cap, 0))[:-1]])
+        if (self._seg[held] == laid[held]).all():  # segments in class order, as allocated
             cls, rank = np.empty(total, np.int32), np.empty(total, np.int32)
             kern.finish_inplace(*state, cls, rank)
             score, rows = self._bits[:total].view(np.float32), self._rows[:total]

@@ -4,9 +4,13 @@ State, shared by all kernels (one row of an arena per kept candidate):
     bits  uint32[A]     order-preserving pattern of the score (``topk.order_bits``)
     rows  uint64[A, R]  the key as ``nkey`` big-endian words (order of the words = order of the
                         keys), then payload codes (carried, never compared)
-    seg   int64[C]      start of class c's segment in the arena; ``cap[c]`` rows, ``n[c]`` used
-    full  bool[C]       the class holds k[c] candidates: ``(tbits[c], trow[c])`` is the worst
-                        of them, and a candidate must beat it to enter
+    seg   int64[C]      start of class c's segment in the arena; ``cap[c]`` rows, ``n[c]`` used;
+                        ``n[c] < cap[c]`` between calls, so a candidate can always be written
+                        at ``seg[c] + n[c]`` before it is known to stay (no branch to mispredict)
+    thr   int64[C]      -1 while class c holds fewer than k[c]; then the score pattern of the
+                        worst one it keeps, ``trow[c]`` that one's key; NEVER when k[c] == 0
+Row 0 of the arena is scratch: classes with k[c] == 0 (and, when segments grow, classes not
+seen yet) write their candidates there, never to be kept.
 A candidate ``a`` beats ``b`` when its score is higher, or equal with a smaller key (the total
 order of the manifest: score descending, key ascending).
 """
@@ -17,7 +21,8 @@ import numpy as np
 from numba import njit
 
 SIGN = np.uint64(1 << 63)  # int64 keys -> uint64 words that sort alike: flip the sign bit
-OK, BAD_CLASS, NAN, NO_ROOM = 0, 1, 2, 3  # _insert's status
+OK, BAD_CLASS, NAN, NO_ROOM = 0, 1, 2, 3  # what the kernels return
+NEVER = 1 << 40  # thr of a class with k == 0: above every score pattern
 
 
 @njit(cache=True, inline="always")
@@ -31,11 +36,8 @@ def _score_bits(u):
 
 
 @njit(cache=True, inline="always")
-def _beats_threshold(b, rows, i, flip, nkey, c, tbits, trow):
-    """Candidate i (score pattern b) beats the worst kept candidate of class c."""
-    t = np.int64(tbits[c])
-    if b != t:
-        return b > t
+def _key_below_threshold(rows, i, flip, nkey, c, trow):
+    """Candidate i's key is smaller than that of class c's worst kept (their scores tie)."""
     for j in range(nkey):
         w = rows[i, j] ^ SIGN if flip and j == 0 else rows[i, j]
         if w != trow[c, j]:
@@ -93,7 +95,7 @@ def _kth_largest(s, kk):
 
 
 @njit(cache=True)
-def compact(c, k, seg, n, bits, rows, nkey, full, tbits, trow):
+def compact(c, k, seg, n, bits, rows, nkey, thr, trow):
     """Keep exactly the best k[c] candidates of class c (in place, any order); the worst of
     them becomes the class's threshold. Linear time: a radix select finds the k-th score;
     ties at it go by key."""
@@ -112,8 +114,7 @@ def compact(c, k, seg, n, bits, rows, nkey, full, tbits, trow):
             worst = ties[q]
     for j in range(nkey):
         trow[c, j] = rows[lo + worst, j]
-    tbits[c] = t
-    full[c] = True
+    thr[c] = t
     R = rows.shape[1]
     w = lo
     if all_ties:  # every s >= t stays: a branch-free pass
@@ -146,67 +147,77 @@ def _key_greater(rows, a, b, nkey):
 
 
 @njit(cache=True, nogil=True)
-def insert(start, cls, raw, rows, flip, nkey, k, seg, cap, n, bits, arena_rows, full, tbits,
-           trow, used, cap_max):
+def check(cls, raw, num_classes):
+    """``(BAD_CLASS | NAN, i)`` for the first candidate with a class id out of range or a NaN
+    score, else ``(OK, 0)``: a block is refused whole, before any of it is added."""
+    for i in range(cls.shape[0]):
+        if cls[i] < 0 or cls[i] >= num_classes:
+            return BAD_CLASS, i
+        if (raw[i] & 0x7FFFFFFF) > 0x7F800000:
+            return NAN, i
+    return OK, 0
+
+
+@njit(cache=True)
+def _make_room(c, k, seg, cap, n, bits, rows, nkey, thr, trow, used, cap_max):
+    """Give class c (n[c] == cap[c]) a free row: grow its segment (a fresh one at the arena's
+    end, up to cap_max[c]) or compact it to k[c]. False: the arena is full, grow it first."""
+    if cap[c] < cap_max[c]:
+        new = min(cap_max[c], max(2 * cap[c], 1024))
+        if used[0] + new > bits.shape[0]:
+            return False
+        lo, dst, m = seg[c], used[0], n[c]
+        bits[dst:dst + m] = bits[lo:lo + m]
+        rows[dst:dst + m, :] = rows[lo:lo + m, :]
+        seg[c], cap[c] = dst, new
+        used[0] += new
+    else:
+        compact(c, k, seg, n, bits, rows, nkey, thr, trow)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def insert(start, cls, raw, rows, flip, nkey, k, seg, cap, n, bits, arena_rows, thr, trow,
+           used, cap_max):
     """Add candidates ``start..`` (class ``cls[i]``, float32 pattern ``raw[i]``, key/payload
-    ``rows[i]``; ``flip``: word 0 is an int64 to flip). Returns ``(status, i)``: OK, or the
-    first candidate with a bad class or a NaN score, or one that needs a bigger arena (the
-    caller grows it and calls again from i; nothing from i on was added)."""
-    C = k.shape[0]
+    ``rows[i]``; ``flip``: word 0 is an int64 to flip; checked by ``check`` first). Returns
+    ``(OK, len)``, or ``(NO_ROOM, i)``: the arena must grow before candidates i.. are added."""
     R = rows.shape[1]
+    for c in range(k.shape[0]):
+        if n[c] == cap[c] and k[c] > 0:
+            if not _make_room(c, k, seg, cap, n, bits, arena_rows, nkey, thr, trow, used, cap_max):
+                return NO_ROOM, start
     for i in range(start, cls.shape[0]):
         c = cls[i]
-        if c < 0 or c >= C:
-            return BAD_CLASS, i
         b = _score_bits(np.int64(raw[i]))
-        if b < 0:
-            return NAN, i
-        if full[c]:
-            if not _beats_threshold(b, rows, i, flip, nkey, c, tbits, trow):
-                continue
-        elif k[c] == 0:
+        t = thr[c]
+        keep = b > t
+        if b == t:  # rare: the key decides
+            keep = _key_below_threshold(rows, i, flip, nkey, c, trow)
+        if not keep:
             continue
-        if n[c] == cap[c]:
-            if cap[c] < cap_max[c]:  # grow the segment: a fresh one at the arena's end
-                new = min(cap_max[c], max(2 * cap[c], 1024))
-                if used[0] + new > bits.shape[0]:
-                    return NO_ROOM, i
-                lo, dst = seg[c], used[0]
-                bits[dst:dst + n[c]] = bits[lo:lo + n[c]]
-                arena_rows[dst:dst + n[c], :] = arena_rows[lo:lo + n[c], :]
-                seg[c], cap[c] = dst, new
-                used[0] += new
-            else:
-                compact(c, k, seg, n, bits, arena_rows, nkey, full, tbits, trow)
-                if not _beats_threshold(b, rows, i, flip, nkey, c, tbits, trow):
-                    continue
-        p = seg[c] + n[c]
+        p = seg[c] + n[c]  # a free row
         bits[p] = b
         arena_rows[p, 0] = rows[i, 0] ^ SIGN if flip else rows[i, 0]
         for r in range(1, R):
             arena_rows[p, r] = rows[i, r]
         n[c] += 1
+        if n[c] == cap[c]:
+            if not _make_room(c, k, seg, cap, n, bits, arena_rows, nkey, thr, trow, used, cap_max):
+                return NO_ROOM, i + 1
     return OK, cls.shape[0]
 
 
 @njit(cache=True, nogil=True)
-def prefilter(cls, raw, k, full, tbits):
-    """Indices of the candidates that may enter (score >= their class's threshold); a bad
-    class or a NaN is returned as ``(status, i)`` so the caller can name it."""
-    C = k.shape[0]
+def prefilter(cls, raw, thr):
+    """Indices of the candidates that may enter (score pattern >= their class's threshold:
+    ties are settled by key in ``insert``); blocks are ``check``-ed first."""
     out = np.empty(cls.shape[0], np.int64)
     m = 0
     for i in range(cls.shape[0]):
-        c = cls[i]
-        if c < 0 or c >= C:
-            return out[:0], BAD_CLASS, i
-        b = _score_bits(np.int64(raw[i]))
-        if b < 0:
-            return out[:0], NAN, i
-        if (full[c] and b >= np.int64(tbits[c])) or (not full[c] and k[c] > 0):
-            out[m] = i
-            m += 1
-    return out[:m], OK, 0
+        out[m] = i
+        m += _score_bits(np.int64(raw[i])) >= thr[cls[i]]
+    return out[:m]
 
 
 @njit(cache=True)
@@ -251,8 +262,10 @@ def _class_order(bits, rows, lo, m, kk, nkey):
     """Arena indices of the best ``min(m, kk)`` of class rows ``lo..lo+m``, by score
     descending, then key ascending (the whole segment is sorted: cheaper than compacting
     it first)."""
-    idx = _radix_argsort_desc(bits[lo:lo + m]) + lo
     take = min(m, kk)
+    if take == 0:
+        return np.empty(0, np.int64)
+    idx = _radix_argsort_desc(bits[lo:lo + m]) + lo
     a = 0
     while a < take:  # runs of equal scores that reach into the result: order by key
         b = a + 1
