@@ -13,6 +13,7 @@ the very same entrypoint with a local ``torchrun`` (no cluster).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -71,6 +72,10 @@ class JobSpec(StageConfig):
                                    "applied with kubectl, where no launcher writes the config")
     suspend: bool = Field(False, description="create the job suspended (runPolicy.suspend); "
                           "kubectl patch it to start, e.g. after the previous stage finished")
+    pod_labels: dict[str, str] = Field({}, description="extra labels on the job's pods, e.g. a "
+                                       "Kueue queue or a cost-attribution team")
+    poll_seconds: float = Field(15, gt=0, description="how often the launcher reads the job's "
+                                "status while it waits")
 
     def train_config(self) -> TrainConfig:
         """The validated training config the pods run (typos fail here, not in the pod)."""
@@ -117,10 +122,12 @@ def _pod(spec: JobSpec, config_uri: str):
     tolerations = ([V1Toleration(key=spec.gpu_toleration, operator="Exists", effect="NoSchedule")]
                    if spec.gpus_per_node else None)
     return V1PodTemplateSpec(
-        metadata=V1ObjectMeta(labels={"app.kubernetes.io/part-of": "semisup",
+        metadata=V1ObjectMeta(labels={**spec.pod_labels, "app.kubernetes.io/part-of": "semisup",
                                       "semisup/stage": "train"}),
         spec=V1PodSpec(containers=[container], tolerations=tolerations,
                        service_account_name=spec.service_account,
+                       # training never calls the API server: no token in the pods
+                       automount_service_account_token=bool(spec.service_account),
                        security_context=V1PodSecurityContext(run_as_non_root=True),
                        volumes=volumes))
 
@@ -174,32 +181,47 @@ def write_config(spec: JobSpec) -> str:
     return uri
 
 
-def _reason(job) -> str:
-    conds = (job.status.conditions if job.status else None) or []
-    last = conds[-1] if conds else None
-    return f"{last.reason}: {last.message}" if last else "no status conditions"
+def _api_message(e: Exception) -> str:
+    """The API server's one-line message behind a TrainingClient error (e.g. AlreadyExists)."""
+    cause = e.__cause__ or e.__context__
+    try:
+        return json.loads(cause.body)["message"]
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return str(cause or e).splitlines()[0]
 
 
-def launch(spec: JobSpec, client=None, timeout_s: int = 7 * 24 * 3600, poll_s: int = 15) -> dict:
+def _conditions(job) -> list:
+    return list((job.status.conditions if job.status else None) or [])
+
+
+def launch(spec: JobSpec, client=None, timeout_s: int = 7 * 24 * 3600) -> dict:
     """Create the PyTorchJob, log its status until it ends; raises JobFailed if it fails."""
     from kubeflow.training import TrainingClient
-    client = client or TrainingClient(namespace=spec.namespace, job_kind="PyTorchJob")
+    # $KUBECONFIG as kubectl reads it (when the launcher runs), else in-cluster credentials
+    client = client or TrainingClient(config_file=os.environ.get("KUBECONFIG") or None,
+                                      namespace=spec.namespace, job_kind="PyTorchJob")
     write_config(spec)
-    client.create_job(job=build_job(spec), namespace=spec.namespace)
+    try:
+        client.create_job(job=build_job(spec), namespace=spec.namespace)
+    except RuntimeError as e:  # the SDK wraps the API error in a multi-line message
+        raise JobFailed(f"could not create PyTorchJob {spec.namespace}/{spec.name}: "
+                        f"{_api_message(e)}") from e
     log.info("created PyTorchJob %s/%s", spec.namespace, spec.name)
     deadline, last = time.time() + timeout_s, None
     while time.time() < deadline:
-        job = client.get_job(spec.name, spec.namespace, job_kind="PyTorchJob")
-        conds = (job.status.conditions if job.status else None) or []
+        # one read decides: the state and the reason come from the same object
+        conds = _conditions(client.get_job(spec.name, spec.namespace, job_kind="PyTorchJob"))
         state = conds[-1].type if conds else "Pending"
         if state != last:
             log.info("PyTorchJob %s: %s", spec.name, state)
             last = state
-        if client.is_job_succeeded(spec.name, spec.namespace, job_kind="PyTorchJob"):
+        ended = {c.type: c for c in conds if c.status == "True" and c.type in ("Succeeded", "Failed")}
+        if "Succeeded" in ended:
             return {"name": spec.name, "state": "Succeeded"}
-        if client.is_job_failed(spec.name, spec.namespace, job_kind="PyTorchJob"):
-            raise JobFailed(f"PyTorchJob {spec.namespace}/{spec.name} failed ({_reason(job)})")
-        time.sleep(poll_s)
+        if "Failed" in ended:
+            c = ended["Failed"]
+            raise JobFailed(f"PyTorchJob {spec.namespace}/{spec.name} failed ({c.reason}: {c.message})")
+        time.sleep(spec.poll_seconds)
     raise JobFailed(f"PyTorchJob {spec.namespace}/{spec.name} did not finish in {timeout_s} s")
 
 

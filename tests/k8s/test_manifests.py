@@ -4,8 +4,6 @@ every PyTorchJob against the training operator's own CRD; the jobs come from the
 JobSpec (one definition); broken fields fail."""
 
 import copy
-import os
-import subprocess
 
 import jsonschema
 import kubernetes_validate
@@ -15,27 +13,15 @@ import yaml
 from semisup import k8s_manifests
 from semisup.pytorchjob import build_job, to_manifest
 from semisup_core.train import TrainConfig
+from tests.k8s.overlays import BREAKAGES, OVERLAYS, build, kustomize_path, of
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KUBERNETES = "1.33.0"  # the cluster version the manifests target
-OVERLAYS = sorted(os.listdir(os.path.join(REPO, "k8s", "overlays")))
 CUSTOM = {("kubeflow.org/v1", "PyTorchJob")}  # kinds kubernetes-validate has no schema for
 
 
 @pytest.fixture(scope="session")
 def kustomize() -> str:
-    path = subprocess.run([os.path.join(REPO, "scripts", "ensure_kustomize.sh"), "--path"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"kustomize not built at {path}: run scripts/ensure_kustomize.sh")
-    return path
-
-
-def build(kustomize: str, overlay: str) -> list[dict]:
-    proc = subprocess.run([kustomize, "build", os.path.join(REPO, "k8s", "overlays", overlay)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return kustomize_path()
 
 
 def validate(doc: dict, pytorchjob_schema: dict) -> None:
@@ -45,10 +31,6 @@ def validate(doc: dict, pytorchjob_schema: dict) -> None:
         jsonschema.validate(doc, pytorchjob_schema)
     else:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
-
-
-def _of(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -62,29 +44,7 @@ def test_every_object_of_every_overlay_validates(overlay, kustomize, pytorchjob_
     assert all(d["metadata"].get("namespace") == "semisup" for d in docs if d["kind"] != "Namespace")
 
 
-def _break_statefulset_type(docs):
-    _of(docs, "StatefulSet")[0]["spec"]["replicas"] = "one"
-
-
-def _break_container_field(docs):
-    _of(docs, "Job")[0]["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
-
-
-def _break_networkpolicy(docs):
-    _of(docs, "NetworkPolicy")[0]["spec"]["policyTypes"] = "Ingress"
-
-
-def _break_pytorchjob_field(docs):
-    _of(docs, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["replica"] = 1
-
-
-def _break_pytorchjob_type(docs):
-    _of(docs, "PyTorchJob")[0]["spec"]["runPolicy"]["backoffLimit"] = "3"
-
-
-@pytest.mark.parametrize("breakage", [_break_statefulset_type, _break_container_field,
-                                      _break_networkpolicy, _break_pytorchjob_field,
-                                      _break_pytorchjob_type])
+@pytest.mark.parametrize("breakage", BREAKAGES)
 def test_a_broken_field_fails(breakage, kustomize, pytorchjob_schema):
     docs = build(kustomize, "dev")
     broken = copy.deepcopy(docs)
@@ -106,11 +66,11 @@ def test_generated_jobs_are_current(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_jobs_are_the_launchers_jobs(overlay, kustomize):
     """One definition: what kubectl applies is exactly what the launcher component builds."""
-    rendered = {d["metadata"]["name"]: d for d in _of(build(kustomize, overlay), "PyTorchJob")}
+    rendered = {d["metadata"]["name"]: d for d in of(build(kustomize, overlay), "PyTorchJob")}
     specs = k8s_manifests.stage_specs(overlay)
     assert sorted(rendered) == sorted(s.name for s in specs) == [
         "finetune", "student-pretrain", "teacher"]
-    configs = {d["metadata"]["name"]: d for d in _of(build(kustomize, overlay), "ConfigMap")}
+    configs = {d["metadata"]["name"]: d for d in of(build(kustomize, overlay), "ConfigMap")}
     for spec in specs:
         assert rendered[spec.name]["spec"] == to_manifest(build_job(spec))["spec"]
         text = configs[spec.config_map]["data"]["pytorchjob-config.yaml"]
@@ -120,7 +80,7 @@ def test_jobs_are_the_launchers_jobs(overlay, kustomize):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_job_pods_are_what_a_cluster_needs(overlay, kustomize):
     gpu = overlay == "prod"
-    for job in _of(build(kustomize, overlay), "PyTorchJob"):
+    for job in of(build(kustomize, overlay), "PyTorchJob"):
         spec = job["spec"]
         assert spec["runPolicy"]["suspend"] is True  # applying starts nothing
         assert spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == (3 if gpu else 2)
@@ -135,12 +95,12 @@ def test_job_pods_are_what_a_cluster_needs(overlay, kustomize):
             assert ("nvidia.com/gpu" in c["resources"]["limits"]) == gpu
             assert bool(pod.get("tolerations")) == gpu
     elastic = {j["metadata"]["name"]: j["spec"].get("elasticPolicy")
-               for j in _of(build(kustomize, overlay), "PyTorchJob")}
+               for j in of(build(kustomize, overlay), "PyTorchJob")}
     assert (elastic["student-pretrain"] is not None) == gpu
 
 
 def test_launcher_role_is_least_privilege(kustomize):
-    (role,) = _of(build(kustomize, "dev"), "Role")
+    (role,) = of(build(kustomize, "dev"), "Role")
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert not {"update", "patch", "escalate", "bind", "impersonate"} & set(rule["verbs"])
@@ -150,12 +110,12 @@ def test_launcher_role_is_least_privilege(kustomize):
 
 def test_only_platform_pods_reach_minio(kustomize):
     docs = build(kustomize, "dev")
-    (policy,) = _of(docs, "NetworkPolicy")
+    (policy,) = of(docs, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "minio"}
     allowed = [p["podSelector"]["matchLabels"] for p in policy["spec"]["ingress"][0]["from"]]
-    pods = [r["template"]["metadata"]["labels"] for j in _of(docs, "PyTorchJob")
+    pods = [r["template"]["metadata"]["labels"] for j in of(docs, "PyTorchJob")
             for r in j["spec"]["pytorchReplicaSpecs"].values()]
-    pods.append(_of(docs, "Job")[0]["spec"]["template"]["metadata"]["labels"])
+    pods.append(of(docs, "Job")[0]["spec"]["template"]["metadata"]["labels"])
     for labels in pods:
         assert any(sel.items() <= labels.items() for sel in allowed), labels
     assert not any(sel.items() <= {"app": "other"}.items() for sel in allowed)

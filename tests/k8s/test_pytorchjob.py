@@ -98,7 +98,7 @@ def test_bad_specs_fail_before_anything_is_created(bad, message):
 
 class _Client:
     """The TrainingClient calls launch makes, answering with a scripted status sequence (the
-    real operator is exercised by the control-plane tests of issue 7)."""
+    real operator is exercised by tests/cluster)."""
 
     def __init__(self, states, reason=None):
         self.states, self.reason, self.created = list(states), reason, []
@@ -107,34 +107,31 @@ class _Client:
         self.created.append((job, namespace))
 
     def get_job(self, name, namespace, job_kind):
-        state = self.states[0]
-        cond = types.SimpleNamespace(type=state, reason=self.reason or state, message="pod exited 1")
-        return types.SimpleNamespace(status=types.SimpleNamespace(conditions=[cond]))
-
-    def is_job_succeeded(self, name, namespace, job_kind):
-        return self.states[0] == "Succeeded"
-
-    def is_job_failed(self, name, namespace, job_kind):
-        done = self.states[0] == "Failed"
-        if len(self.states) > 1:
-            self.states.pop(0)
-        return done
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        conds = [types.SimpleNamespace(type="Created", status="True", reason="Created",
+                                       message="created")]
+        if state != "Created":  # the operator keeps earlier conditions, the newest last
+            conds.append(types.SimpleNamespace(type=state, status="True",
+                                               reason=self.reason or state, message="pod exited 1"))
+        return types.SimpleNamespace(status=types.SimpleNamespace(conditions=conds))
 
 
 def test_launch_creates_waits_and_succeeds(tmp_path):
-    spec = JobSpec(name="teacher", train=dict(TRAIN, out=str(tmp_path / "run")))
+    spec = JobSpec(name="teacher", train=dict(TRAIN, out=str(tmp_path / "run")),
+                   poll_seconds=0.001)
     client = _Client(["Created", "Running", "Running", "Succeeded"])
-    assert launch(spec, client=client, poll_s=0)["state"] == "Succeeded"
+    assert launch(spec, client=client)["state"] == "Succeeded"
     job, ns = client.created[0]
     assert ns == "semisup" and job.metadata.name == "teacher"
     assert storage.exists(str(tmp_path / "run" / "pytorchjob-config.yaml"))  # what pods read
 
 
 def test_launch_fails_the_step_with_the_jobs_reason(tmp_path):
-    spec = JobSpec(name="teacher", train=dict(TRAIN, out=str(tmp_path / "run")))
+    spec = JobSpec(name="teacher", train=dict(TRAIN, out=str(tmp_path / "run")),
+                   poll_seconds=0.001)
     client = _Client(["Created", "Running", "Failed"], reason="BackoffLimitExceeded")
     with pytest.raises(JobFailed, match="BackoffLimitExceeded: pod exited 1"):
-        launch(spec, client=client, poll_s=0)
+        launch(spec, client=client)
 
 
 @pytest.mark.slow
@@ -158,5 +155,5 @@ def test_configmap_jobs_are_for_kubectl_not_the_launcher(tmp_path):
     assert pod["spec"]["containers"][0]["command"][-1] == "/etc/semisup/pytorchjob-config.yaml"
     client = _Client(["Succeeded"])
     with pytest.raises(Exception, match="ConfigMap teacher-config"):
-        launch(spec, client=client, poll_s=0)
+        launch(spec, client=client)
     assert client.created == [] and not os.path.exists(tmp_path / "run")
