@@ -13,6 +13,15 @@ setup:
 setup-test:
 	scripts/setup-test.sh
 
+# A real Kubernetes control plane on 127.0.0.1 (etcd, kube-apiserver, controller-manager,
+# scheduler, kwok nodes, the training operator) plus a kubectl, all built from pinned Go
+# modules; prints `export KUBECONFIG=...` and runs until Ctrl-C (README "A Kubernetes
+# control plane on loopback").
+.PHONY: k8s-env
+k8s-env: setup
+	scripts/ensure_k8s_env.sh --kubectl >/dev/null
+	.venv/bin/python scripts/k8s_env.py up
+
 # Container images (images/README.md): semisup-base first, then one image per stage, every
 # tag at one version. `make images VERSION=0.2.0`, `make push-images REGISTRY=...`.
 REGISTRY ?= ghcr.io/semisup

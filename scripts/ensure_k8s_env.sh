@@ -5,9 +5,10 @@
 #
 #   scripts/ensure_k8s_env.sh          # builds what is missing (~14 min cold on 2 cores), prints the paths
 #   scripts/ensure_k8s_env.sh --path   # only prints where the binaries go
+#   scripts/ensure_k8s_env.sh --kubectl  # also a kubectl of the same release (for people: ~3 min more)
 #
 # stdout is one path per line, in this order: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kwok, training-operator; each is ${SEMISUP_CACHE:-$HOME/.cache/semisup}/bin/NAME-<version>.
+# kube-scheduler, kwok, training-operator (then kubectl, with --kubectl); each is ${SEMISUP_CACHE:-$HOME/.cache/semisup}/bin/NAME-<version>.
 # Build logs go to stderr. Idempotent: a binary that exists is never rebuilt, and each one is
 # renamed into place only after its build succeeded. Builds run one after another (2-core
 # machines), under a lock so two callers never build the same thing at once. Needs Go >= 1.24.
@@ -45,6 +46,10 @@ targets=(
   "training-operator|$bin/training-operator-${OPERATOR_MODULE##*@}"
 )
 
+if [[ " $* " == *" --kubectl "* ]]; then
+  targets+=("kubectl|$bin/kubectl-$k8s_version")
+fi
+
 print_paths() { local t; for t in "${targets[@]}"; do echo "${t#*|}"; done; }
 
 all_built() {
@@ -52,7 +57,7 @@ all_built() {
   for t in "${targets[@]}"; do [[ -x "${t#*|}" ]] || return 1; done
 }
 
-if [[ "${1:-}" == "--path" ]] || all_built; then
+if [[ " $* " == *" --path "* ]] || all_built; then
   print_paths
   exit 0
 fi
@@ -85,7 +90,7 @@ build_one() {  # name target
   case "$name" in
     etcd)
       (cd "$etcd_mod" && go build -ldflags="$ldflags" -o "$dir/out" go.etcd.io/etcd/server/v3) >&2 ;;
-    kube-*)
+    kube-*|kubectl)
       (cd "$k8s_mod" && go build -ldflags="$k8s_ldflags" -o "$dir/out" "k8s.io/kubernetes/cmd/$name") >&2 ;;
     kwok)
       GOBIN="$dir" GOFLAGS="-trimpath" go install -ldflags="$ldflags" "$KWOK_MODULE" >&2
