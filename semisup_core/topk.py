@@ -96,10 +96,12 @@ class TopKPerClass:
         k: one K for every class, or per-class Ks (length ``num_classes``).
         num_classes: size of the label space.
         payload: names of extra columns carried along (e.g. ``("shard",)``).
-        slack: rows per class beyond ``k[c]`` before a compaction (default ``k[c] // 2``, at
-            least 64). Memory is at most ``sum(k + slack)`` rows of 4 bytes of score plus 8
-            per key word and payload column; segments are laid out at once when that is
-            under 2 GiB (pages are only touched as they fill), else grown by doubling.
+        slack: rows per class beyond ``k[c]`` before a compaction (default ``k[c]``, at least
+            64: then the result's class ids and ranks fit in the free half, so the peak is
+            the arena itself). Memory is at most ``sum(k + slack)`` rows of 4 bytes of score
+            plus 8 per key word and payload column -- 1.5x C*K entries of 16 bytes for
+            integer keys; segments are laid out at once when that is under 2 GiB (pages are
+            only touched as they fill), else grown by doubling.
     """
 
     def __init__(self, k, num_classes: int, payload: tuple[str, ...] = (), slack: int | None = None):
@@ -109,7 +111,7 @@ class TopKPerClass:
         if slack is not None and slack < 1:
             raise ValueError("slack must be >= 1")
         self.num_classes, self.payload = num_classes, tuple(payload)
-        extra = np.maximum(self.k // 2, 64) if slack is None else np.full(num_classes, slack)
+        extra = np.maximum(self.k, 64) if slack is None else np.full(num_classes, slack)
         self._cap_max = np.where(self.k > 0, self.k + extra, 0).astype(np.int64)
         self._key_kind: str | None = None  # "i" (int64) or "U" (strings), set by the first add
         self._nkey = 1
@@ -231,7 +233,13 @@ class TopKPerClass:
         held = self._cap_max > 0
         laid = 1 + np.concatenate([[0], np.cumsum(np.where(held, self._cap, 0))[:-1]])
         if (self._seg[held] == laid[held]).all():  # segments in class order, as allocated
-            cls, rank = np.empty(total, np.int32), np.empty(total, np.int32)
+            # class ids and ranks go to the arena's free tail when it has room (it has with
+            # the default slack): no new memory at all
+            tail = self._rows.reshape(-1)[total * self._rows.shape[1]:].view(np.int32)
+            if len(tail) >= 2 * total:
+                cls, rank = tail[:total], tail[total:2 * total]
+            else:
+                cls, rank = np.empty(total, np.int32), np.empty(total, np.int32)
             kern.finish_inplace(*state, cls, rank)
             score, rows = self._bits[:total].view(np.float32), self._rows[:total]
         else:  # segments grown at the arena's end: gather

@@ -296,7 +296,8 @@ def finish(k, seg, n, bits, rows, nkey):
 def finish_inplace(k, seg, n, bits, rows, nkey, cls_out, rank_out):
     """``finish`` without a copy, for segments laid out in class order: each class's sorted
     rows move to the front of the arena (never past a later class's segment), and the
-    score patterns turn back into float32 bits. The arena is the result afterwards."""
+    score patterns turn back into float32 bits. The arena is the result afterwards; the
+    class ids and ranks are written last (they may live in the arena's freed tail)."""
     p = 0
     for c in range(k.shape[0]):
         idx = _class_order(bits, rows, seg[c], n[c], k[c], nkey)
@@ -305,8 +306,12 @@ def finish_inplace(k, seg, n, bits, rows, nkey, cls_out, rank_out):
         for j in range(m):
             u = np.int64(sb[j])  # order pattern -> float32 bits (the inverse of _score_bits)
             bits[p + j] = u - 0x80000000 if u >= 0x80000000 else 0xFFFFFFFF - u
-            cls_out[p + j] = c
-            rank_out[p + j] = j
         rows[p:p + m, :] = sr
         p += m
+    p = 0
+    for c in range(k.shape[0]):
+        for j in range(n[c]):
+            cls_out[p + j] = c
+            rank_out[p + j] = j
+        p += n[c]
     return p
