@@ -9,7 +9,8 @@ from components import image
 @dsl.component(base_image=image("score"), install_kfp_package=False)
 def score(teacher: Input[Model], pool: Input[Dataset], scores: Output[Dataset], top_p: int = 10,
           partial_k: int = 16000, use_logits: bool = False, worker: int = 0,
-          num_workers: int = 1, batch_size: int = 512):
+          num_workers: int = 1, batch_size: int = 512, decoder: str = "auto",
+          decode_threads: int = 2):
     """Teacher softmax over the pool: top-P classes per image and a partial top-K per class.
 
     Args:
@@ -21,10 +22,13 @@ def score(teacher: Input[Model], pool: Input[Dataset], scores: Output[Dataset], 
         worker: this worker's index; it scores shards worker, worker+num_workers, ...
         num_workers: how many workers share the pool (a ParallelFor over range(num_workers)).
         batch_size: inference batch.
+        decoder: auto (DALI if installed, else PIL), dali (mixed on GPU) or pil (reference).
+        decode_threads: DALI CPU decoding threads per worker (recommended: the pod's CPUs).
 
     Returns:
         scores: per-shard Parquet tables, done markers and this worker's partial top-K.
     """
     from components.score.runner import run
     run(teacher=teacher, pool=pool, scores=scores, top_p=top_p, partial_k=partial_k,
-        use_logits=use_logits, worker=worker, num_workers=num_workers, batch_size=batch_size)
+        use_logits=use_logits, worker=worker, num_workers=num_workers, batch_size=batch_size,
+        decoder=decoder, decode_threads=decode_threads)

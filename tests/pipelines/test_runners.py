@@ -38,3 +38,12 @@ def test_split_refers_to_shared_data(tmp_path, tiny_raw):
     labelled, pool, oracle = split_data(train, root, 5, 0, none, *outs)
     assert labelled.endswith("split-n5-s0-nodistract/labelled")
     assert [dataset_uri(a) for a in outs] == [labelled, pool, oracle]
+
+
+def test_score_runner_hands_the_decoder_to_the_stage(tmp_path):
+    """The component's decoder reaches ScoreConfig: a typo is the stage's one-line error."""
+    from components.score.runner import run as score_run
+    art = _artifact(tmp_path / "x")
+    with pytest.raises(ConfigError, match="decoder"):
+        score_run(teacher=art, pool=art, scores=art, top_p=1, partial_k=10, use_logits=False,
+                  worker=0, num_workers=1, batch_size=8, decoder="jpeg", decode_threads=2)
