@@ -1,6 +1,6 @@
 """Streaming per-class top-K selection at the paper's scale (issue 6).
 
-    .venv/bin/python benchmarks/selection.py                 # the full run (~15 min on 2 cores)
+    .venv/bin/python benchmarks/selection.py                 # the full run (~6 min on 2 cores: the baselines take most)
     .venv/bin/python benchmarks/selection.py --images 1e6 --linear 1e5,3e5,1e6 --repeat 1  # quick
 
 Synthetic teacher output: every image has P distinct classes with softmax-like descending

@@ -39,7 +39,8 @@ def import_data(source: str, src: str, root: str, name: str, split: str, dataset
         write_ref(dataset, "")
         return ""
     out = storage.join(root, name)
-    cfg = ImportConfig(source=source, src=src, out=out, split=split)
+    cfg = config.build(ImportConfig, {"source": source, "src": src, "out": out, "split": split},
+                       "import component")
     if not _done(cfg, storage.join(out, "dataset.json"), storage.join(out, "import-config.yaml")):
         run_import(cfg)
     write_ref(dataset, out)
@@ -60,8 +61,9 @@ def split_data(dataset, root: str, labels_per_class: int, seed: int, distractor,
     dataset = dataset_uri(dataset)
     distractors = [d for d in [dataset_uri(distractor) if distractor is not None else ""] if d]
     out = split_dir(root, labels_per_class, seed, bool(distractors))
-    cfg = SplitConfig(dataset=dataset, out=out, labels_per_class=labels_per_class, seed=seed,
-                      distractors=distractors)
+    cfg = config.build(SplitConfig, {"dataset": dataset, "out": out, "seed": seed,
+                                     "labels_per_class": labels_per_class,
+                                     "distractors": distractors}, "split component")
     if not _done(cfg, storage.join(out, "unlabelled", "dataset.json"),
                  storage.join(out, "split-config.yaml")):
         run_split(cfg)

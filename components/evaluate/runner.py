@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semisup_core import storage
+from semisup_core import config, storage
 from semisup_core.evaluate import EvaluateConfig, evaluate
 
 from components.artifacts import dataset_uri, location
@@ -15,7 +15,8 @@ def run(model, data, metrics, confusion, name: str = "", selection=None) -> floa
     say which K, strategy and precision produced this model. Returns top-1.
     """
     out = location(metrics)
-    result = evaluate(EvaluateConfig(model=location(model), data=dataset_uri(data), out=out))
+    result = evaluate(config.build(EvaluateConfig, {"model": location(model), "out": out,
+                                                    "data": dataset_uri(data)}, "evaluate component"))
     doc = dict(result, name=name)
     if selection is not None:
         doc["selection"] = storage.read_json(storage.join(location(selection), "selection.json"))

@@ -3,7 +3,7 @@ student's training set (semisup_core.select + manifest_dataset), with the oracle
 
 from __future__ import annotations
 
-from semisup_core import storage
+from semisup_core import config, storage
 from semisup_core.analysis import selection_analysis
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.errors import ConfigError
@@ -33,8 +33,9 @@ def run(scores, pool, manifest, selected, metrics, strategy: str, k: int, k_law:
     pool = dataset_uri(pool)
     oracle = dataset_uri(oracle) if oracle is not None else ""
     dirs = _score_dirs(scores, reuse)
-    summary = select(SelectConfig(scores=dirs, out=out, strategy=strategy, k=k, k_law=k_law,
-                                  threshold=threshold, seed=seed))
+    summary = select(config.build(SelectConfig, {
+        "scores": dirs, "out": out, "strategy": strategy, "k": k, "k_law": k_law,
+        "threshold": threshold, "seed": seed}, "select component"))
     storage.write_json(storage.join(out, SCORES_INDEX), {"scores": dirs})
     table = read_manifest(storage.join(out, "manifest.parquet"))
     manifest_dataset(table, pool, location(selected))

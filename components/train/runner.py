@@ -5,11 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from semisup_core import storage
+from semisup_core import config, storage
 from semisup_core.errors import ConfigError
 from semisup_core.teacher_student import FinetuneSpec
 from semisup_core.train import TrainConfig, train
-from semisup_core.train.config import DataConfig
 
 from components.artifacts import dataset_uri, integral, location
 
@@ -56,8 +55,8 @@ def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
     key = hashlib.sha256(json.dumps([fields, list(data), init], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
     run_dir = storage.join(checkpoints, f"train-{key}") if checkpoints else out
-    summary = train(TrainConfig(out=run_dir, data=DataConfig(train=list(data)), init_from=init,
-                                **fields))
+    summary = train(config.build(TrainConfig, dict(fields, out=run_dir, init_from=init,
+                                                   data={"train": list(data)}), "train component"))
     if checkpoints:
         _copy_model(run_dir, out)
     model.metadata.update(model=fields["model"], model_kwargs=fields.get("model_kwargs", {}),
