@@ -5,12 +5,12 @@ State, shared by all kernels (one row of an arena per kept candidate):
     rows  uint64[A, R]  the key as ``nkey`` big-endian words (order of the words = order of the
                         keys), then payload codes (carried, never compared)
     seg   int64[C]      start of class c's segment in the arena; ``cap[c]`` rows, ``n[c]`` used;
-                        ``n[c] < cap[c]`` between calls, so a candidate can always be written
-                        at ``seg[c] + n[c]`` before it is known to stay (no branch to mispredict)
+                        ``n[c] < cap[c]`` between calls: a kept candidate always has a free row
     thr   int64[C]      -1 while class c holds fewer than k[c]; then the score pattern of the
                         worst one it keeps, ``trow[c]`` that one's key; NEVER when k[c] == 0
-Row 0 of the arena is scratch: classes with k[c] == 0 (and, when segments grow, classes not
-seen yet) write their candidates there, never to be kept.
+Row 0 of the arena is scratch: the one-row segment of classes with k[c] == 0 (never written:
+nothing beats NEVER) and, when segments grow, of classes that have none yet (their first
+kept candidate lands there and moves at once into a segment of their own).
 A candidate ``a`` beats ``b`` when its score is higher, or equal with a smaller key (the total
 order of the manifest: score descending, key ascending).
 """
