@@ -34,17 +34,19 @@ _PREALLOC = 1 << 31  # arena rows * bytes up to which every segment is laid out 
 
 
 def order_bits(scores: np.ndarray) -> np.ndarray:
-    """uint32 patterns that sort like the float32 scores (-0.0 == 0.0; NaN is refused)."""
-    s = np.asarray(scores, np.float32) + np.float32(0)  # -0.0 + 0.0 = +0.0
-    if np.isnan(s).any():
+    """uint32 patterns that sort like the float32 scores (-0.0 == 0.0; NaN is refused): the
+    mapping the compiled loops use."""
+    raw = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32)
+    out = np.empty(len(raw), np.uint32)
+    if kern.to_order(raw, out) >= 0:
         raise ValueError("NaN score")
-    b = s.view(np.uint32)
-    return np.where(b >> 31 == 1, ~b, b | np.uint32(0x80000000))
+    return out
 
 
 def _from_bits(u: np.ndarray) -> np.ndarray:
-    u = np.asarray(u, np.uint32)
-    return np.where(u >> 31 == 1, u & np.uint32(0x7FFFFFFF), ~u).view(np.float32)
+    out = np.empty(len(u), np.uint32)
+    kern.from_order(np.ascontiguousarray(u, dtype=np.uint32), out)
+    return out.view(np.float32)
 
 
 def _empty(shape, dtype) -> np.ndarray:
@@ -114,17 +116,16 @@ class TopKPerClass:
         extra = np.maximum(self.k, 64) if slack is None else np.full(num_classes, slack)
         self._cap_max = np.where(self.k > 0, self.k + extra, 0).astype(np.int64)
         self._key_kind: str | None = None  # "i" (int64) or "U" (strings), set by the first add
-        self._nkey = 1
+        self._nkey = 1  # key words per row; grows with longer string keys (_widen)
         self._n = np.zeros(num_classes, np.int64)
         self._thr = np.where(self.k > 0, -1, kern.NEVER).astype(np.int64)  # see topk_kernels
         self._names: dict[str, dict] = {name: {} for name in self.payload}
         self._done = False  # result() was taken
-        self._alloc(1)
+        self._alloc()
 
     # -- arena -----------------------------------------------------------------------------
-    def _alloc(self, nkey: int) -> None:
-        self._nkey = nkey
-        width = nkey + len(self.payload)
+    def _alloc(self) -> None:
+        width = self._nkey + len(self.payload)
         total = int(self._cap_max.sum())
         scratch = self._cap_max == 0  # k == 0: candidates go to row 0 and never stay
         if total * (4 + 8 * width) <= _PREALLOC:  # np.empty: pages are mapped as they fill
@@ -138,7 +139,7 @@ class TopKPerClass:
         self._used = np.array([used], np.int64)  # arena rows handed out to segments
         self._bits = _empty(size, np.uint32)
         self._rows = _empty((size, width), np.uint64)
-        self._trow = np.zeros((self.num_classes, nkey), np.uint64)
+        self._trow = np.zeros((self.num_classes, self._nkey), np.uint64)
 
     def _grow(self, rows_needed: int) -> None:
         """A bigger arena (x2): segments keep their offsets."""

@@ -36,6 +36,30 @@ def _score_bits(u):
 
 
 @njit(cache=True, inline="always")
+def _float_bits(b):
+    """The inverse of ``_score_bits``: order pattern (as int64) -> float32 bit pattern."""
+    return b - 0x80000000 if b >= 0x80000000 else 0xFFFFFFFF - b
+
+
+@njit(cache=True)
+def to_order(raw, out):
+    """``out[i] = _score_bits(raw[i])``; returns the index of the first NaN, or -1."""
+    for i in range(raw.shape[0]):
+        b = _score_bits(np.int64(raw[i]))
+        if b < 0:
+            return i
+        out[i] = b
+    return -1
+
+
+@njit(cache=True)
+def from_order(bits, out):
+    """``out[i]``: the float32 bit pattern of order pattern ``bits[i]``."""
+    for i in range(bits.shape[0]):
+        out[i] = _float_bits(np.int64(bits[i]))
+
+
+@njit(cache=True, inline="always")
 def _key_below_threshold(rows, i, flip, nkey, c, trow):
     """Candidate i's key is smaller than that of class c's worst kept (their scores tie)."""
     for j in range(nkey):
@@ -304,8 +328,7 @@ def finish_inplace(k, seg, n, bits, rows, nkey, cls_out, rank_out):
         m = n[c] = idx.shape[0]
         sb, sr = bits[idx], rows[idx]  # this class's rows, sorted (a copy: p <= seg[c])
         for j in range(m):
-            u = np.int64(sb[j])  # order pattern -> float32 bits (the inverse of _score_bits)
-            bits[p + j] = u - 0x80000000 if u >= 0x80000000 else 0xFFFFFFFF - u
+            bits[p + j] = _float_bits(np.int64(sb[j]))
         rows[p:p + m, :] = sr
         p += m
     p = 0
