@@ -190,10 +190,6 @@ def _api_message(e: Exception) -> str:
         return str(cause or e).splitlines()[0]
 
 
-def _conditions(job) -> list:
-    return list((job.status.conditions if job.status else None) or [])
-
-
 def launch(spec: JobSpec, client=None, timeout_s: int = 7 * 24 * 3600) -> dict:
     """Create the PyTorchJob, log its status until it ends; raises JobFailed if it fails."""
     from kubeflow.training import TrainingClient
@@ -210,7 +206,8 @@ def launch(spec: JobSpec, client=None, timeout_s: int = 7 * 24 * 3600) -> dict:
     deadline, last = time.time() + timeout_s, None
     while time.time() < deadline:
         # one read decides: the state and the reason come from the same object
-        conds = _conditions(client.get_job(spec.name, spec.namespace, job_kind="PyTorchJob"))
+        job = client.get_job(spec.name, spec.namespace, job_kind="PyTorchJob")
+        conds = (job.status.conditions if job.status else None) or []
         state = conds[-1].type if conds else "Pending"
         if state != last:
             log.info("PyTorchJob %s: %s", spec.name, state)

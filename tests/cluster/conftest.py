@@ -20,6 +20,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTCOME_LABEL = "semisup.test/kwok-outcome"  # scripts/k8s-env/kwok-stages.yaml: succeed|fail
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # set by the operator on pods/services
+TORCHRUN_ENV = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_MASTER_ADDR",
+                "PET_MASTER_PORT", "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE"}
 
 
 def _load_k8s_env():

@@ -9,14 +9,11 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from semisup.pytorchjob import JobSpec, build_job, to_manifest
-from tests.cluster.conftest import OUTCOME_LABEL
+from tests.cluster.conftest import JOB_NAME_LABEL, OUTCOME_LABEL, TORCHRUN_ENV
 
 TRAIN = {"out": "s3://semisup/runs/teacher", "data": {"train": "s3://semisup/data/labelled"},
          "model": "small_resnet8", "epochs": 2, "batch_size": 16}
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"        # set by the operator on pods/services
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
-TORCHRUN_ENV = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_MASTER_ADDR",
-                "PET_MASTER_PORT", "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE"}
 
 
 def _core(cluster) -> client.CoreV1Api:

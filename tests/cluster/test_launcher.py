@@ -10,11 +10,7 @@ from kubernetes import client
 
 from semisup.pytorchjob import JobFailed, JobSpec, run
 from semisup_core import storage
-from tests.cluster.conftest import OUTCOME_LABEL
-
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
-RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_MASTER_ADDR",
-            "PET_MASTER_PORT", "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE")
+from tests.cluster.conftest import JOB_NAME_LABEL, OUTCOME_LABEL, TORCHRUN_ENV
 
 
 @pytest.fixture
@@ -51,7 +47,7 @@ def test_launcher_runs_a_gpu_job_to_success(cluster, namespace, kubeconfig, tmp_
         assert pod.spec.node_name == "kwok-gpu-0"
         (c,) = pod.spec.containers
         env = {e.name: e.value for e in c.env}
-        assert set(RANK_ENV) <= set(env), set(RANK_ENV) - set(env)
+        assert TORCHRUN_ENV <= set(env), TORCHRUN_ENV - set(env)
         assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "teacher-master-0"
         assert env["MASTER_PORT"] == env["PET_MASTER_PORT"]
         assert env["PET_NNODES"] == "3" and env["PET_NPROC_PER_NODE"] == "4"
