@@ -120,6 +120,13 @@ def binaries(build: bool = True) -> dict[str, Path]:
     return paths
 
 
+def operator_version() -> str:
+    """The training operator release ensure_k8s_env.sh pins (its binary is NAME-<version>)."""
+    out = subprocess.run(["bash", str(ENSURE), "--path"], stdout=subprocess.PIPE, text=True,
+                         check=True).stdout.split()
+    return Path(out[COMPONENTS.index("training-operator")]).name.rsplit("-", 1)[1]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -495,8 +502,7 @@ class Environment:
 
     def _install_operator(self) -> None:
         """The PyTorchJob CRD, the webhook's Secret and configuration, then the operator."""
-        version = self.bins["training-operator"].name.rsplit("-", 1)[1]
-        base = go_module_dir(OPERATOR_MODULE, version) / "manifests" / "base"
+        base = go_module_dir(OPERATOR_MODULE, operator_version()) / "manifests" / "base"
         crd = self.api.create("/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
                               (base / "crds" / "kubeflow.org_pytorchjobs.yaml").read_bytes())
         self.api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",

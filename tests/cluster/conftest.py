@@ -11,28 +11,18 @@ the proof that the jobs run against a real API server and operator.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.loopback import k8s_env
+
 OUTCOME_LABEL = "semisup.test/kwok-outcome"  # scripts/k8s-env/kwok-stages.yaml: succeed|fail
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # set by the operator on pods/services
 TORCHRUN_ENV = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_MASTER_ADDR",
                 "PET_MASTER_PORT", "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE"}
-
-
-def _load_k8s_env():
-    spec = importlib.util.spec_from_file_location("k8s_env", REPO_ROOT / "scripts" / "k8s_env.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-k8s_env = _load_k8s_env()
 
 
 @dataclasses.dataclass

@@ -1,26 +1,13 @@
 """Real schemas from the upstream Go modules, fetched with `go mod download` (pinned, cached in
-the Go module cache; nothing is copied into the repo)."""
+the Go module cache; nothing is copied into the repo). The training operator's release is the
+one scripts/ensure_k8s_env.sh pins for the loopback cluster of tests/cluster."""
 
-import json
 import os
-import subprocess
 
 import pytest
 import yaml
 
-TRAINING_OPERATOR = ("github.com/kubeflow/training-operator", "v1.9.2")
-
-
-def go_module_dir(module: str, version: str) -> str:
-    """The module's directory in the Go module cache (downloaded once, then offline)."""
-    proc = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
-                          capture_output=True, text=True, timeout=600, cwd="/",
-                          env=dict(os.environ, GOFLAGS="-mod=mod"))
-    info = json.loads(proc.stdout or "{}")
-    if proc.returncode != 0 or "Dir" not in info:
-        raise RuntimeError(f"go mod download {module}@{version} failed: "
-                           f"{info.get('Error') or proc.stderr.strip()}")
-    return info["Dir"]
+from tests.loopback import k8s_env
 
 
 def strict(schema):
@@ -47,5 +34,6 @@ def crd_schema(path: str, version: str = "v1") -> dict:
 
 @pytest.fixture(scope="session")
 def pytorchjob_schema() -> dict:
-    root = go_module_dir(*TRAINING_OPERATOR)
+    # the release the loopback cluster runs (scripts/ensure_k8s_env.sh pins it, once)
+    root = k8s_env.go_module_dir(k8s_env.OPERATOR_MODULE, k8s_env.operator_version())
     return crd_schema(os.path.join(root, "manifests", "base", "crds", "kubeflow.org_pytorchjobs.yaml"))
