@@ -179,3 +179,40 @@ def test_bad_keys_are_refused():
         TopKPerClass(3, 2).add([0], [0.5], ["a\x00b"])
     with pytest.raises(ValueError, match="class id 5 out of range"):
         TopKPerClass(3, 2).add(np.array([0, 5]), np.array([0.1, 0.2]), np.array([1, 2]))
+
+
+@pytest.mark.parametrize("wide", [2**32, 2**62, -1, -(2**40)])
+def test_a_key_beyond_32_bits_moves_the_state_to_the_general_layout(wide):
+    """Keys in [0, 2**32) are packed in one word with their score (``topk_packed``); the first
+    key outside that range, anywhere in the stream (mid-block too), moves the selector's
+    state -- kept rows and thresholds -- to the general layout without changing the answer:
+    later candidates that tie a threshold's score are still settled by key. (Seeded random
+    streams: hypothesis's small examples rarely compact a class before the switch.)"""
+    rng = np.random.default_rng(abs(wide) % 1000)
+    for _ in range(60):
+        n = int(rng.integers(1, 150))
+        at = int(rng.integers(0, n + 1))
+        classes = np.insert(rng.integers(0, 3, n), at, 0).astype(np.int32)
+        scores = np.insert(rng.choice([0.0, 0.5, 1.0, -2.0], n), at, 0.5).astype(np.float32)
+        keys = np.insert(rng.permutation(600)[:n], at, wide).astype(np.int64)
+        k, slack, block = (int(x) for x in rng.integers(1, [9, 7, 31]))
+        top = TopKPerClass(k, 3, slack=slack)
+        for i in range(0, n + 1, block):
+            top.add(classes[i:i + block], scores[i:i + block], keys[i:i + block])
+        assert top._arena is None  # the general layout took over
+        want = _brute(classes.tolist(), scores.tolist(), keys.tolist(), k)
+        assert _as_rows(top.result()) == want
+
+
+@pytest.mark.parametrize("key_type", [np.int64, str])
+def test_a_shard_added_twice_counts_twice_in_both_layouts(key_type):
+    """The same (class, score, key) rows again (a rerun shard fed twice) are kept as the
+    full sort keeps them: as many copies as fit in K."""
+    classes, scores, keys = _data(7, 600, 3, levels=4)
+    keys = np.arange(600).astype(key_type)
+    top = TopKPerClass(150, 3, slack=20)
+    for _ in range(2):
+        for i in range(0, 600, 90):
+            top.add(classes[i:i + 90], scores[i:i + 90], keys[i:i + 90])
+    want = _brute(2 * classes.tolist(), 2 * scores.tolist(), 2 * keys.tolist(), 150)
+    assert _as_rows(top.result()) == want
