@@ -170,10 +170,21 @@ def _key_greater(rows, a, b, nkey):
     return False
 
 
+@njit(cache=True)
+def _any_bad(cls, raw, num_classes):
+    """A class id out of range or a NaN score anywhere: a branch-free pass (vectorised)."""
+    bad = False
+    for i in range(cls.shape[0]):  # a negative id is a large uint32
+        bad |= (np.uint32(cls[i]) >= np.uint32(num_classes)) | ((raw[i] & 0x7FFFFFFF) > 0x7F800000)
+    return bad
+
+
 @njit(cache=True, nogil=True)
 def check(cls, raw, num_classes):
     """``(BAD_CLASS | NAN, i)`` for the first candidate with a class id out of range or a NaN
     score, else ``(OK, 0)``: a block is refused whole, before any of it is added."""
+    if not _any_bad(cls, raw, num_classes):
+        return OK, 0
     for i in range(cls.shape[0]):
         if cls[i] < 0 or cls[i] >= num_classes:
             return BAD_CLASS, i
