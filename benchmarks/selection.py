@@ -1,6 +1,6 @@
 """Streaming per-class top-K selection at the paper's scale (issue 6).
 
-    .venv/bin/python benchmarks/selection.py                 # the full run (~6 min on 2 cores: the baselines take most)
+    .venv/bin/python benchmarks/selection.py                 # the full run (~8 min on 2 cores: the baselines take most)
     .venv/bin/python benchmarks/selection.py --images 1e6 --linear 1e5,3e5,1e6 --repeat 1  # quick
 
 Synthetic teacher output: every image has P distinct classes with softmax-like descending
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--p", type=int, default=10)
     ap.add_argument("--k", type=int, default=16000)
     ap.add_argument("--linear", default="1e6,3e6,1e7,3e7,1e8", help="image counts, comma-separated")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--child", nargs=5)
     args = ap.parse_args()
