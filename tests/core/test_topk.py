@@ -179,6 +179,11 @@ def test_bad_keys_are_refused():
         TopKPerClass(3, 2).add([0], [0.5], ["a\x00b"])
     with pytest.raises(ValueError, match="class id 5 out of range"):
         TopKPerClass(3, 2).add(np.array([0, 5]), np.array([0.1, 0.2]), np.array([1, 2]))
+    top = TopKPerClass(3, 2)
+    top.add([1], [0.5], np.array([9]))
+    with pytest.raises(ValueError, match=r"class id -1 out of range"):  # the whole block
+        top.add(np.array([0, 1, -1]), np.array([0.9, 0.9, 0.2]), np.array([1, 2, 3]))
+    assert _as_rows(top.result()) == [(1, 0, 0.5, 9)]  # nothing of the refused block
 
 
 @pytest.mark.parametrize("wide", [2**32, 2**62, -1, -(2**40)])
