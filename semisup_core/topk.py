@@ -120,6 +120,8 @@ class TopKPerClass:
 
     def __init__(self, k, num_classes: int, payload: tuple[str, ...] = (), slack: int | None = None):
         self.k = np.broadcast_to(np.asarray(k, dtype=np.int64), (num_classes,)).copy()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if (self.k < 0).any():
             raise ValueError("k must be >= 0")
         if slack is not None and slack < 1:
@@ -151,7 +153,7 @@ class TopKPerClass:
         scratch = self._cap_max == 0  # k == 0: candidates go to row 0 and never stay
         laid_out = total * (4 + 8 * width) <= _PREALLOC
         if laid_out:
-            self._seg = 1 + np.concatenate([[0], np.cumsum(self._cap_max)[:-1]]).astype(np.int64)
+            self._seg = 1 + np.concatenate([[0], np.cumsum(self._cap_max)])[:-1].astype(np.int64)
             self._cap = self._cap_max.copy()
             size = used = 1 + total
         else:  # segments start at the scratch row and grow by doubling at the arena's end

@@ -103,7 +103,7 @@ def insert(start, cls, raw, keys, k, seg, cap, n, arena, thr):
 def unpack(seg, n, k, arena, thr, bits, rows, gthr, trow):
     """This state as the general kernels' (``topk_kernels``): same segments, int64 keys
     stored sign-flipped."""
-    for c in range(seg.shape[0]):
+    for c in range(k.shape[0]):
         for j in range(seg[c], seg[c] + n[c]):
             bits[j] = LOW - (arena[j] >> np.uint64(32))
             rows[j, 0] = (arena[j] & LOW) ^ SIGN

@@ -120,6 +120,8 @@ def test_zero_k_and_nan_and_empty():
     with pytest.raises(ValueError, match="NaN"):
         TopKPerClass(3, 2).add([0], [float("nan")], ["a"])
     assert len(TopKPerClass(3, 2).result()["key"]) == 0
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        TopKPerClass(3, 0)
 
 
 @settings(max_examples=60, deadline=None)
