@@ -3,7 +3,7 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and the Kubeflow training
 # operator, all built from Go modules and cached outside the repo.
 #
-#   scripts/ensure_k8s_env.sh          # builds what is missing (~14 min cold on 2 cores), prints the paths
+#   scripts/ensure_k8s_env.sh          # builds what is missing (10-14 min cold on 2 cores), prints the paths
 #   scripts/ensure_k8s_env.sh --path   # only prints where the binaries go
 #   scripts/ensure_k8s_env.sh --kubectl  # also a kubectl of the same release (for people: ~3 min more)
 #

@@ -20,7 +20,7 @@ etcd data, logs/*.log, kubeconfig):
   - the Kubeflow training operator (PyTorchJob only) with its CRD and validating webhook, both
     taken from the operator's Go module (`go mod download`; nothing is copied into the repo).
 Starting takes ~6-8 s on two cores once the binaries are built (the first time
-ensure_k8s_env.sh builds them: ~14 min). Idle, it costs ~3% of one core and ~700 MB of memory.
+ensure_k8s_env.sh builds them: 10-14 min). Idle, it costs ~3% of one core and ~700 MB of memory.
 Standard library only, plus ``cryptography`` (in requirements.lock) for the certificates.
 
 Two things live outside the directory, both forced by the training operator v1.9.2: its webhook
