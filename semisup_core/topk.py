@@ -119,9 +119,9 @@ class TopKPerClass:
     """
 
     def __init__(self, k, num_classes: int, payload: tuple[str, ...] = (), slack: int | None = None):
-        self.k = np.broadcast_to(np.asarray(k, dtype=np.int64), (num_classes,)).copy()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.k = np.broadcast_to(np.asarray(k, dtype=np.int64), (num_classes,)).copy()
         if (self.k < 0).any():
             raise ValueError("k must be >= 0")
         if slack is not None and slack < 1:
@@ -170,8 +170,8 @@ class TopKPerClass:
         self._trow = np.zeros((self.num_classes, self._nkey), np.uint64)
 
     def _unpack(self) -> None:
-        """Leave the packed layout for good: a string key, payload, or an integer key outside
-        ``[0, 2**32)`` arrived."""
+        """Leave the packed layout for good: a string key or an integer key outside
+        ``[0, 2**32)`` arrived (or the result of an empty stream is asked for)."""
         self._alloc(len(self._arena))
         packed.unpack(self._seg, self._n, self.k, self._arena, self._pthr, self._bits,
                       self._rows, self._thr, self._trow)

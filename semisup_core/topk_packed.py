@@ -7,8 +7,8 @@ one 64-bit word per kept candidate.
 candidate enters when ``u < thr[c]`` -- one compare, no tie rule -- a compaction is a radix
 select over plain integers, and the result is a radix sort of them. Against the general
 layout of ``topk_kernels`` (a 4-byte score plus 8 bytes per key word in two arrays) the arena
-is two thirds the size, which is most of the win: at 10M images x 1,000 classes it is written
-once, and first touching memory is what costs.
+is two thirds the size and every step is a compare of two integers: 1.75 s -> ~1.2 s at 10M
+images x 1,000 classes (``benchmarks/RESULTS.md``).
 
 State: the general kernels' ``k, seg, cap, n`` (same layout: row 0 is scratch, segments of
 ``k[c] + slack`` rows in class order); ``arena`` uint64 rows; ``thr`` uint64[C]: ``FULL``
