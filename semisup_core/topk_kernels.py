@@ -342,8 +342,15 @@ def finish_inplace(k, seg, n, bits, rows, nkey, cls_out, rank_out):
             bits[p + j] = _float_bits(np.int64(sb[j]))
         rows[p:p + m, :] = sr
         p += m
+    return class_ranks(n, cls_out, rank_out)
+
+
+@njit(cache=True)
+def class_ranks(n, cls_out, rank_out):
+    """The result's class id and rank columns for ``n[c]`` rows per class, in class order;
+    returns the number of rows."""
     p = 0
-    for c in range(k.shape[0]):
+    for c in range(n.shape[0]):
         for j in range(n[c]):
             cls_out[p + j] = c
             rank_out[p + j] = j

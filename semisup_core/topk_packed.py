@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from semisup_core.topk_kernels import NEVER, OK, SIGN, _float_bits, _score_bits
+from semisup_core.topk_kernels import NEVER, OK, SIGN, _float_bits, _score_bits, class_ranks
 
 KEY_RANGE = 4  # insert's status: candidate i's key does not fit in 32 bits
 FULL = np.uint64(0xFFFFFFFFFFFFFFFF)  # thr before a class's first compaction
@@ -177,10 +177,4 @@ def finish(k, seg, n, arena, thr, score_out, cls_out, rank_out):
             score_out[p + j] = _float_bits(0xFFFFFFFF - np.int64(s[j] >> np.uint64(32)))
             arena[p + j] = s[j] & LOW
         p += m
-    p = 0
-    for c in range(k.shape[0]):
-        for j in range(n[c]):
-            cls_out[p + j] = c
-            rank_out[p + j] = j
-        p += n[c]
-    return p
+    return class_ranks(n, cls_out, rank_out)
