@@ -79,6 +79,15 @@ def _int_keys(keys) -> np.ndarray | None:
     return np.ascontiguousarray(keys, dtype=np.int64) if keys.dtype.kind in "iu" else None
 
 
+def _id_columns(free: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 class id and rank columns of ``total`` rows: in ``free`` (the arena's tail, which
+    the result's rows no longer use) when it has room, else new."""
+    tail = free.view(np.int32)
+    if len(tail) >= 2 * total:
+        return tail[:total], tail[total:2 * total]
+    return np.empty(total, np.int32), np.empty(total, np.int32)
+
+
 def _take(values, idx: np.ndarray) -> np.ndarray:
     """``values[idx]`` as numpy; a pyarrow column converts only the taken rows."""
     if hasattr(values, "take") and not isinstance(values, np.ndarray):
@@ -195,11 +204,10 @@ class TopKPerClass:
         self._rows, self._trow, self._nkey = rows, trow, nkey
 
     # -- adding ----------------------------------------------------------------------------
-    def _check_kind(self, keys: np.ndarray) -> None:
-        kind = "i" if keys.dtype.kind in "iu" else "U"
+    def _check_kind(self, kind: str) -> None:
         if self._key_kind is None:
             self._key_kind = kind
-        elif kind != self._key_kind and len(keys):
+        elif kind != self._key_kind:
             raise ValueError("keys must all be integers or all strings")
 
     def _insert(self, classes: np.ndarray, raw: np.ndarray, rows: np.ndarray, flip: bool,
@@ -228,9 +236,9 @@ class TopKPerClass:
             return
         raw = np.ascontiguousarray(_as_numpy(scores), dtype=np.float32).view(np.uint32)
         self._check(classes, raw)
-        ints = None if self.payload else _int_keys(keys)
-        if ints is not None:  # the hot path: one pass, keys read in place
-            self._check_kind(ints)
+        ints = _int_keys(keys)
+        self._check_kind("U" if ints is None else "i")
+        if ints is not None and not self.payload:  # the hot path: one pass, keys read in place
             start = 0
             if self._arena is not None:
                 status, start = packed.insert(0, classes, raw, ints, self.k, self._seg, self._cap,
@@ -241,13 +249,11 @@ class TopKPerClass:
             self._insert(classes, raw, ints.view(np.uint64).reshape(-1, 1), True, start)
             return
         if self._arena is not None:
-            self._check_kind(np.asarray(keys[:1]))
             self._unpack()
         idx = kern.prefilter(classes, raw, self._thr)
         if len(idx) == 0:
             return
         key = _take(keys, idx)
-        self._check_kind(key)
         if self._key_kind == "i":
             words = (key.astype(np.int64).view(np.uint64) ^ kern.SIGN).reshape(-1, 1)
         else:
@@ -286,11 +292,7 @@ class TopKPerClass:
         if (self._seg[held] == laid[held]).all():  # segments in class order, as allocated
             # class ids and ranks go to the arena's free tail when it has room (it has with
             # the default slack): no new memory at all
-            tail = self._rows.reshape(-1)[total * self._rows.shape[1]:].view(np.int32)
-            if len(tail) >= 2 * total:
-                cls, rank = tail[:total], tail[total:2 * total]
-            else:
-                cls, rank = np.empty(total, np.int32), np.empty(total, np.int32)
+            cls, rank = _id_columns(self._rows.reshape(-1)[total * self._rows.shape[1]:], total)
             kern.finish_inplace(*state, cls, rank)
             score, rows = self._bits[:total].view(np.float32), self._rows[:total]
         else:  # segments grown at the arena's end: gather
@@ -315,11 +317,7 @@ class TopKPerClass:
 
     def _packed_result(self) -> dict[str, np.ndarray]:
         total = int(np.minimum(self._n, self.k).sum())
-        tail = self._arena[total:].view(np.int32)  # free once the rows moved to the front
-        if len(tail) >= 2 * total:
-            cls, rank = tail[:total], tail[total:2 * total]
-        else:
-            cls, rank = np.empty(total, np.int32), np.empty(total, np.int32)
+        cls, rank = _id_columns(self._arena[total:], total)  # free once the rows moved up
         score = np.empty(total, np.float32)
         packed.finish(self.k, self._seg, self._n, self._arena, self._pthr, score.view(np.uint32),
                       cls, rank)
