@@ -18,11 +18,12 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return g
 
 
-def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 N x C x H x W -> float N x C x H x W, ``(x/255 - mean) / std``, channels-last
-    (the memory format every model here runs in)."""
+def normalize(images: torch.Tensor, mean: float, std: float,
+              memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """uint8 N x C x H x W -> float N x C x H x W, ``(x/255 - mean) / std``, in
+    ``memory_format`` (inference runs channels-last; training picks its own, train/kernels.py)."""
     x = (images.float() / 255.0 - mean) / std
-    return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=memory_format)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator,

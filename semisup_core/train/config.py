@@ -62,6 +62,13 @@ class TrainRecipe(StageConfig):
         "auto", description="mixed precision on GPU (auto = bf16 when supported); off on CPU")
     sync_bn: bool = Field(False, description="synchronise BatchNorm statistics across ranks")
     threads: int = Field(0, ge=0, description="torch CPU threads per rank; 0 = cores / ranks")
+    memory_format: Literal["auto", "channels_last", "contiguous"] = Field(
+        "auto", description="training tensors' layout; auto = channels_last on GPU, contiguous on "
+                            "CPU (oneDNN's channels-last 1x1 backward crashes on AVX2 CPUs: README)")
+    check_kernels: bool = Field(True, description="on CPU, compare the model's gradients with a "
+                                                  "float64 reference before the first step")
+    stall_timeout_s: float = Field(300, ge=0, description="end with one line when no training "
+                                                          "step finishes for this long (0 = off)")
     @model_validator(mode="after")
     def _check(self):
         if self.optim.schedule == "step" and any(not 0 < m < 1 for m in self.optim.milestones):

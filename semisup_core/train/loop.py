@@ -27,10 +27,11 @@ from semisup_core.data.dataset import read_meta, require_same_classes, shard_uri
 from semisup_core.data.stream import ShardStream
 from semisup_core.errors import ConfigError
 from semisup_core.models import create_model
-from semisup_core.train import augment
+from semisup_core.train import augment, kernels
 from semisup_core.train.config import TrainConfig
 from semisup_core.train.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
 from semisup_core.train.schedule import lr_factor, scaled_lr
+from semisup_core.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,27 @@ def build_model(cfg: TrainConfig, meta: TrainSet, dist: DistInfo) -> torch.nn.Mo
     model = create_model(cfg.model, meta.num_classes, meta.channels, **cfg.model_kwargs)
     if cfg.init_from:
         _init_from(model, cfg.init_from)
+    fmt = kernels.memory_format(cfg.memory_format, dist.device)
+    if dist.device.type == "cpu" and cfg.check_kernels:
+        kernels.check_gradients(model, _check_shape(cfg, meta, model), meta.num_classes, fmt)
     if cfg.sync_bn and dist.world_size > 1:
         if dist.device.type != "cuda":
             raise ConfigError("sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); "
                               "set sync_bn=false on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # channels-last: faster convolutions on GPU and on CPU (oneDNN; measured 1.5x here)
-    model = model.to(dist.device, memory_format=torch.channels_last)
+    # channels-last on GPU; NCHW on CPU, where oneDNN's channels-last kernels crash (kernels.py)
+    model = model.to(dist.device, memory_format=fmt)
     if dist.world_size > 1:
         model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
     return model
+
+
+def _check_shape(cfg: TrainConfig, meta: TrainSet, model: torch.nn.Module) -> tuple:
+    """A small batch of the training images' shape for the gradient check (N x C x H x W)."""
+    from semisup_core.models import model_info
+    size = model_info(cfg.model).input_size
+    h, w = meta.height or size, meta.width or size
+    return (8 if h * w <= 64 * 64 else 2, meta.channels, h, w)  # float64 is slow at 224 px
 
 
 def _init_from(model: torch.nn.Module, src: str) -> None:
@@ -152,7 +164,7 @@ def _model_spec(cfg: TrainConfig, meta: TrainSet) -> dict:
 
 
 # fields that may change between a run and its resumption without changing its result
-_RESUMABLE = {"fail_at_step", "threads", "checkpoint", "amp"}
+_RESUMABLE = {"fail_at_step", "threads", "checkpoint", "amp", "check_kernels", "stall_timeout_s"}
 
 
 def _check_same_run(cfg: TrainConfig) -> None:
@@ -181,6 +193,7 @@ class Trainer:
         self.meta = training_set(cfg.data.train)
         self.local_batch, self.steps_per_epoch, self.total_steps = _plan(
             cfg, self.meta, self.dist.world_size)
+        self.memory_format = kernels.memory_format(cfg.memory_format, self.dist.device)
         self.model = build_model(cfg, self.meta, self.dist)
         self.optimizer = build_optimizer(self.model, cfg)
         self.peak_lr = scaled_lr(cfg.optim, cfg.batch_size)
@@ -204,10 +217,11 @@ class Trainer:
             group["lr"] = self.peak_lr * lr_factor(
                 cfg.optim, self.step, self.total_steps, self.steps_per_epoch)
         gen = augment.step_generator(cfg.seed, self.step)
-        x = augment.normalize(images.to(dev, non_blocking=True), cfg.data.mean, cfg.data.std)
+        x = augment.normalize(images.to(dev, non_blocking=True), cfg.data.mean, cfg.data.std,
+                              self.memory_format)
         x = augment.random_crop_flip(x, cfg.augment.crop_padding, cfg.augment.hflip, gen,
                                      cfg.batch_size, self.dist.rank * self.local_batch)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=self.memory_format)
         torch.manual_seed(cfg.seed * 7919 + self.step * 31 + self.dist.rank)  # dropout
         with _autocast(cfg, dev):
             loss = F.cross_entropy(self.model(x), labels.to(dev),
@@ -237,7 +251,7 @@ class Trainer:
                     total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
                     config=self.cfg.model_dump(mode="json"))
 
-    def _run_epoch(self, epoch: int, bar) -> None:
+    def _run_epoch(self, epoch: int, bar, watchdog: Watchdog) -> None:
         start_in_epoch = self.step - epoch * self.steps_per_epoch
         loader = _loader(self.cfg, self.meta, self.dist, self.local_batch,
                          self.steps_per_epoch, epoch)
@@ -249,6 +263,7 @@ class Trainer:
             loss_sum += self._train_step(images, labels)
             n += 1
             self.step += 1
+            watchdog.beat(f"step {self.step + 1} of {self.total_steps}")
             if bar is not None:
                 bar.update(1)
             self._after_step(loss_sum, n, bar)
@@ -263,8 +278,11 @@ class Trainer:
             config.save(cfg, cfg.out)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.model}",
                    unit="step", disable=not self.dist.is_main, mininterval=2.0)
-        while self.step < self.total_steps:
-            self._run_epoch(self.step // self.steps_per_epoch, bar)
+        with Watchdog("train", cfg.stall_timeout_s,
+                      "raise stall_timeout_s if one step really takes this long") as watchdog:
+            watchdog.beat(f"step {self.step + 1} of {self.total_steps} (loading data)")
+            while self.step < self.total_steps:
+                self._run_epoch(self.step // self.steps_per_epoch, bar, watchdog)
         bar.close()
         found = checkpoint.latest(cfg.out) if self.dist.is_main else None
         if self.dist.is_main and (found is None or found[0] != self.total_steps):

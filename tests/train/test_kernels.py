@@ -1,0 +1,156 @@
+"""The CPU kernels training runs on compute the right gradients, on any x86 ISA a user may have.
+
+oneDNN picks its kernels by the CPU (AVX2 on AMD EPYC, AVX-512 or AMX on recent Xeons), so a
+green run on one machine says nothing about another. ``ONEDNN_MAX_CPU_ISA`` (documented by
+oneDNN) makes this machine take the kernels of an older ISA. Each case runs in its own
+process, since a broken kernel may abort (double free), segfault or spin forever: all three,
+and a wrong gradient, fail the test. With the layout training used before (channels-last on
+CPU) the AVX2 cases fail here: double free on 1 thread, a hang or a relative error ~0.9 in
+the shortcut convolution's gradient on 2 (uxlfoundation/oneDNN#6035).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from semisup_core.errors import SemisupError
+from semisup_core.models import create_model
+from semisup_core.train import kernels
+from semisup_core.watchdog import EXIT_STALLED, Watchdog
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# every ISA level that changes oneDNN's convolution kernels on x86-64, newest first; a level
+# above what the CPU has is clamped by oneDNN to what it has
+ISAS = ["DEFAULT", "AVX512_CORE_AMX", "AVX512_CORE", "AVX2", "SSE41"]
+
+# the demo's models at the widths it trains (student/baseline 4, 8 in tests, teacher 16)
+_CHECK = r"""
+import json, sys, torch
+from semisup_core.models import create_model
+from semisup_core.train import kernels
+torch.set_num_threads(int(sys.argv[1]))
+out = {}
+for name, width in (("small_resnet8", 4), ("small_resnet8", 8), ("small_resnet14", 16)):
+    torch.manual_seed(0)
+    model = create_model(name, 10, 1, width=width)
+    fmt = kernels.memory_format("auto", torch.device("cpu"))
+    errs = kernels.gradient_errors(model, (32, 1, 28, 28), 10, fmt)
+    out[f"{name}/{width}"] = max(errs.items(), key=lambda kv: kv[1])
+print(json.dumps(out))
+"""
+
+
+def _run(code: str, env: dict, args: list[str], timeout: float = 120) -> tuple[int | None, str, str]:
+    """(exit status or None on a hang, stdout, stderr) of ``python -c code`` in its own session."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return None, out, err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("isa", ISAS)
+def test_training_layout_gets_exact_gradients_on_every_isa(isa, threads):
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    if isa != "DEFAULT":
+        env["ONEDNN_MAX_CPU_ISA"] = isa
+    env.update(OMP_NUM_THREADS=str(threads), PYTHONPATH=REPO)
+    rc, out, err = _run(_CHECK, env, [str(threads)])
+    assert rc is not None, f"hung (killed after 120 s) with ONEDNN_MAX_CPU_ISA={isa}: {err[-2000:]}"
+    assert rc == 0, f"exit {rc} with ONEDNN_MAX_CPU_ISA={isa}: {err[-2000:]}"
+    for model, (param, rel) in json.loads(out).items():
+        assert rel < 1e-4, f"{model}: gradient of {param} off by {rel:.2g} (ISA {isa})"
+
+
+def test_memory_format_policy():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert kernels.memory_format("auto", cpu) == torch.contiguous_format
+    assert kernels.memory_format("auto", cuda) == torch.channels_last
+    assert kernels.memory_format("channels_last", cpu) == torch.channels_last
+    assert kernels.memory_format("contiguous", cuda) == torch.contiguous_format
+
+
+class _WrongGrad(torch.autograd.Function):
+    """Identity forward, 1.5x backward: what a broken kernel does to a gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return 1.5 * g
+
+
+class _BrokenConv(torch.nn.Conv2d):
+    def forward(self, x):
+        return _WrongGrad.apply(super().forward(x)) if x.dtype == torch.float32 else super().forward(x)
+
+
+def test_gradient_check_names_the_wrong_tensor_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = create_model("small_resnet8", 4, 1, width=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kernels.check_gradients(model, (8, 1, 28, 28), 4, torch.contiguous_format)  # correct: passes
+    broken = model.stages[1][0].shortcut[0]
+    broken.__class__ = _BrokenConv  # the shortcut convolution's input gradient now 1.5x off
+    with pytest.raises(kernels.KernelError) as err:
+        kernels.check_gradients(model, (8, 1, 28, 28), 4, torch.contiguous_format)
+    msg = str(err.value)
+    assert "\n" not in msg and "wrong gradients" in msg and "memory_format=contiguous" in msg
+    assert isinstance(err.value, SemisupError)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_errors_cover_every_parameter():
+    torch.manual_seed(1)
+    model = create_model("small_resnet8", 3, 1, width=4)
+    errs = kernels.gradient_errors(model, (4, 1, 28, 28), 3, torch.contiguous_format)
+    assert set(errs) == {n for n, _ in model.named_parameters()}
+    assert max(errs.values()) < 1e-4
+
+
+_STALL = r"""
+import sys, time
+from semisup_core.watchdog import Watchdog
+with Watchdog("train", float(sys.argv[1]), "raise stall_timeout_s") as w:
+    w.beat("step 3 of 10")
+    time.sleep(60)   # a kernel that never returns
+print("not reached")
+"""
+
+
+def test_watchdog_ends_a_stalled_process_with_one_line():
+    rc, out, err = _run(_STALL, dict(os.environ, PYTHONPATH=REPO), ["1.0"], timeout=30)
+    assert rc == EXIT_STALLED and "not reached" not in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("train: stalled: no progress for ") and "at step 3 of 10" in lines[0]
+    path = lines[0].split("stacks of every thread in ")[1].split(")")[0]
+    stacks = open(path).read()
+    os.unlink(path)
+    assert "no progress for" in stacks and "<module>" in stacks  # the stuck thread's stack
+
+
+def test_watchdog_stays_quiet_while_beats_come():
+    import time
+    with Watchdog("train", 0.5) as w:
+        for i in range(10):
+            time.sleep(0.1)
+            w.beat(f"step {i}")
+    with Watchdog("train", 0):  # off
+        time.sleep(0.2)
