@@ -22,6 +22,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Every training path of the suite (in-process, torchrun, the launcher, kfp.local tasks, which
+# inherit the environment) runs oneDNN's AVX2 kernels, whatever this CPU has: AVX2 is what
+# every x86-64 server of the last decade runs (all AMD EPYC), and the kernels an AVX-512
+# machine would otherwise take hid a crash there (README "CPU kernels"). oneDNN reads this once,
+# at its first primitive, so it is set before any test runs one. tests/train/test_kernels.py
+# checks the gradients under every other ISA level. Override: ONEDNN_MAX_CPU_ISA=DEFAULT.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
 # ----------------------------------------------------------------------------------------
 # MinIO
 # ----------------------------------------------------------------------------------------

@@ -26,6 +26,21 @@ def normalize(images: torch.Tensor, mean: float, std: float,
     return x.contiguous(memory_format=memory_format)
 
 
+def to_layout(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """N x C x H x W ``x`` with exactly the strides of ``memory_format`` (copied if need be).
+
+    ``x.contiguous(memory_format=...)`` is not enough: a grey-scale batch (C == 1) counts as
+    contiguous in both layouts, and convolutions pick their layout from the strides, so a batch
+    whose strides look channels-last (as the crop's permute leaves them) sends NCHW training
+    into oneDNN's channels-last kernels (train/kernels.py).
+    """
+    n, c, h, w = x.shape
+    want = (c * h * w, h * w, w, 1) if memory_format == torch.contiguous_format else (h * w * c, 1, w * c, c)
+    if x.stride() == want:
+        return x
+    return torch.empty_strided(x.shape, want, dtype=x.dtype, device=x.device).copy_(x)
+
+
 def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool, gen: torch.Generator,
                      global_batch: int, offset: int) -> torch.Tensor:
     """Random crop after zero padding, and random horizontal flip.

@@ -53,33 +53,30 @@ def _grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str
     return {n: p.grad.detach().double() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def gradient_errors(model: torch.nn.Module, shape: tuple[int, int, int, int], num_classes: int,
-                    fmt: torch.memory_format, seed: int = 0) -> dict[str, float]:
-    """Relative max-error of every parameter's gradient, ``fmt`` float32 vs float64 NCHW.
+def gradient_errors(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Relative max-error of every parameter's gradient: ``x`` as given (its dtype and
+    strides: what training feeds) against the same images in float64 NCHW.
 
-    ``model`` is not changed (both passes run on copies); ``shape`` is the batch N x C x H x W.
+    ``model`` (in the layout training put it in) is not changed: both passes run on copies;
+    ``y`` are class ids.
     """
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen)
-    y = torch.randint(0, num_classes, (shape[0],), generator=gen)
-    fast = copy.deepcopy(model).float().to(memory_format=fmt)
-    ref = copy.deepcopy(model).double()
-    got = _grads(fast, x.contiguous(memory_format=fmt), y)
-    want = _grads(ref, x.double(), y)
+    fast = copy.deepcopy(model).float()  # keeps the layout training gave the weights
+    ref = copy.deepcopy(model).double().to(memory_format=torch.contiguous_format)
+    got = _grads(fast, x, y)
+    want = _grads(ref, x.double().contiguous(), y)
     return {n: ((got[n] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
             for n, g in want.items()}
 
 
-def check_gradients(model: torch.nn.Module, shape: tuple[int, int, int, int], num_classes: int,
-                    fmt: torch.memory_format, tol: float = 1e-3) -> None:
+def check_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    tol: float = 1e-3) -> None:
     """Raise :class:`KernelError` (one line) if any gradient is off by more than ``tol``."""
-    errors = gradient_errors(model, shape, num_classes, fmt)
+    errors = gradient_errors(model, x, y)
     bad = {n: e for n, e in errors.items() if not e <= tol}  # NaN counts as bad
     if bad:
         name, err = max(bad.items(), key=lambda kv: kv[1] if kv[1] == kv[1] else float("inf"))
-        layout = "channels_last" if fmt == torch.channels_last else "contiguous"
         raise KernelError(
-            f"this CPU's kernels compute wrong gradients for this model in the {layout} layout "
-            f"({len(bad)} of {len(errors)} tensors, worst {name}: relative error {err:.2g}); "
-            "set memory_format=contiguous, or pick other oneDNN kernels with "
-            "ONEDNN_MAX_CPU_ISA=AVX2 (see docs/troubleshooting.md)")
+            f"this CPU's kernels compute wrong gradients for this model ({len(bad)} of "
+            f"{len(errors)} tensors, worst {name}: relative error {err:.2g}); set "
+            "memory_format=contiguous, or have oneDNN take other kernels with "
+            "ONEDNN_MAX_CPU_ISA=AVX2 (README \"CPU kernels\")")

@@ -90,8 +90,6 @@ def build_model(cfg: TrainConfig, meta: TrainSet, dist: DistInfo) -> torch.nn.Mo
     if cfg.init_from:
         _init_from(model, cfg.init_from)
     fmt = kernels.memory_format(cfg.memory_format, dist.device)
-    if dist.device.type == "cpu" and cfg.check_kernels:
-        kernels.check_gradients(model, _check_shape(cfg, meta, model), meta.num_classes, fmt)
     if cfg.sync_bn and dist.world_size > 1:
         if dist.device.type != "cuda":
             raise ConfigError("sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); "
@@ -102,14 +100,6 @@ def build_model(cfg: TrainConfig, meta: TrainSet, dist: DistInfo) -> torch.nn.Mo
     if dist.world_size > 1:
         model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
     return model
-
-
-def _check_shape(cfg: TrainConfig, meta: TrainSet, model: torch.nn.Module) -> tuple:
-    """A small batch of the training images' shape for the gradient check (N x C x H x W)."""
-    from semisup_core.models import model_info
-    size = model_info(cfg.model).input_size
-    h, w = meta.height or size, meta.width or size
-    return (8 if h * w <= 64 * 64 else 2, meta.channels, h, w)  # float64 is slow at 224 px
 
 
 def _init_from(model: torch.nn.Module, src: str) -> None:
@@ -199,7 +189,7 @@ class Trainer:
         self.peak_lr = scaled_lr(cfg.optim, cfg.batch_size)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
-        self.step, self.history = 0, []
+        self.step, self.history, self._checked = 0, [], False
         _check_same_run(cfg)
         if cfg.checkpoint.resume:
             self._resume()
@@ -221,7 +211,9 @@ class Trainer:
                               self.memory_format)
         x = augment.random_crop_flip(x, cfg.augment.crop_padding, cfg.augment.hflip, gen,
                                      cfg.batch_size, self.dist.rank * self.local_batch)
-        x = x.contiguous(memory_format=self.memory_format)
+        x = augment.to_layout(x, self.memory_format)
+        if not self._checked:  # the first batch, exactly as training sees it (layout included)
+            self._check_kernels(x, labels.to(dev))
         torch.manual_seed(cfg.seed * 7919 + self.step * 31 + self.dist.rank)  # dropout
         with _autocast(cfg, dev):
             loss = F.cross_entropy(self.model(x), labels.to(dev),
@@ -231,6 +223,13 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
+
+    def _check_kernels(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """On CPU: this model's gradients on (up to 8 of) this batch against float64."""
+        self._checked = True
+        if self.dist.device.type == "cpu" and self.cfg.check_kernels:
+            bare = self.model.module if isinstance(self.model, DDP) else self.model
+            kernels.check_gradients(bare, x[:8], labels[:8])
 
     def _after_step(self, loss_sum: torch.Tensor, n: int, bar) -> None:
         every = max(1, min(50, self.steps_per_epoch))
