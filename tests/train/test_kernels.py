@@ -167,3 +167,32 @@ def test_watchdog_stays_quiet_while_beats_come():
             w.beat(f"step {i}")
     with Watchdog("train", 0):  # off
         time.sleep(0.2)
+
+
+_STALLED_TRAIN = r"""
+import sys, time
+from semisup_core.train import loop
+step = loop.Trainer._train_step
+def stuck(self, images, labels):
+    if self.step == 2:
+        time.sleep(120)   # as a deadlocked oneDNN kernel would
+    return step(self, images, labels)
+loop.Trainer._train_step = stuck
+from semisup.cli import main
+sys.exit(main(["stage", "train", "--set", f"out={sys.argv[2]}", "--set", f"data.train={sys.argv[1]}",
+               "--set", "model_kwargs.width=4", "--set", "batch_size=32", "--set", "epochs=1",
+               "--set", "threads=1", "--set", "data.num_workers=0", "--set", "stall_timeout_s=3",
+               "--set", "checkpoint.every_steps=1"]))
+"""
+
+
+def test_a_stalled_training_step_ends_the_stage_with_one_line(blocks_dataset, tmp_path):
+    rc, out, err = _run(_STALLED_TRAIN, dict(os.environ, PYTHONPATH=REPO),
+                        [blocks_dataset, str(tmp_path / "run")], timeout=90)
+    assert rc == EXIT_STALLED, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("train: stalled: no progress for ") and "at step 3 of 8" in last, err
+    assert "raise stall_timeout_s" in last
+    # what was written stays: the checkpoints of steps 1 and 2, and a rerun resumes from them
+    from semisup_core import checkpoint
+    assert checkpoint.latest(str(tmp_path / "run"))[0] == 2
