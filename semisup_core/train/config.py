@@ -16,7 +16,8 @@ class DataConfig(StageConfig):
         "auto", description="how ranks share the data: whole shards (scale) or slices of each "
                             "global batch (exact, small data); auto picks shards when there are enough")
     shuffle_buffer: int = Field(4096, ge=1, description="samples held for shuffling per reader")
-    num_workers: int = Field(1, ge=0, description="DataLoader workers per rank; 1-2 on a laptop")
+    num_workers: int = Field(1, ge=0, description="DataLoader workers per rank; 1-2 on a laptop "
+                                                  "(epochs under 20 steps load in-process)")
     mean: float = Field(0.5, description="per-channel mean of images scaled to [0,1]")
     std: float = Field(0.5, gt=0, description="per-channel std of images scaled to [0,1]")
 

@@ -128,3 +128,17 @@ def test_rerun_of_a_finished_run_is_a_no_op_and_a_changed_config_is_refused(tmp_
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(ConfigError, match="different config .*epochs"):
         train(cfg.model_copy(update={"epochs": 2}))
+
+
+def test_small_epochs_load_in_process_with_the_same_batches(tmp_path, blocks_dataset, monkeypatch):
+    """8-step epochs load in-process (no worker start per epoch); forcing a worker process
+    gives bit-identical weights."""
+    from semisup_core.train import loop
+    assert 256 // 32 < loop.SMALL_EPOCH
+    cfg = _cfg(tmp_path / "inproc", blocks_dataset, epochs=1)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 1})})
+    train(cfg)
+    monkeypatch.setattr(loop, "SMALL_EPOCH", 0)
+    train(cfg.model_copy(update={"out": str(tmp_path / "worker")}))
+    a, b = _weights(tmp_path / "inproc"), _weights(tmp_path / "worker")
+    assert all(torch.equal(a[k], b[k]) for k in a)
