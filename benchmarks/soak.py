@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--labelled", default="runs/demo/data/split-n50-s0/labelled",
                     help="the demo's 500 labelled images: what its baseline and teacher train on")
     ap.add_argument("--skip-soak", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--before-repeat", type=int, default=5, help="runs of the old layout (a hang "
                     "costs --limit seconds)")
@@ -149,7 +150,8 @@ def main() -> None:
           f"--repeat {args.repeat} --before-repeat {args.before_repeat} --steps {args.steps}`.\n")
     if not args.skip_soak:
         soak(args, tmp)
-    speed(args, tmp)
+    if not args.skip_speed:
+        speed(args, tmp)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ v3.13.3) on an AVX2 CPU (every AMD EPYC/Ryzen, Intel without AVX-512, or any CPU
 (4 -> 8 channels, stride 2) then ends with "double free or corruption" or a segfault on one
 thread, and on two threads spins forever or returns wrong weight gradients. Upstream:
 https://github.com/uxlfoundation/oneDNN/issues/6035 (open; no torch wheel has a fix). The
-nchw source takes oneDNN's blocked path, which is correct on every ISA tested here
-(tests/train/test_kernels.py). Measured on the demo's models (benchmarks/results/soak.md):
-NCHW is faster than channels-last for the width-4 models on 2 threads, slower (~0.8x) for
-the width-16 teacher. Channels-last stays on CUDA, where it is what tensor cores want.
+nchw source takes oneDNN's blocked path (``nChw8c``, ``jit_1x1:avx2``), which is correct on
+every ISA tested here (tests/train/test_kernels.py). Measured through the training stage on
+the demo's recipes (benchmarks/results/soak.md): NCHW runs at 0.97x and 1.01x of
+channels-last for the width-4 models and 0.93x for the width-16 teacher on an AVX-512 Xeon.
+Channels-last stays on CUDA, where it is what tensor cores want.
 
 Why a gradient check: a kernel bug that returns wrong numbers does not crash, it trains a
 worse model. Before the first step on CPU, :func:`check_gradients` compares the gradients of
