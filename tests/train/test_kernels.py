@@ -159,14 +159,22 @@ def test_watchdog_ends_a_stalled_process_with_one_line():
     assert "no progress for" in stacks and "<module>" in stacks  # the stuck thread's stack
 
 
+_BEATING = r"""
+import time
+from semisup_core.watchdog import Watchdog
+with Watchdog("train", 0.5) as w:
+    for i in range(10):      # 1 s in all, a beat every 0.1 s
+        time.sleep(0.1)
+        w.beat(f"step {i}")
+with Watchdog("train", 0):   # off
+    time.sleep(0.7)
+print("done")
+"""
+
+
 def test_watchdog_stays_quiet_while_beats_come():
-    import time
-    with Watchdog("train", 0.5) as w:
-        for i in range(10):
-            time.sleep(0.1)
-            w.beat(f"step {i}")
-    with Watchdog("train", 0):  # off
-        time.sleep(0.2)
+    rc, out, err = _run(_BEATING, dict(os.environ, PYTHONPATH=REPO), [], timeout=30)
+    assert rc == 0 and out.strip() == "done" and "stalled" not in err, err
 
 
 _STALLED_TRAIN = r"""
