@@ -23,12 +23,22 @@ fi
 stamp=.venv/.semisup-installed
 want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  log "creating .venv and installing Python packages (first time: several GB, ~5-10 min)"
+  log "creating .venv and installing Python packages (first time: 7.5 GB, ~5-10 min)"
+  # The CUDA wheels torch and DALI need are most of the 7.5 GB. pip keeps no wheel cache
+  # (--no-cache-dir) and the large wheels go in one at a time, so the disk holds at most
+  # the installed packages plus one download: 9 GB free is enough (measured in the README).
+  scripts/need_disk.sh 9 .venv-parent "the Python packages of requirements.lock (.venv)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  pipi() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >>.venv/setup.log 2>&1 \
+  pipi() { .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir "$@" >>.venv/setup.log 2>&1 \
              || { tail -n 30 .venv/setup.log; log "pip install $* failed (log: .venv/setup.log)"; exit 1; }; }
   pipi --upgrade pip
-  pipi -r requirements.lock
+  # requirements.lock is complete (every dependency pinned), so --no-deps installs exactly it.
+  big='^(nvidia-|torch==|torchvision==|triton==|cuda-toolkit==)'
+  for req in $(grep -E "$big" requirements.lock); do pipi --no-deps "$req"; done
+  grep -vE "$big" requirements.lock > .venv/rest.lock
+  pipi --no-deps -r .venv/rest.lock
+  .venv/bin/python -m pip check >>.venv/setup.log 2>&1 \
+    || { tail -n 10 .venv/setup.log; log "requirements.lock is not complete: pip check failed (log: .venv/setup.log)"; exit 1; }
   pipi --no-deps -e .
   echo "$want" > "$stamp"
 fi
