@@ -28,7 +28,7 @@ REGISTRY ?= ghcr.io/semisup
 VERSION ?= $(shell sed -n '/^\[project\]/,/^\[/s/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOCKER ?= docker
 DOCKER_BUILD_ARGS ?=
-STAGES := data select launcher evaluate train score
+STAGES := data select launcher evaluate train score embed dedup
 LABELS = --label org.opencontainers.image.version=$(VERSION) \
          --label org.opencontainers.image.revision=$(shell git rev-parse --short HEAD 2>/dev/null)
 

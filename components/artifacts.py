@@ -38,11 +38,19 @@ def write_json(artifact, doc: dict) -> None:
 REF = "dataset-ref.json"
 
 
-def write_ref(artifact, uri: str) -> None:
+def write_ref(artifact, uri: str, exclude: str | None = None) -> None:
     """Make ``artifact`` a reference to data that lives at ``uri`` (bulk shards stay where they
-    are; KFP still records lineage and shows the URI in the artifact's metadata)."""
-    storage.write_json(storage.join(location(artifact), REF), {"uri": uri})
-    artifact.metadata["uri"] = uri
+    are; KFP still records lineage and shows the URI in the artifact's metadata). ``exclude``:
+    a dedup output whose removed keys are not part of the data (the deduplicated pool)."""
+    ref = {"uri": uri, **({"exclude": exclude} if exclude else {})}
+    storage.write_json(storage.join(location(artifact), REF), ref)
+    artifact.metadata.update(ref)
+
+
+def dataset_exclude(artifact) -> str | None:
+    """The dedup output a dataset reference excludes keys of, or None."""
+    ref = storage.join(location(artifact), REF)
+    return storage.read_json(ref).get("exclude") if storage.exists(ref) else None
 
 
 def dataset_uri(artifact) -> str:

@@ -1,6 +1,7 @@
 """The teacher/student pipeline of Yalniz et al. 2019 as a KFP pipeline.
 
-data -> supervised baseline + teacher -> score the pool (ParallelFor over worker indices) ->
+data -> dedup (embed test set and pool, remove the pool's near-duplicates of the test set) ->
+supervised baseline + teacher -> score the pool (ParallelFor over worker indices) ->
 select (dsl.Collected) -> pre-train the student -> fine-tune -> evaluate every model -> report.
 Variants are parameters: ``self_training`` (also run the student architecture as its own
 teacher: the baseline scores the pool), ``strategy``, ``k``, ``top_p``, ``rounds`` (1-3: the
@@ -18,6 +19,8 @@ from kfp import dsl
 from kfp.dsl import pipeline_context
 
 from components.data.component import import_data, split_data
+from components.dedup.component import dedup as dedup_step
+from components.embed.component import embed
 from components.evaluate.component import evaluate, gather_metrics
 from components.report.component import report
 from components.score.component import score
@@ -26,8 +29,9 @@ from components.train.component import train
 from components.workers.component import worker_indices
 from pipelines import compile_main, on_platform
 from semisup_core import storage
+from semisup_core.dedup import DedupSpec
 from semisup_core.demo import DemoConfig
-from semisup_core.demo_report import format_table
+from semisup_core.demo_report import dedup_summary, format_table
 
 NAME = "teacher-student"
 PIPELINE = "teacher_student"
@@ -35,6 +39,7 @@ PIPELINE = "teacher_student"
 CONFIG = DemoConfig
 MAX_ROUNDS = 3
 _D = DemoConfig()
+_DD = DedupSpec()  # the dedup step's defaults are the stage's own
 
 def _score(label: str, teacher, data: dict, p: dict):
     """Score the pool with ``teacher``, split over ``score_workers`` parallel tasks."""
@@ -90,6 +95,9 @@ def teacher_student(
         threshold: float = _D.selection.threshold,
         use_logits: bool = _D.selection.use_logits,
         score_workers: int = _D.selection.workers,
+        dedup: bool = _DD.enabled,
+        dedup_embedder: str = _DD.embedder,
+        dedup_threshold: float = _DD.threshold,
         self_training: bool = _D.self_training,
         rounds: int = _D.rounds,
         k_sweep: list = _D.k_sweep):
@@ -113,6 +121,9 @@ def teacher_student(
         threshold: threshold strategy: minimum teacher score kept.
         use_logits: rank by raw logits instead of softmax (the paper's ablation).
         score_workers: parallel scoring tasks, each taking every n-th shard of the pool.
+        dedup: remove the pool's near-duplicates of the test set before scoring (embed + dedup).
+        dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
+        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image.
         self_training: also run the self-training variant (teacher = the baseline, same architecture as the student).
         rounds: teacher/student rounds, 1-3; the student of a round is the next round's teacher.
         k_sweep: extra K values, each pre-training and fine-tuning another student (accuracy vs K).
@@ -130,6 +141,14 @@ def teacher_student(
     # 2.17 replaces task-output *parameters* that enter a ParallelFor with the loop item
     data = {"labelled": split.outputs["labelled"], "pool": split.outputs["pool"],
             "oracle": split.outputs["oracle"], "test": imports["fmnist-test"].outputs["dataset"]}
+    emb_test = embed(dataset=data["test"], model=dedup_embedder, enabled=dedup)
+    emb_test.set_display_name("dedup: embed test set")
+    emb_pool = embed(dataset=data["pool"], model=dedup_embedder, enabled=dedup)
+    emb_pool.set_display_name("dedup: embed pool")
+    dd = dedup_step(pool=data["pool"], pool_embeddings=emb_pool.outputs["embeddings"],
+                    eval_embeddings=emb_test.outputs["embeddings"], threshold=dedup_threshold,
+                    seed=seed, enabled=dedup).set_display_name("dedup: pool vs test set")
+    data["pool"] = dd.outputs["deduped"]  # score, select and the report read the deduplicated pool
     p = dict(seed=seed, student=student, finetune=finetune, top_p=top_p, k=k, strategy=strategy,
              k_law=k_law, threshold=threshold, use_logits=use_logits, workdir=workdir,
              score_workers=score_workers)
@@ -152,7 +171,7 @@ def teacher_student(
                   pretrained=r1["pretrain"].outputs["metrics"], student=r1["eval"].outputs["metrics"],
                   sweep=gathered.outputs["gathered"],
                   manifest=r1["select"].outputs["manifest"], test=data["test"], pool=data["pool"],
-                  oracle=data["oracle"])
+                  oracle=data["oracle"], dedup=dd.outputs["result"])
     with dsl.If(self_training == True, name="self-training"):  # noqa: E712 (a KFP condition)
         st = _round("self-training", base.outputs["model"], data, p)
         report(self_training=st["eval"].outputs["metrics"], **inputs).set_display_name("report")
@@ -185,6 +204,8 @@ def arguments(cfg: DemoConfig, out: str, local: bool = True) -> dict:
                 finetune=cfg.finetune.model_dump(mode="json"),
                 top_p=sel.top_p, k=sel.k, strategy=sel.strategy, k_law=sel.k_law,
                 threshold=sel.threshold, use_logits=sel.use_logits, score_workers=sel.workers,
+                dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
+                dedup_threshold=cfg.dedup.threshold,
                 self_training=cfg.self_training, rounds=cfg.rounds, k_sweep=list(cfg.k_sweep))
 
 
@@ -201,6 +222,8 @@ def finish(cfg: DemoConfig, out: str, run_dir: str, artifacts: list[str], second
     copy_tree(report_dir, os.path.join(seed_dir, "report"))
     metrics = storage.read_json(os.path.join(seed_dir, "report", "metrics.json"))
     print("\n" + format_table(metrics["entries"]))
+    if metrics.get("dedup"):
+        print("\n" + dedup_summary(metrics["dedup"]))
     print(f"\nFinished in {seconds / 60:.1f} min. Artifacts (kfp.local pipeline root {run_dir}):")
     for a in artifacts:
         print("  " + os.path.relpath(a, run_dir))

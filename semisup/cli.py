@@ -29,6 +29,8 @@ _STAGES = {
     "evaluate": ("semisup_core.evaluate:EvaluateConfig", "semisup_core.evaluate:evaluate"),
     "score": ("semisup_core.score:ScoreConfig", "semisup_core.score:score"),
     "select": ("semisup_core.select:SelectConfig", "semisup_core.select:select"),
+    "embed": ("semisup_core.embed:EmbedConfig", "semisup_core.embed:embed"),
+    "dedup": ("semisup_core.dedup:DedupConfig", "semisup_core.dedup:dedup"),
     "teacher-student": ("semisup_core.teacher_student:TeacherStudentConfig",
                         "semisup_core.teacher_student:run_teacher_student"),
     "pytorchjob": ("semisup.pytorchjob:JobSpec", "semisup.pytorchjob:launch"),
@@ -49,6 +51,8 @@ _HELP = {
     "evaluate": "top-1/top-5, per-class recall and confusion matrix of a model on a dataset",
     "score": "teacher scores the unlabelled pool: top-P classes per image, partial top-K per class",
     "select": "merge scores into the ranked manifest (balanced/unbalanced/random/threshold)",
+    "embed": "L2-normalised embeddings of every image of a dataset (float16 tables per shard)",
+    "dedup": "remove the pool's near-duplicates of evaluation images (pairs, manifest, sheet)",
     "teacher-student": "the whole Yalniz et al. pipeline in one process (variants as config)",
     "pytorchjob": "train on several nodes: create a PyTorchJob (Master + Workers), wait for it",
 }

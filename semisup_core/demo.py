@@ -18,6 +18,7 @@ from semisup_core.config import StageConfig, save
 from semisup_core.data.config import ImportConfig, SplitConfig
 from semisup_core.data.stages import run_import, run_split
 from semisup_core.data.dataset import read_meta
+from semisup_core.dedup import DedupSpec
 from semisup_core.demo_report import entries_from_results, format_table, write_report
 from semisup_core.teacher_student import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
                                           run_teacher_student)
@@ -62,6 +63,8 @@ class DemoConfig(StageConfig):
     finetune: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(
         epochs=100, batch_size=64, optim={"lr": 0.1, "warmup_epochs": 0}))
     selection: SelectionSpec = Field(default_factory=lambda: SelectionSpec(top_p=1, k=2000))
+    dedup: DedupSpec = Field(default_factory=DedupSpec, description="near-duplicates of the "
+                             "test set removed from the pool before scoring")
     self_training: bool = Field(True, description="also run the self-training variant")
     rounds: int = Field(1, ge=1, le=3, description="teacher/student rounds; the student of a round "
                                                    "teaches the next (the table shows round 1)")

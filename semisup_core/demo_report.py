@@ -98,16 +98,35 @@ def _html(table_md: str, plots: dict[str, str]) -> str:
             + "".join(cells) + "</table>" + "".join(imgs) + "</body></html>\n")
 
 
+def dedup_summary(dd: dict) -> str:
+    """One line on what dedup removed (or that it was off)."""
+    if not dd.get("enabled", True):
+        return "Dedup: off (the pool was not checked against the test set)."
+    return (f"Dedup: {dd['removed']:,} of {dd['pool_images']:,} pool images "
+            f"({100 * dd['removed_fraction']:.2f}%) removed as near-duplicates of the test set "
+            f"(cosine >= {dd['threshold']:.4f}, {dd['embedder']} embeddings, {dd['index']} index).")
+
+
 def write_report(entries: list[dict], out: str, classes: list[str], *,
                  k_points: list[tuple[int, float]] = (), manifest: str | None = None,
-                 pool: str | None = None, oracle: str | None = None) -> dict:
+                 pool: str | None = None, oracle: str | None = None,
+                 dedup: str | None = None) -> dict:
     """Write ``report.md``, ``report.html``, ``metrics.json`` and the PNGs under ``out``.
 
     ``k_points``: (K, fine-tuned student top-1) pairs for the accuracy-vs-K plot;
     ``manifest``/``pool``: the ranked manifest and pool for the contact sheet (framed by the
-    ``oracle`` when given). Returns what ``metrics.json`` holds.
+    ``oracle`` when given); ``dedup``: a dedup output (its count and pair sheet are shown).
+    Returns what ``metrics.json`` holds.
     """
     plots = _plots(entries, sorted(k_points), out, classes)
+    dd = dedup_line = None
+    if dedup and storage.exists(storage.join(dedup, "summary.json")):
+        dd = storage.read_json(storage.join(dedup, "summary.json"))
+        dedup_line = dedup_summary(dd)
+        if dd.get("pool_images") and storage.exists(storage.join(dedup, "contact_sheet.png")):
+            uri = storage.join(out, "dedup_pairs.png")
+            storage.put_bytes(uri, storage.get_bytes(storage.join(dedup, "contact_sheet.png")))
+            plots["dedup_pairs"] = uri
     if manifest and pool and storage.exists(manifest):
         truth = None
         if oracle:
@@ -117,11 +136,14 @@ def write_report(entries: list[dict], out: str, classes: list[str], *,
                                                storage.join(out, "contact_sheet.png"), oracle=truth)
     table = format_table(entries)
     md = ["# semisup teacher/student report", "", table, ""]
+    if dedup_line:
+        md += [dedup_line, ""]
     md += [f"![{name}]({os.path.basename(uri)})" for name, uri in plots.items()]
     storage.put_bytes(storage.join(out, "report.md"), ("\n".join(md) + "\n").encode())
-    storage.put_bytes(storage.join(out, "report.html"), _html(table, plots).encode())
+    storage.put_bytes(storage.join(out, "report.html"),
+                      _html(table + (f"\n\n{dedup_line}" if dedup_line else ""), plots).encode())
     metrics = {"rows": [{k: v for k, v in e.items() if k != "per_class_recall"} for e in entries],
                "entries": entries, "k_points": [list(p) for p in sorted(k_points)],
-               "plots": {k: os.path.basename(v) for k, v in plots.items()}}
+               "plots": {k: os.path.basename(v) for k, v in plots.items()}, "dedup": dd}
     storage.write_json(storage.join(out, "metrics.json"), metrics)
     return metrics

@@ -11,7 +11,8 @@ def report(baseline: Input[Metrics], teacher: Input[Metrics], pretrained: Input[
            student: Input[Metrics], sweep: Input[Metrics], manifest: Input[Dataset],
            test: Input[Dataset], pool: Input[Dataset], markdown: Output[Markdown],
            html: Output[HTML], report: Output[Artifact], summary: Output[Metrics],
-           oracle: Input[Dataset] = None, self_training: Input[Metrics] = None) -> str:
+           oracle: Input[Dataset] = None, self_training: Input[Metrics] = None,
+           dedup: Input[Dataset] = None) -> str:
     """The comparison table, plots and contact sheet of one teacher/student run.
 
     Args:
@@ -25,6 +26,7 @@ def report(baseline: Input[Metrics], teacher: Input[Metrics], pretrained: Input[
         pool: the unlabelled pool (images of the contact sheet).
         oracle: the pool's hidden labels; frames the contact sheet green/red (optional).
         self_training: evaluation of the self-training student, when that variant ran.
+        dedup: the dedup step's result (its count and pair sheet go in the report).
 
     Returns:
         markdown: the comparison table.
@@ -38,4 +40,4 @@ def report(baseline: Input[Metrics], teacher: Input[Metrics], pretrained: Input[
             "student, pre-trained only": pretrained, "student, fine-tuned": student,
             "self-training, fine-tuned": self_training}
     return run(rows=rows, sweep=sweep, manifest=manifest, test=test, pool=pool, oracle=oracle,
-               markdown=markdown, html=html, report=report, summary=summary)
+               markdown=markdown, html=html, report=report, summary=summary, dedup=dedup)

@@ -6,7 +6,7 @@ import logging
 
 from semisup_core import storage
 from semisup_core.data.dataset import read_meta
-from semisup_core.demo_report import BASELINE, STUDENT, format_table, write_report
+from semisup_core.demo_report import BASELINE, STUDENT, dedup_summary, format_table, write_report
 
 from components.artifacts import dataset_uri, location
 from components.evaluate.runner import read as read_metrics
@@ -20,7 +20,7 @@ def _entry(doc: dict, name: str) -> dict:
 
 
 def run(rows: dict, sweep: list, manifest, test, pool, oracle, markdown, html, report,
-        summary) -> str:
+        summary, dedup=None) -> str:
     """``rows``: table row name -> evaluate metrics artifact (None = not run);
     ``sweep``: the gathered evaluations of the K sweep. Returns the Markdown table."""
     entries = [_entry(read_metrics(m), name) for name, m in rows.items() if m is not None]
@@ -32,10 +32,14 @@ def run(rows: dict, sweep: list, manifest, test, pool, oracle, markdown, html, r
     oracle = dataset_uri(oracle) if oracle is not None else None
     write_report(entries, out, read_meta(test).classes, k_points=k_points,
                  manifest=storage.join(location(manifest), "manifest.parquet"), pool=pool,
-                 oracle=oracle)
+                 oracle=oracle, dedup=location(dedup) if dedup is not None else None)
     table = format_table(entries)
-    storage.put_bytes(location(markdown), (f"# Teacher/student comparison\n\n{table}\n\n"
+    dd_uri = storage.join(location(dedup), "summary.json") if dedup is not None else None
+    dd_line = dedup_summary(storage.read_json(dd_uri)) if dd_uri and storage.exists(dd_uri) else ""
+    storage.put_bytes(location(markdown), (f"# Teacher/student comparison\n\n{table}\n\n{dd_line}\n\n"
                                            "Plots: see the HTML artifact.\n").encode())
+    if dd_line:
+        summary.log_metric("dedup_removed", storage.read_json(dd_uri).get("removed", 0))
     storage.put_bytes(location(html), storage.get_bytes(storage.join(out, "report.html")))
     named = {e["model"]: e for e in entries}
     for name, e in named.items():

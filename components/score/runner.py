@@ -5,7 +5,7 @@ from __future__ import annotations
 from semisup_core import config
 from semisup_core.score import ScoreConfig, score
 
-from components.artifacts import dataset_uri, location
+from components.artifacts import dataset_exclude, dataset_uri, location
 
 
 def run(teacher, pool, scores, top_p: int, partial_k: int, use_logits: bool, worker: int,
@@ -15,7 +15,7 @@ def run(teacher, pool, scores, top_p: int, partial_k: int, use_logits: bool, wor
         "model": location(teacher), "pool": dataset_uri(pool), "out": location(scores),
         "top_p": top_p, "partial_k": partial_k, "use_logits": use_logits, "worker": worker,
         "num_workers": num_workers, "batch_size": batch_size, "decoder": decoder,
-        "decode_threads": decode_threads}, "score component")
+        "decode_threads": decode_threads, "exclude": dataset_exclude(pool)}, "score component")
     summary = score(cfg)
     scores.metadata.update(worker=worker, num_workers=num_workers, top_p=top_p)
     return summary

@@ -1,0 +1,40 @@
+"""KFP component of the dedup stage: the pool without near-duplicates of the test set."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from components import image
+
+
+@dsl.component(base_image=image("dedup"), install_kfp_package=False)
+def dedup(pool: Input[Dataset], pool_embeddings: Input[Dataset], eval_embeddings: Input[Dataset],
+          deduped: Output[Dataset], result: Output[Dataset], metrics: Output[Metrics],
+          threshold: float = 0.995, calibrate: bool = False, calibration_images: int = 1000,
+          target_fpr: float = 0.001, index: str = "auto", nprobe: int = 0, seed: int = 0,
+          enabled: bool = True):
+    """Near-duplicates of the evaluation set in the pool, removed.
+
+    Args:
+        pool: the unlabelled pool.
+        pool_embeddings: the embed output of the pool.
+        eval_embeddings: the embed output of the evaluation set (same embedder).
+        threshold: cosine similarity at and above which a pair is a near-duplicate; with
+            calibrate, a negative value takes the calibrated threshold.
+        calibrate: measure recall per transform and the false-positive rate first.
+        calibration_images: evaluation images copied by the calibration.
+        target_fpr: calibration: the largest share of distinct images flagged.
+        index: auto | flat | ivf_flat | ivf_pq.
+        nprobe: IVF lists visited per query (0: from the size).
+        seed: seed of the calibration draw and the IVF training sample.
+        enabled: false passes the pool through unchanged.
+
+    Returns:
+        deduped: the pool as the next steps read it (its shards, minus the removed keys).
+        result: pairs.parquet, removed.parquet, manifest.parquet, contact_sheet.png, summary.json.
+        metrics: removed, kept, threshold.
+    """
+    from components.dedup.runner import run
+    run(pool=pool, pool_embeddings=pool_embeddings, eval_embeddings=eval_embeddings,
+        deduped=deduped, result=result, metrics=metrics, threshold=threshold, calibrate=calibrate,
+        calibration_images=calibration_images, target_fpr=target_fpr, index=index,
+        nprobe=nprobe, seed=seed, enabled=enabled)

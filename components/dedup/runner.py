@@ -1,0 +1,30 @@
+"""What the dedup component runs: semisup_core.dedup, and the deduplicated pool as a reference."""
+
+from __future__ import annotations
+
+from semisup_core import config, storage
+from semisup_core.dedup import DedupConfig, dedup
+
+from components.artifacts import dataset_uri, location, write_ref
+
+
+def run(pool, pool_embeddings, eval_embeddings, deduped, result, metrics, threshold: float,
+        calibrate: bool, calibration_images: int, target_fpr: float, index: str, nprobe: int,
+        seed: int, enabled: bool = True) -> dict:
+    """``deduped`` refers to the pool's shards with ``exclude`` = this run's removed keys."""
+    if not enabled:
+        write_ref(deduped, dataset_uri(pool))
+        summary = {"enabled": False}
+        storage.write_json(storage.join(location(result), "summary.json"), summary)
+        return summary
+    cfg = config.build(DedupConfig, {
+        "pool": location(pool_embeddings), "eval_sets": [location(eval_embeddings)],
+        "out": location(result), "threshold": None if calibrate and threshold < 0 else threshold,
+        "calibrate": calibrate, "calibration_images": calibration_images,
+        "target_fpr": target_fpr, "index": index, "nprobe": nprobe or None, "seed": seed},
+        "dedup component")
+    summary = dedup(cfg)
+    write_ref(deduped, dataset_uri(pool), exclude=location(result))
+    for k in ("removed", "kept", "threshold", "removed_fraction"):
+        metrics.log_metric(k, summary[k])
+    return summary

@@ -1,0 +1,140 @@
+"""Calibrating ``dedup``'s threshold: injected copies must be found, distinct images must not.
+
+``calibration_images`` images of the first evaluation set (a seeded draw) are copied under
+each transform below, with parameters drawn per image from the ranges given (relative to the
+image side, so the same config fits 28 px and 224 px images), embedded by the same embedder as
+the pool and searched in the evaluation index:
+
+- ``recall[transform]``: share of copies whose nearest evaluation image is their source at a
+  similarity >= the threshold;
+- ``false_flag_rate``: share of the drawn images whose nearest *other* evaluation image is at or
+  above the threshold: a distinct image wrongly removed, the rate that matters for a pool (an
+  upper bound: a real duplicate inside the evaluation set counts too);
+- ``pair_fpr``: share of random pairs of distinct drawn images at or above the threshold (the
+  per-pair rate; far smaller, and weaker: a pool image meets every evaluation image).
+
+The chosen threshold is the smallest whose ``false_flag_rate`` is <= ``target_fpr``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from semisup_core import knn
+from semisup_core.data.dataset import read_meta, shard_uris
+from semisup_core.data.decode import decode_image
+from semisup_core.data.shards import iter_shard
+from semisup_core.data.stream import to_chw
+from semisup_core.embed import EmbedConfig, embedder, embedding_info
+
+TRANSFORMS = ("exact", "jpeg", "resize", "crop", "photometric", "translate")
+DESCRIPTION = {
+    "exact": "the image itself",
+    "jpeg": "re-encoded as JPEG, quality 50-90",
+    "resize": "downscaled to 60-85% of its side and back (bilinear)",
+    "crop": "1-10% cut from each side, resized back",
+    "photometric": "contrast x0.7-1.3, brightness +-30 grey levels",
+    "translate": "shifted 1-10% of the side in x and y, the border filled black",
+}
+GRID = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
+
+
+def transform(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a uint8 H x W (x C) image under ``kind`` (see DESCRIPTION)."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        return transform(img[:, :, 0], kind, rng)[:, :, None]
+    h, w = img.shape[:2]
+    im = Image.fromarray(img)
+    if kind == "exact":
+        return img.copy()
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=int(rng.integers(50, 91)))
+        return np.asarray(Image.open(buf).convert(im.mode))
+    if kind == "resize":
+        f = rng.uniform(0.6, 0.85)
+        small = im.resize((max(2, round(w * f)), max(2, round(h * f))), Image.BILINEAR)
+        return np.asarray(small.resize((w, h), Image.BILINEAR))
+    if kind == "crop":
+        l, t, r, b = (rng.uniform(0.01, 0.10, 4) * [w, h, w, h])
+        return np.asarray(im.resize((w, h), Image.BILINEAR, box=(l, t, w - r, h - b)))
+    if kind == "photometric":
+        a = img.astype(np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-30, 30)
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if kind == "translate":
+        dy, dx = [int(round(s * rng.uniform(0.01, 0.10))) * int(rng.choice([-1, 1])) for s in (h, w)]
+        dy, dx = dy or 1, dx or 1
+        out = np.zeros_like(img)
+        out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            img[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        return out
+    raise ValueError(kind)
+
+
+def _draw(dataset: str, keys: np.ndarray, n: int, rng) -> tuple[list[str], list[np.ndarray]]:
+    chosen = set(rng.choice(keys, min(n, len(keys)), replace=False).tolist())
+    got = {}
+    for uri in shard_uris(dataset, read_meta(dataset)):
+        for sample in iter_shard(uri):
+            if sample.key in chosen:
+                got[sample.key] = decode_image(sample.image)
+    order = sorted(got)
+    return order, [got[k] for k in order]
+
+
+def _embed(images: list[np.ndarray], info: dict, channels: int) -> np.ndarray:
+    cfg = EmbedConfig(dataset="-", out="-", **{k: v for k, v in info.items()
+                                                 if k in ("model", "image_size", "pixels_side", "blur_sigma")})
+    forward, _, _ = embedder(cfg, "cuda" if torch.cuda.is_available() else "cpu", channels)
+    parts = []
+    for i in range(0, len(images), 256):
+        x = torch.stack([to_chw(a, channels) for a in images[i:i + 256]])
+        parts.append(forward(x)[0].astype(np.float32))
+    v = np.concatenate(parts)  # float16 as stored, normalised again as table_vectors does
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def _rates(thr: float, hits: dict, sims: dict, other: np.ndarray, pair: np.ndarray) -> dict:
+    return {"threshold": float(thr),
+            "recall": {t: float(np.mean(hits[t] & (sims[t] >= thr))) for t in hits},
+            "false_flag_rate": float(np.mean(other >= thr)),
+            "pair_fpr": float(np.mean(pair >= thr))}
+
+
+def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray) -> dict:
+    """The calibration of ``dedup`` (module doc); ``index`` holds the evaluation vectors in the
+    order of ``eval_keys`` (of the sets ``eval_sets``); the copies are of the first set's."""
+    from semisup_core.dedup import set_name
+    rng = np.random.default_rng(cfg.seed)
+    info = embedding_info(cfg.eval_sets[0])
+    dataset = info["dataset"]
+    channels = read_meta(dataset).channels
+    mine = np.flatnonzero(eval_sets == set_name(dataset))
+    keys, images = _draw(dataset, np.array(sorted(eval_keys[mine].tolist())), cfg.calibration_images, rng)
+    pos = {eval_keys[i]: int(i) for i in mine}
+    src = np.array([pos[k] for k in keys])
+    hits, sims = {}, {}
+    nprobe = None
+    for t in TRANSFORMS:
+        copies = [transform(a, t, rng) for a in images]
+        q = _embed(copies, info, channels)
+        if t == "exact":
+            base = q
+        s, i = knn.search(index, q, 1, nprobe=nprobe)
+        hits[t], sims[t] = i[:, 0] == src, s[:, 0]
+    s, i = knn.search(index, base, 2, nprobe=nprobe)
+    other = np.where(i[:, 0] == src, s[:, 1], s[:, 0])  # the nearest evaluation image but itself
+    g = base @ base.T
+    pair = g[~np.eye(len(g), dtype=bool)]
+    allowed = int(cfg.target_fpr * len(other))  # images that may be flagged at target_fpr
+    ranked = np.sort(other)[::-1]
+    thr = min(1.0, float(ranked[allowed]) + 1e-6) if allowed < len(ranked) else float(ranked[-1])
+    chosen = _rates(thr, hits, sims, other, pair)
+    return {**chosen, "images": len(keys), "eval_set": dataset, "embedder": info["model"],
+            "target_fpr": cfg.target_fpr, "transforms": DESCRIPTION,
+            "top1_is_source": {t: float(np.mean(hits[t])) for t in hits},
+            "grid": [_rates(x, hits, sims, other, pair) for x in GRID]}

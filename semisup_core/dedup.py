@@ -1,0 +1,239 @@
+"""The ``dedup`` stage: remove from the pool every near-duplicate of an evaluation image.
+
+Yalniz et al. (supplement §5) and Mahajan et al. (§1.3) do this so an accuracy gain cannot be
+leakage. From the ``embed`` outputs of the pool and of each evaluation set (same embedder):
+
+1. one kNN index over the evaluation vectors (``semisup_core.knn``: exact up to 2e5 vectors,
+   IVF above; ``index``/``nprobe`` override it), saved to ``out/index/eval.faiss``;
+2. for every pool image its nearest evaluation image; a pair with cosine similarity
+   >= ``threshold`` is a near-duplicate. Per pool shard ``out/nearest/<shard>.parquet`` keeps
+   every pair within ``sheet_margin`` below the threshold (``pool_key, pool_shard, eval_set,
+   eval_key, eval_shard, similarity, duplicate``), then a done marker, so a rerun resumes;
+3. ``out/pairs.parquet`` (the near-duplicates), ``out/removed.parquet`` (their pool keys: the
+   manifest ``score`` reads through ``exclude``), ``out/manifest.parquet`` (the pool that is
+   kept: ``key, shard``), ``out/contact_sheet.png`` (the closest pairs and the pairs around the
+   threshold, with their similarity) and ``out/summary.json``.
+
+``calibrate: true`` first measures the threshold (``calibration.py``): copies of evaluation
+images under transforms must be found, distinct images must not be; with ``threshold: null``
+the calibrated one is used.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from semisup_core import config, knn, storage
+from semisup_core.config import StageConfig
+from semisup_core.embed import embedding_info, iter_embeddings
+from semisup_core.errors import ConfigError, StorageError
+from semisup_core.tables import read_table, write_table
+
+log = logging.getLogger(__name__)
+
+PAIRS = pa.schema([("pool_key", pa.string()), ("pool_shard", pa.string()),
+                   ("eval_set", pa.string()), ("eval_key", pa.string()),
+                   ("eval_shard", pa.string()), ("similarity", pa.float32()),
+                   ("duplicate", pa.bool_())])
+
+
+#: the threshold calibrated on the demo data (Fashion-MNIST test, pixels embedder: 0.9978 for a
+#: 0.1% false-flag rate, docs/dedup.md), rounded up
+DEFAULT_THRESHOLD = 0.998
+
+
+class DedupSpec(StageConfig):
+    """Dedup as a step of a pipeline (teacher_student): on by default."""
+
+    enabled: bool = Field(True, description="remove the pool's near-duplicates of the test set "
+                                            "before scoring")
+    embedder: str = Field("pixels", description="embed's model: pixels | efficientnet_lite0 | a "
+                                                "model directory URI")
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=-1, le=1, description="cosine similarity of "
+                             "a near-duplicate pair")
+
+
+class DedupConfig(StageConfig):
+    """Remove near-duplicates of evaluation images from the pool."""
+
+    pool: str = Field(description="embed output of the unlabelled pool")
+    eval_sets: list[str] = Field(min_length=1, description="embed outputs of the evaluation "
+                                                           "sets (the test set first)")
+    out: str = Field(description="output directory URI")
+    threshold: float | None = Field(DEFAULT_THRESHOLD, gt=-1, le=1, description="cosine "
+                                    "similarity at and above which a pair is a near-duplicate "
+                                    "(default: calibrated on Fashion-MNIST with the pixels "
+                                    "embedder; recalibrate for other data); null: the calibrated "
+                                    "one (needs calibrate: true)")
+    calibrate: bool = Field(False, description="measure recall per transform and the false-"
+                                               "positive rate first (calibration.json)")
+    calibration_images: int = Field(1000, ge=10, description="evaluation images copied")
+    target_fpr: float = Field(0.001, gt=0, lt=1, description="calibration: the largest share "
+                              "of distinct images flagged that the chosen threshold allows")
+    seed: int = 0
+    index: str = Field("auto", description="auto (from the size) | flat | ivf_flat | ivf_pq")
+    nlist: int | None = Field(None, ge=1, description="IVF lists (auto: ~4 sqrt(n))")
+    nprobe: int | None = Field(None, ge=1, description="IVF lists visited per query")
+    sheet_pairs: int = Field(24, ge=0, description="pairs on each half of the contact sheet")
+    sheet_margin: float = Field(0.02, ge=0, description="pairs this far below the threshold "
+                                                        "are kept for the sheet")
+
+
+def _spec(cfg: DedupConfig, n: int, d: int) -> knn.IndexSpec:
+    if cfg.index == "auto":
+        spec = knn.IndexSpec.for_size(n, d, cfg.nprobe)
+    elif cfg.index in ("flat", "ivf_flat", "ivf_pq"):
+        auto = knn.IndexSpec.for_size(max(n, knn.index.EXACT_MAX + 1), d)
+        spec = knn.IndexSpec(cfg.index, nlist=auto.nlist if cfg.index != "flat" else 0,
+                             pq_m=auto.pq_m if cfg.index == "ivf_pq" else 0,
+                             nprobe=cfg.nprobe or auto.nprobe)
+    else:
+        raise ConfigError(f"index: {cfg.index!r} is not auto, flat, ivf_flat or ivf_pq")
+    if cfg.nlist and spec.kind != "flat":
+        spec = knn.IndexSpec(spec.kind, cfg.nlist, spec.pq_m, spec.nprobe)
+    return spec
+
+
+def set_name(dataset: str) -> str:
+    """An evaluation set's name in the pair list: the last part of its dataset URI."""
+    return dataset.rstrip("/").rsplit("/", 1)[-1]
+
+
+def eval_index(cfg: DedupConfig):
+    """(index, eval keys, eval shards, eval set of each row, the embedding info) over every
+    evaluation set; checks that all were embedded the same way as the pool."""
+    pool_info = embedding_info(cfg.pool)
+    keys, sets, parts = [], [], []
+    for uri in cfg.eval_sets:
+        info = embedding_info(uri)
+        same = {k: v for k, v in info.items() if k != "dataset"}
+        if same != {k: v for k, v in pool_info.items() if k != "dataset"}:
+            raise ConfigError(f"{uri} was embedded by {info.get('model')} ({info.get('dim')}-d), "
+                              f"the pool by {pool_info.get('model')} ({pool_info.get('dim')}-d): "
+                              "embed both with the same model")
+        name = set_name(info["dataset"])
+        for k, v in iter_embeddings(uri):
+            keys += k
+            sets += [name] * len(k)
+            parts.append(v)
+    if not keys:
+        raise StorageError("dedup: the evaluation sets hold no images")
+    vectors = np.concatenate(parts)
+    # shard of each eval row, for the contact sheet (read back from the tables)
+    shards = []
+    for uri in cfg.eval_sets:
+        for name in _shard_names(uri):
+            t = read_table(storage.join(uri, "shards", f"{name}.parquet")).select(["shard"])
+            shards += t["shard"].to_pylist()
+    spec = _spec(cfg, len(vectors), vectors.shape[1])
+    index = knn.build(vectors, spec, seed=cfg.seed)
+    return index, np.array(keys, object), np.array(shards, object), np.array(sets, object), spec
+
+
+def _shard_names(uri: str) -> list[str]:
+    from semisup_core.data.dataset import read_meta, shard_uris
+    from semisup_core.inference import shard_name
+    info = embedding_info(uri)
+    return [shard_name(u) for u in shard_uris(info["dataset"], read_meta(info["dataset"]))]
+
+
+def dedup(cfg: DedupConfig) -> dict:
+    """Find the pool's near-duplicates of the evaluation sets and write the kept pool."""
+    from semisup_core import calibration
+    if cfg.threshold is None and not cfg.calibrate:
+        raise ConfigError("threshold: null needs calibrate: true (or give a threshold)")
+    config.save(cfg, cfg.out)
+    index, ekeys, eshards, esets, spec = eval_index(cfg)
+    knn.save(index, storage.join(cfg.out, "index", "eval.faiss"))
+    threshold = cfg.threshold
+    if cfg.calibrate:
+        cal = calibration.calibrate(cfg, index, ekeys, esets)
+        storage.write_json(storage.join(cfg.out, "calibration.json"), cal)
+        if threshold is None:
+            threshold = cal["threshold"]
+    names = _shard_names(cfg.pool)
+    state_uri = storage.join(cfg.out, "nearest", "threshold.json")
+    if storage.exists(state_uri) and storage.read_json(state_uri)["threshold"] != threshold:
+        raise ConfigError(f"{cfg.out} was searched with threshold "
+                          f"{storage.read_json(state_uri)['threshold']}, now {threshold}: use a "
+                          "new out")
+    storage.write_json(state_uri, {"threshold": threshold})
+    low = threshold - cfg.sheet_margin
+    for name, (keys, vectors) in zip(names, iter_embeddings(cfg.pool)):
+        done = storage.join(cfg.out, "nearest", f"{name}.done.json")
+        if storage.exists(done):
+            continue
+        sims, ids = knn.search(index, vectors, 1, nprobe=spec.nprobe if spec.kind != "flat" else None)
+        s, i = sims[:, 0], ids[:, 0]
+        near = np.flatnonzero((i >= 0) & (s >= low))
+        t = pa.table({"pool_key": pa.array([keys[j] for j in near], pa.string()),
+                      "pool_shard": pa.array([name] * len(near), pa.string()),
+                      "eval_set": pa.array(esets[i[near]].tolist(), pa.string()),
+                      "eval_key": pa.array(ekeys[i[near]].tolist(), pa.string()),
+                      "eval_shard": pa.array(eshards[i[near]].tolist(), pa.string()),
+                      "similarity": pa.array(s[near], pa.float32()),
+                      "duplicate": pa.array(s[near] >= threshold, pa.bool_())}, schema=PAIRS)
+        write_table(storage.join(cfg.out, "nearest", f"{name}.parquet"), t)
+        storage.write_json(done, {"shard": name, "images": len(keys),
+                                  "duplicates": int((s >= threshold).sum())})
+    near = pa.concat_tables([read_table(storage.join(cfg.out, "nearest", f"{n}.parquet"))
+                             for n in names]) if names else PAIRS.empty_table()
+    pairs = near.filter(near["duplicate"])
+    order = np.lexsort((np.array(pairs["pool_key"].to_pylist(), object).astype(str),
+                        -pairs["similarity"].to_numpy()))
+    pairs = pairs.take(order)
+    write_table(storage.join(cfg.out, "pairs.parquet"), pairs.drop(["duplicate"]))
+    removed = set(pairs["pool_key"].to_pylist())
+    write_table(storage.join(cfg.out, "removed.parquet"),
+                pa.table({"key": pa.array(sorted(removed), pa.string())}))
+    kept_keys, kept_shards = [], []
+    for name, (keys, _) in zip(names, iter_embeddings(cfg.pool)):
+        for k in keys:
+            if k not in removed:
+                kept_keys.append(k)
+                kept_shards.append(name)
+    write_table(storage.join(cfg.out, "manifest.parquet"),
+                pa.table({"key": pa.array(kept_keys, pa.string()),
+                          "shard": pa.array(kept_shards, pa.string())}))
+    from semisup_core.dedup_sheet import contact_sheet
+    sheet = contact_sheet(near, threshold, cfg)
+    storage.put_bytes(storage.join(cfg.out, "contact_sheet.png"), sheet)
+    per_set = {s: int(c) for s, c in zip(*np.unique(np.array(pairs["eval_set"].to_pylist(), object)
+                                                    .astype(str), return_counts=True))} if len(pairs) else {}
+    pool_n = len(kept_keys) + len(removed)
+    summary = {"pool_images": pool_n, "removed": len(removed), "kept": len(kept_keys),
+               "removed_fraction": len(removed) / max(pool_n, 1), "threshold": threshold,
+               "per_eval_set": per_set, "eval_images": int(index.ntotal),
+               "index": spec.factory(), "nprobe": spec.nprobe if spec.kind != "flat" else None,
+               "embedder": embedding_info(cfg.pool)["model"], "calibrated": cfg.calibrate}
+    storage.write_json(storage.join(cfg.out, "summary.json"), summary)
+    log.info("dedup: %d of %d pool images are near-duplicates of an evaluation image "
+             "(similarity >= %.4f); sheet: %s", len(removed), pool_n, threshold,
+             storage.join(cfg.out, "contact_sheet.png"))
+    return summary
+
+
+def removed_keys(out: str) -> set[str]:
+    """The pool keys a dedup output removed (one line when it is not a finished one)."""
+    uri = storage.join(out, "removed.parquet")
+    if not storage.exists(uri):
+        raise StorageError(f"exclude: {out} is not a finished dedup output (no removed.parquet)")
+    return set(read_table(uri)["key"].to_pylist())
+
+
+class DedupRunConfig(StageConfig):
+    """``semisup run dedup``: the dedup pipeline on Fashion-MNIST (pool: its training set),
+    calibrated; configs/dedup_demo.yaml."""
+
+    out: str = Field("runs/dedup", description="where data and the dedup output go")
+    fashion_mnist: str = Field("/usr/share/datasets/fashion-mnist", description="Fashion-MNIST IDX dir")
+    seed: int = Field(0, description="seed of the calibration draw")
+    embedder: str = Field("pixels", description="embed's model")
+    calibrate: bool = Field(True, description="measure the threshold first")
+    threshold: float = Field(-1.0, ge=-1, le=1, description="with calibrate, a negative value "
+                                                            "takes the calibrated threshold")
+    calibration_images: int = Field(1000, ge=10)
