@@ -9,7 +9,7 @@ from components import image
 @dsl.component(base_image=image("dedup"), install_kfp_package=False)
 def dedup(pool: Input[Dataset], pool_embeddings: Input[Dataset], eval_embeddings: Input[Dataset],
           deduped: Output[Dataset], result: Output[Dataset], metrics: Output[Metrics],
-          threshold: float = 0.995, calibrate: bool = False, calibration_images: int = 1000,
+          threshold: float = 0.998, calibrate: bool = False, calibration_images: int = 1000,
           target_fpr: float = 0.001, index: str = "auto", nprobe: int = 0, seed: int = 0,
           enabled: bool = True):
     """Near-duplicates of the evaluation set in the pool, removed.

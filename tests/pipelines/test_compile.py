@@ -105,3 +105,27 @@ def test_every_task_gets_the_storage_secret_and_the_minio_label(name):
         (secret,) = settings["secretAsEnv"]
         assert secret["secretName"] == "semisup-minio"
         assert {e["envVar"] for e in secret["keyToEnv"]} >= {"S3_ENDPOINT"}
+
+
+def test_embed_and_dedup_component_defaults_are_the_stage_configs():
+    """The components' defaults are the stage configs' (one definition), checked field by field."""
+    import inspect
+
+    from components.dedup.component import dedup
+    from components.embed.component import embed
+    from semisup_core.dedup import DedupConfig
+    from semisup_core.embed import EmbedConfig
+
+    def defaults(comp):
+        fn = comp.python_func
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    e = EmbedConfig(dataset="-", out="-")
+    for k, v in defaults(embed).items():
+        if k not in ("worker", "num_workers", "enabled"):
+            assert getattr(e, k) == v, k
+    d = DedupConfig(pool="-", eval_sets=["-"], out="-")
+    for k, v in defaults(dedup).items():
+        if k not in ("enabled", "nprobe"):
+            assert getattr(d, k) == v, k

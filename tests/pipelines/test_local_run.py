@@ -50,7 +50,11 @@ def test_full_variant_set(tmp_path, tiny_raw, capsys):
     assert student["arch"] == "small_resnet8 width=4" and student["selection"]["k"] == 12
     assert 0 <= student["selection"]["distractor_share"] <= 1
     report = os.path.join(out, "seed-0", "report")
-    for name in ("report.md", "report.html", "contact_sheet.png", "accuracy_vs_k.png"):
+    # dedup ran before scoring (on by default): its count is in the report, its sheet beside it
+    assert m["dedup"]["pool_images"] > 0 and m["dedup"]["embedder"] == "pixels"
+    assert "Dedup: " in printed and "Dedup: " in open(os.path.join(report, "report.md")).read()
+    for name in ("report.md", "report.html", "contact_sheet.png", "accuracy_vs_k.png",
+                 "dedup_pairs.png"):
         assert os.path.getsize(os.path.join(report, name)) > 0
     assert "data:image/png;base64," in open(os.path.join(report, "report.html")).read()
     run_dir = os.path.join(out, "kfp", sorted(os.listdir(os.path.join(out, "kfp")))[-1])
@@ -65,8 +69,9 @@ def test_switched_off_variants(tmp_path, tiny_raw):
     """No self-training (the else branch), no distractors, fine-tuning off: the 'fine-tuned'
     student is the pre-trained one passed through."""
     rc, out = _run(tmp_path, tiny_raw, self_training=False, distractors=False, k_sweep=[4],
-                   finetune=dict(TINY["finetune"], enabled=False))
+                   finetune=dict(TINY["finetune"], enabled=False), dedup={"enabled": False})
     assert rc == 0
+    assert _metrics(out)["dedup"] == {"enabled": False}
     rows = {r["model"]: r for r in _metrics(out)["rows"]}
     assert "self-training, fine-tuned" not in rows
     assert rows["student, fine-tuned"]["top1"] == rows["student, pre-trained only"]["top1"]
@@ -84,3 +89,28 @@ def test_a_failing_task_is_one_line_and_a_rerun_resumes(tmp_path, tiny_raw, caps
     assert len(os.listdir(os.path.join(out, "kfp-cache"))) >= 4  # imports, split, trainings
     rc, out = _run(tmp_path, tiny_raw, self_training=False, k_sweep=[4])
     assert rc == 0
+
+
+def test_the_dedup_pipeline_calibrates_and_removes_the_injected_duplicates(tmp_path, tiny_raw, capsys):
+    """`semisup run dedup`: import, embed both sets, calibrate, dedup; the fake pool holds no
+    copy of the test set beyond what its generator repeats, so the count is checked against a
+    brute force over the embeddings the run wrote."""
+    import numpy as np
+    from semisup_core.embed import read_embeddings
+    cfg = {"out": str(tmp_path / "dd"), "fashion_mnist": tiny_raw["fashion_mnist"],
+           "calibration_images": 50, "threshold": 0.999, "calibrate": True}
+    path = tmp_path / "dd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", "dedup", "--config", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Dedup: " in printed and "Calibration (50 test images copied)" in printed
+    dest = os.path.join(cfg["out"], "seed-0", "dedup")
+    summary = json.load(open(os.path.join(dest, "summary.json")))
+    run_dir = os.path.join(cfg["out"], "kfp", sorted(os.listdir(os.path.join(cfg["out"], "kfp")))[-1])
+    emb = sorted(os.path.join(run_dir, d, "embeddings") for d in os.listdir(run_dir) if d.startswith("embed"))
+    (pk, pv), (tk, tv) = [read_embeddings(e) for e in emb]
+    if len(pk) < len(tk):
+        (pk, pv), (tk, tv) = (tk, tv), (pk, pv)
+    assert summary["pool_images"] == len(pk) == 400
+    assert summary["removed"] == int(((pv @ tv.T).max(1) >= 0.999).sum())
+    assert os.path.getsize(os.path.join(dest, "contact_sheet.png")) > 0
