@@ -1,9 +1,10 @@
 """The ``score`` stage: the teacher scores every unlabelled image (Yalniz et al. §3.1).
 
 For each pool shard this worker owns (shards ``i::N``, from the config or from
-``RANK``/``WORLD_SIZE``; the loop is ``semisup_core.inference``, shared with ``embed``), it writes ``out/shards/<shard>.parquet`` with the top-P
-classes of every image (``key, shard, class_id, score, p_rank``) and then a marker
-``out/shards/<shard>.done.json`` (counts, corrupt keys, top-1 counts per class). A
+``RANK``/``WORLD_SIZE``; the loop is ``semisup_core.inference``, shared with ``embed``), it
+writes ``out/shards/<shard>.parquet`` with the top-P classes of every image (``key, shard,
+class_id, score, p_rank``; images a dedup output removed are left out, see ``exclude``) and
+then a marker ``out/shards/<shard>.done.json`` (counts, corrupt keys, top-1 counts per class). A
 rerun skips shards that have a marker, so a killed worker resumes where it stopped.
 When all its shards are done the worker writes its partial per-class top-K table,
 ``out/partials/worker-XXXXX-of-YYYYY.parquet``, which ``select`` merges.
