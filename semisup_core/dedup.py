@@ -104,7 +104,7 @@ def set_name(dataset: str) -> str:
 
 
 def eval_index(cfg: DedupConfig):
-    """(index, eval keys, eval shards, eval set of each row, the embedding info) over every
+    """(index, eval keys, eval shards, eval set of each row, the IndexSpec) over every
     evaluation set; checks that all were embedded the same way as the pool."""
     pool_info = embedding_info(cfg.pool)
     keys, sets, parts = [], [], []
