@@ -25,9 +25,7 @@ import torch
 from PIL import Image
 
 from semisup_core import knn
-from semisup_core.data.dataset import read_meta, shard_uris
-from semisup_core.data.decode import decode_image
-from semisup_core.data.shards import iter_shard
+from semisup_core.data.dataset import read_meta
 from semisup_core.data.stream import to_chw
 from semisup_core.embed import EmbedConfig, embedder, embedding_info
 
@@ -75,13 +73,15 @@ def transform(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarra
     raise ValueError(kind)
 
 
-def _draw(dataset: str, keys: np.ndarray, n: int, rng) -> tuple[list[str], list[np.ndarray]]:
-    chosen = set(rng.choice(keys, min(n, len(keys)), replace=False).tolist())
-    got = {}
-    for uri in shard_uris(dataset, read_meta(dataset)):
-        for sample in iter_shard(uri):
-            if sample.key in chosen:
-                got[sample.key] = decode_image(sample.image)
+def _draw(dataset: str, keys: np.ndarray, shards: np.ndarray, n: int, rng
+          ) -> tuple[list[str], list[np.ndarray]]:
+    """A seeded draw of ``n`` of ``keys`` (in shards ``shards``) and their decoded images."""
+    from semisup_core.dedup_sheet import read_images
+    pick = rng.choice(len(keys), min(n, len(keys)), replace=False)
+    wanted: dict[str, set[str]] = {}
+    for i in pick:
+        wanted.setdefault(shards[i], set()).add(keys[i])
+    got = {k: v for (_, k), v in read_images(dataset, wanted).items()}
     order = sorted(got)
     return order, [got[k] for k in order]
 
@@ -105,7 +105,8 @@ def _rates(thr: float, hits: dict, sims: dict, other: np.ndarray, pair: np.ndarr
             "pair_fpr": float(np.mean(pair >= thr))}
 
 
-def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray) -> dict:
+def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
+              eval_shards: np.ndarray) -> dict:
     """The calibration of ``dedup`` (module doc); ``index`` holds the evaluation vectors in the
     order of ``eval_keys`` (of the sets ``eval_sets``); the copies are of the first set's."""
     from semisup_core.dedup import set_name
@@ -114,7 +115,8 @@ def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray) -> dict:
     dataset = info["dataset"]
     channels = read_meta(dataset).channels
     mine = np.flatnonzero(eval_sets == set_name(dataset))
-    keys, images = _draw(dataset, np.array(sorted(eval_keys[mine].tolist())), cfg.calibration_images, rng)
+    order = mine[np.argsort(eval_keys[mine].astype(str), kind="stable")]
+    keys, images = _draw(dataset, eval_keys[order], eval_shards[order], cfg.calibration_images, rng)
     pos = {eval_keys[i]: int(i) for i in mine}
     src = np.array([pos[k] for k in keys])
     hits, sims = {}, {}

@@ -25,11 +25,13 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from semisup_core import config, knn, storage
 from semisup_core.config import StageConfig
-from semisup_core.embed import embedding_info, iter_embeddings
+from semisup_core.embed import (embedding_info, embedding_shards, iter_embeddings, shard_table,
+                                 table_vectors)
 from semisup_core.errors import ConfigError, StorageError
 from semisup_core.tables import read_table, write_table
 
@@ -107,7 +109,7 @@ def eval_index(cfg: DedupConfig):
     """(index, eval keys, eval shards, eval set of each row, the IndexSpec) over every
     evaluation set; checks that all were embedded the same way as the pool."""
     pool_info = embedding_info(cfg.pool)
-    keys, sets, parts = [], [], []
+    keys, shards, sets, parts = [], [], [], []
     for uri in cfg.eval_sets:
         info = embedding_info(uri)
         same = {k: v for k, v in info.items() if k != "dataset"}
@@ -116,29 +118,17 @@ def eval_index(cfg: DedupConfig):
                               f"the pool by {pool_info.get('model')} ({pool_info.get('dim')}-d): "
                               "embed both with the same model")
         name = set_name(info["dataset"])
-        for k, v in iter_embeddings(uri):
+        for shard, k, v in iter_embeddings(uri):
             keys += k
+            shards += [shard] * len(k)
             sets += [name] * len(k)
             parts.append(v)
     if not keys:
         raise StorageError("dedup: the evaluation sets hold no images")
     vectors = np.concatenate(parts)
-    # shard of each eval row, for the contact sheet (read back from the tables)
-    shards = []
-    for uri in cfg.eval_sets:
-        for name in _shard_names(uri):
-            t = read_table(storage.join(uri, "shards", f"{name}.parquet")).select(["shard"])
-            shards += t["shard"].to_pylist()
     spec = _spec(cfg, len(vectors), vectors.shape[1])
     index = knn.build(vectors, spec, seed=cfg.seed)
     return index, np.array(keys, object), np.array(shards, object), np.array(sets, object), spec
-
-
-def _shard_names(uri: str) -> list[str]:
-    from semisup_core.data.dataset import read_meta, shard_uris
-    from semisup_core.inference import shard_name
-    info = embedding_info(uri)
-    return [shard_name(u) for u in shard_uris(info["dataset"], read_meta(info["dataset"]))]
 
 
 def dedup(cfg: DedupConfig) -> dict:
@@ -151,11 +141,11 @@ def dedup(cfg: DedupConfig) -> dict:
     knn.save(index, storage.join(cfg.out, "index", "eval.faiss"))
     threshold = cfg.threshold
     if cfg.calibrate:
-        cal = calibration.calibrate(cfg, index, ekeys, esets)
+        cal = calibration.calibrate(cfg, index, ekeys, esets, eshards)
         storage.write_json(storage.join(cfg.out, "calibration.json"), cal)
         if threshold is None:
             threshold = cal["threshold"]
-    names = _shard_names(cfg.pool)
+    names = embedding_shards(cfg.pool)
     state_uri = storage.join(cfg.out, "nearest", "threshold.json")
     if storage.exists(state_uri) and storage.read_json(state_uri)["threshold"] != threshold:
         raise ConfigError(f"{cfg.out} was searched with threshold "
@@ -163,10 +153,12 @@ def dedup(cfg: DedupConfig) -> dict:
                           "new out")
     storage.write_json(state_uri, {"threshold": threshold})
     low = threshold - cfg.sheet_margin
-    for name, (keys, vectors) in zip(names, iter_embeddings(cfg.pool)):
+    for name in names:
         done = storage.join(cfg.out, "nearest", f"{name}.done.json")
         if storage.exists(done):
             continue
+        t = shard_table(cfg.pool, name)
+        keys, vectors = t["key"].to_pylist(), table_vectors(t)
         sims, ids = knn.search(index, vectors, 1, nprobe=spec.nprobe if spec.kind != "flat" else None)
         s, i = sims[:, 0], ids[:, 0]
         near = np.flatnonzero((i >= 0) & (s >= low))
@@ -190,22 +182,19 @@ def dedup(cfg: DedupConfig) -> dict:
     removed = set(pairs["pool_key"].to_pylist())
     write_table(storage.join(cfg.out, "removed.parquet"),
                 pa.table({"key": pa.array(sorted(removed), pa.string())}))
-    kept_keys, kept_shards = [], []
-    for name, (keys, _) in zip(names, iter_embeddings(cfg.pool)):
-        for k in keys:
-            if k not in removed:
-                kept_keys.append(k)
-                kept_shards.append(name)
-    write_table(storage.join(cfg.out, "manifest.parquet"),
-                pa.table({"key": pa.array(kept_keys, pa.string()),
-                          "shard": pa.array(kept_shards, pa.string())}))
+    removed_set = pa.array(sorted(removed), pa.string())
+    kept = [t.filter(pc.invert(pc.is_in(t["key"], value_set=removed_set)))
+            for t in (shard_table(cfg.pool, n, ["key", "shard"]) for n in names)]
+    kept = pa.concat_tables(kept) if kept else pa.table({"key": pa.array([], pa.string()),
+                                                         "shard": pa.array([], pa.string())})
+    write_table(storage.join(cfg.out, "manifest.parquet"), kept)
     from semisup_core.dedup_sheet import contact_sheet
     sheet = contact_sheet(near, threshold, cfg)
     storage.put_bytes(storage.join(cfg.out, "contact_sheet.png"), sheet)
     per_set = {s: int(c) for s, c in zip(*np.unique(np.array(pairs["eval_set"].to_pylist(), object)
                                                     .astype(str), return_counts=True))} if len(pairs) else {}
-    pool_n = len(kept_keys) + len(removed)
-    summary = {"pool_images": pool_n, "removed": len(removed), "kept": len(kept_keys),
+    pool_n = kept.num_rows + len(removed)
+    summary = {"pool_images": pool_n, "removed": len(removed), "kept": kept.num_rows,
                "removed_fraction": len(removed) / max(pool_n, 1), "threshold": threshold,
                "per_eval_set": per_set, "eval_images": int(index.ntotal),
                "index": spec.factory(), "nprobe": spec.nprobe if spec.kind != "flat" else None,

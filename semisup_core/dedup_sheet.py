@@ -14,7 +14,9 @@ from semisup_core.data.decode import decode_image
 from semisup_core.data.shards import iter_shard
 
 
-def _images(dataset: str, wanted: dict[str, set[str]]) -> dict[tuple[str, str], Image.Image]:
+def read_images(dataset: str, wanted: dict[str, set[str]]) -> dict[tuple[str, str], np.ndarray]:
+    """The decoded images (uint8 H x W x C) of ``wanted`` (shard name -> keys) in ``dataset``,
+    reading only the shards named."""
     from semisup_core.data.dataset import read_meta, shard_uris
     from semisup_core.inference import shard_name
     out = {}
@@ -24,9 +26,12 @@ def _images(dataset: str, wanted: dict[str, set[str]]) -> dict[tuple[str, str], 
             continue
         for sample in iter_shard(uri):
             if sample.key in keys:
-                out[(shard_name(uri), sample.key)] = Image.fromarray(
-                    np.squeeze(decode_image(sample.image)))
+                out[(shard_name(uri), sample.key)] = decode_image(sample.image)
     return out
+
+
+def _images(dataset: str, wanted: dict[str, set[str]]) -> dict[tuple[str, str], Image.Image]:
+    return {k: Image.fromarray(np.squeeze(v)) for k, v in read_images(dataset, wanted).items()}
 
 
 def _rows(near: pa.Table, threshold: float, n: int) -> tuple[list[dict], list[dict]]:

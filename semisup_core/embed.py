@@ -233,24 +233,34 @@ def embedding_info(out: str) -> dict:
     return storage.read_json(uri)
 
 
-def iter_embeddings(out: str) -> Iterator[tuple[list[str], np.ndarray]]:
-    """``(keys, N x d float32)`` per finished shard of an embed output, in shard order.
-    Every shard of the dataset must be done (one line naming the first missing one)."""
+def embedding_shards(out: str) -> list[str]:
+    """The shard names of an embed output, in dataset order; every shard must be done (one
+    line naming the first missing one)."""
     info = embedding_info(out)
-    meta = read_meta(info["dataset"])
-    for uri in shard_uris(info["dataset"], meta):
-        name = shard_name(uri)
+    names = [shard_name(u) for u in shard_uris(info["dataset"], read_meta(info["dataset"]))]
+    for name in names:
         if not storage.exists(marker_uri(out, name)):
             raise StorageError(f"{out}: shard {name} is not embedded yet (no done marker); "
                                "run every embed worker to the end")
-        t = read_table(storage.join(out, "shards", f"{name}.parquet"))
-        yield t["key"].to_pylist(), table_vectors(t)
+    return names
+
+
+def shard_table(out: str, name: str, columns: list[str] | None = None) -> pa.Table:
+    """One shard's embedding table (``columns`` only, when given)."""
+    return read_table(storage.join(out, "shards", f"{name}.parquet"), columns=columns)
+
+
+def iter_embeddings(out: str) -> Iterator[tuple[str, list[str], np.ndarray]]:
+    """``(shard, keys, N x d float32)`` per shard of a finished embed output, in shard order."""
+    for name in embedding_shards(out):
+        t = shard_table(out, name)
+        yield name, t["key"].to_pylist(), table_vectors(t)
 
 
 def read_embeddings(out: str) -> tuple[list[str], np.ndarray]:
     """All keys and vectors of an embed output (N x d float32)."""
     keys, parts = [], []
-    for k, v in iter_embeddings(out):
+    for _, k, v in iter_embeddings(out):
         keys += k
         parts.append(v)
     dim = embedding_info(out)["dim"]

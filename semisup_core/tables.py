@@ -21,6 +21,6 @@ def write_table(uri: str, table: pa.Table) -> None:
     storage.put_bytes(uri, buf.getvalue())
 
 
-def read_table(uri: str) -> pa.Table:
-    """Read a Parquet table from any storage URI."""
-    return pq.read_table(io.BytesIO(storage.get_bytes(uri)))
+def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet table (``columns`` only, when given) from any storage URI."""
+    return pq.read_table(io.BytesIO(storage.get_bytes(uri)), columns=columns)
