@@ -63,6 +63,13 @@ class JobSpec(StageConfig):
     elastic_max: int | None = Field(None, ge=1, description="elastic: maximum nodes")
     max_restarts: int = Field(3, ge=0, description="elastic: torchrun restarts before failing")
     backoff_limit: int = Field(3, ge=0, description="pod restarts before the job fails")
+    clean_pod_policy: Literal["Running", "All", "None"] = Field(
+        "Running", description="pods the operator deletes when the job ends: Running (pods still "
+        "running, e.g. workers left waiting on a failed master; pods that exited keep their logs "
+        "until the TTL), All, or None")
+    ttl_seconds_after_finished: int | None = Field(
+        86400, ge=0, description="the finished job and its pods are deleted this long after it "
+                                 "ends (runPolicy.ttlSecondsAfterFinished); null keeps them")
     storage_secret: str = Field("semisup-minio", description="Secret with S3_ENDPOINT, "
                                 "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (env for the pods)")
     gpu_toleration: str = Field("nvidia.com/gpu", description="taint key tolerated on GPU nodes")
@@ -161,7 +168,8 @@ def build_job(spec: JobSpec):
             pytorch_replica_specs=replicas, nproc_per_node=str(spec.nproc_per_node),
             elastic_policy=elastic,
             run_policy=m.KubeflowOrgV1RunPolicy(backoff_limit=spec.backoff_limit,
-                                                clean_pod_policy="None",
+                                                clean_pod_policy=spec.clean_pod_policy,
+                                                ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
                                                 suspend=spec.suspend or None)))
 
 

@@ -41,7 +41,10 @@ def test_every_object_of_every_overlay_validates(overlay, kustomize, pytorchjob_
             "RoleBinding", "NetworkPolicy", "ConfigMap", "PyTorchJob"} <= kinds
     for doc in docs:
         validate(doc, pytorchjob_schema)
-    assert all(d["metadata"].get("namespace") == "semisup" for d in docs if d["kind"] != "Namespace")
+    cluster_scoped = {"Namespace", "PriorityClass"}
+    assert all(d["metadata"].get("namespace") == "semisup" for d in docs
+               if d["kind"] not in cluster_scoped)
+    assert all("namespace" not in d["metadata"] for d in docs if d["kind"] in cluster_scoped)
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES)
@@ -94,6 +97,9 @@ def test_job_pods_are_what_a_cluster_needs(overlay, kustomize):
             assert {"/dev/shm", "/etc/semisup"} <= mounts
             assert ("nvidia.com/gpu" in c["resources"]["limits"]) == gpu
             assert bool(pod.get("tolerations")) == gpu
+        # pods still running when the job ends are deleted; the job goes after a day
+        assert spec["runPolicy"]["cleanPodPolicy"] == "Running"
+        assert spec["runPolicy"]["ttlSecondsAfterFinished"] == 86400
     elastic = {j["metadata"]["name"]: j["spec"].get("elasticPolicy")
                for j in of(build(kustomize, overlay), "PyTorchJob")}
     assert (elastic["student-pretrain"] is not None) == gpu
@@ -119,3 +125,50 @@ def test_only_platform_pods_reach_minio(kustomize):
     for labels in pods:
         assert any(sel.items() <= labels.items() for sel in allowed), labels
     assert not any(sel.items() <= {"app": "other"}.items() for sel in allowed)
+
+
+def _brace_range(text: str) -> int:
+    """How many hosts MinIO's ``{a...b}`` expands to in a server argument."""
+    import re
+    (a, b), = re.findall(r"\{(\d+)\.\.\.(\d+)\}", text)
+    return int(b) - int(a) + 1
+
+
+def test_prod_minio_is_distributed_and_survives_a_node(kustomize):
+    docs = build(kustomize, "prod")
+    (sts,) = of(docs, "StatefulSet")
+    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    replicas = spec["replicas"]
+    assert replicas >= 4  # MinIO's erasure coding wants 4 or more drives
+    (c,) = pod["containers"]
+    hosts = [a for a in c["args"] if a.startswith("http://")]
+    assert len(hosts) == 1 and _brace_range(hosts[0]) == replicas  # every pod lists all pods
+    assert f".{spec['serviceName']}.$(SEMISUP_NAMESPACE).svc" in hosts[0]
+    assert {"name": "SEMISUP_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
+    (headless,) = [s for s in of(docs, "Service") if s["metadata"]["name"] == spec["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    assert headless["spec"]["selector"].items() <= labels.items()
+    assert spec["podManagementPolicy"] == "Parallel"  # peers must start together
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+    (pdb,) = of(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # EC:2 over 4 drives: writes need 3, so a drain may take one pod at a time
+    assert pdb["spec"]["maxUnavailable"] == replicas - (replicas // 2 + 1)
+    (pc,) = of(docs, "PriorityClass")
+    assert pod["priorityClassName"] == pc["metadata"]["name"] and pc["value"] > 0
+    assert not pc.get("globalDefault")
+    (policy,) = of(docs, "NetworkPolicy")  # peers reach each other on 9000
+    assert any(r["from"] == [{"podSelector": {"matchLabels": labels}}]
+               and r["ports"] == [{"port": 9000, "protocol": "TCP"}]
+               for r in policy["spec"]["ingress"])
+
+
+def test_dev_minio_stays_single_node(kustomize):
+    docs = build(kustomize, "dev")
+    (sts,) = of(docs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 1 and "affinity" not in sts["spec"]["template"]["spec"]
+    assert not of(docs, "PodDisruptionBudget") and not of(docs, "PriorityClass")
