@@ -33,7 +33,9 @@ def _pods(cluster, namespace: str) -> dict:
 
 
 def test_launcher_runs_a_gpu_job_to_success(cluster, namespace, kubeconfig, tmp_path):
-    spec = _spec(tmp_path, namespace, "succeed", workers=2, nproc_per_node=4, gpus_per_node=2)
+    # every pod is inspected after the job: keep them (the default deletes pods still running)
+    spec = _spec(tmp_path, namespace, "succeed", workers=2, nproc_per_node=4, gpus_per_node=2,
+                 clean_pod_policy="None")
     assert run(spec, "kubernetes") == {"name": "teacher", "state": "Succeeded"}
     assert storage.exists(str(tmp_path / "run" / "pytorchjob-config.yaml"))  # what pods read
     pods = _pods(cluster, namespace)
@@ -90,3 +92,24 @@ def test_launcher_refuses_a_job_that_exists_already(cluster, namespace, kubeconf
         run(_spec(tmp_path, namespace, "succeed", workers=0), "kubernetes")
     assert str(e.value) == (f"could not create PyTorchJob {namespace}/teacher: "
                             'pytorchjobs.kubeflow.org "teacher" already exists')
+
+
+def test_a_finished_job_and_its_pods_go_after_the_ttl(cluster, namespace, kubeconfig, tmp_path):
+    objects = client.CustomObjectsApi(cluster.api_client)
+    spec = _spec(tmp_path, namespace, "succeed", workers=1, ttl_seconds_after_finished=2)
+    assert run(spec, "kubernetes")["state"] == "Succeeded"
+    job = objects.get_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs",
+                                               "teacher")  # still there right after it ends
+    assert job["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
+    assert job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] == 2
+
+    def gone():
+        try:
+            objects.get_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs",
+                                                 "teacher")
+            return False
+        except client.rest.ApiException as e:
+            return e.status == 404
+    cluster.wait_for("the TTL to delete the finished PyTorchJob", gone, timeout=60)
+    cluster.wait_for("its pods to be garbage-collected", lambda: not _pods(cluster, namespace),
+                     timeout=60)
