@@ -18,14 +18,47 @@ STORAGE_ENV = ("S3_ENDPOINT", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
 MINIO_CLIENT_LABEL = ("semisup.io/minio-client", "true")
 
 
-def on_platform(tasks) -> None:
-    """Cluster settings for every task of a pipeline: the storage Secret as env and the MinIO
-    client label (kfp.local ignores both)."""
+#: the pipeline parameters of pipelines.resources, described (a pipeline has those of the task
+#: kinds it runs, with the defaults of pipelines.resources.DEFAULT)
+RESOURCE_PARAMETERS = {
+    "train_cpu": "CPU request and limit of each train task (pipelines/resources.py).",
+    "train_memory": "memory request and limit of each train task.",
+    "train_gpus": "accelerators per train task (0: none).",
+    "infer_cpu": "CPU request and limit of each score and embed task.",
+    "infer_memory": "memory request and limit of each score and embed task.",
+    "infer_gpus": "accelerators per score and embed task (0: none).",
+    "light_cpu": "CPU request and limit of every other task.",
+    "light_memory": "memory request and limit of every other task.",
+    "accelerator": "the accelerator resource of GPU tasks, e.g. nvidia.com/gpu.",
+    "gpu_node_selector": "node selector of the train, score and embed tasks ({} on CPU).",
+    "gpu_tolerations": "tolerations of the train, score and embed tasks ([] on CPU)."}
+
+
+def with_resource_docs(func):
+    """Add the resource parameters' descriptions to a pipeline function's Args (its last
+    section), before ``dsl.pipeline`` reads them."""
+    import inspect
+    doc = func.__doc__.rstrip()
+    assert "Args:" in doc and "Returns:" not in doc, func.__name__
+    lines = [f"        {name}: {text}" for name, text in RESOURCE_PARAMETERS.items()
+             if name in inspect.signature(func).parameters]
+    func.__doc__ = doc + "\n" + "\n".join(lines) + "\n    "
+    return func
+
+
+def on_platform(tasks, params: dict) -> None:
+    """Cluster settings for every task of a pipeline: the storage Secret as env, the MinIO
+    client label, and what it requests (``pipelines.resources.apply``, from the resource
+    parameters among ``params``: the pipeline function's ``locals()``). kfp.local ignores
+    all of it."""
     from kfp import kubernetes
+
+    from pipelines import resources as res
     for task in tasks:
         kubernetes.use_secret_as_env(task, secret_name=STORAGE_SECRET,
                                      secret_key_to_env={k: k for k in STORAGE_ENV})
         kubernetes.add_pod_label(task, *MINIO_CLIENT_LABEL)
+        res.apply(task, {k: v for k, v in params.items() if k in RESOURCE_PARAMETERS})
 
 
 def yaml_path(module_file: str) -> str:

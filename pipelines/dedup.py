@@ -16,7 +16,8 @@ from kfp.dsl import pipeline_context
 from components.data.component import import_data
 from components.dedup.component import dedup as dedup_step
 from components.embed.component import embed
-from pipelines import compile_main, on_platform
+from pipelines import compile_main, on_platform, with_resource_docs
+from pipelines.resources import DEFAULT as _R, PROFILES
 from semisup_core import storage
 from semisup_core.dedup import DedupConfig, DedupRunConfig
 from semisup_core.embed import EmbedConfig
@@ -29,6 +30,7 @@ _E, _DD = EmbedConfig(dataset="-", out="-"), DedupConfig(pool="-", eval_sets=["-
 
 @dsl.pipeline(name=NAME, description="Near-duplicates of an evaluation set removed from an "
               "unlabelled pool (Yalniz et al. supplement §5), with a calibrated threshold")
+@with_resource_docs
 def dedup_pipeline(
         data_root: str = DedupRunConfig().out + "/data",
         fashion_mnist: str = DedupRunConfig().fashion_mnist,
@@ -38,7 +40,15 @@ def dedup_pipeline(
         calibration_images: int = _DD.calibration_images,
         target_fpr: float = _DD.target_fpr,
         index: str = _DD.index,
-        seed: int = _DD.seed):
+        seed: int = _DD.seed,
+        infer_cpu: str = _R.infer.cpu,
+        infer_memory: str = _R.infer.memory,
+        infer_gpus: int = _R.infer.gpus,
+        light_cpu: str = _R.light.cpu,
+        light_memory: str = _R.light.memory,
+        accelerator: str = _R.accelerator,
+        gpu_node_selector: dict = _R.gpu_node_selector,
+        gpu_tolerations: list = _R.gpu_tolerations):
     """Embed the pool and the test set, find and remove the near-duplicates.
 
     Args:
@@ -62,15 +72,16 @@ def dedup_pipeline(
                eval_embeddings=emb_test.outputs["embeddings"], threshold=threshold,
                calibrate=calibrate, calibration_images=calibration_images, target_fpr=target_fpr,
                index=index, seed=seed).set_display_name("dedup")
-    on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values())
+    on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values(), locals())
 
 
-def arguments(cfg: DedupRunConfig, out: str, local: bool = True) -> dict:
+def arguments(cfg: DedupRunConfig, out: str, local: bool = True, profile: str = "cpu") -> dict:
     src = os.path.abspath(cfg.fashion_mnist) if local and storage.is_local(cfg.fashion_mnist) \
         else cfg.fashion_mnist
     return dict(data_root=storage.join(out, "data"), fashion_mnist=src, embedder=cfg.embedder,
                 threshold=cfg.threshold, calibrate=cfg.calibrate,
-                calibration_images=cfg.calibration_images, seed=cfg.seed)
+                calibration_images=cfg.calibration_images, seed=cfg.seed,
+                **PROFILES[profile].parameters(("infer", "light")))
 
 
 def finish(cfg: DedupRunConfig, out: str, run_dir: str, artifacts: list[str], seconds: float) -> dict:

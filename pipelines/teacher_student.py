@@ -27,7 +27,8 @@ from components.score.component import score
 from components.select.component import select
 from components.train.component import train
 from components.workers.component import worker_indices
-from pipelines import compile_main, on_platform
+from pipelines import compile_main, on_platform, with_resource_docs
+from pipelines.resources import DEFAULT as _R, PROFILES
 from semisup_core import storage
 from semisup_core.dedup import DedupSpec
 from semisup_core.demo import DemoConfig
@@ -77,6 +78,7 @@ def _round(label: str, teacher, data: dict, p: dict):
 
 @dsl.pipeline(name=NAME, description="Billion-scale semi-supervised learning (Yalniz et al. "
               "2019): teacher -> ranked top-K per class -> student pre-training -> fine-tuning")
+@with_resource_docs
 def teacher_student(
         data_root: str = _D.out + "/data",
         workdir: str = "",
@@ -100,7 +102,18 @@ def teacher_student(
         dedup_threshold: float = _DD.threshold,
         self_training: bool = _D.self_training,
         rounds: int = _D.rounds,
-        k_sweep: list = _D.k_sweep):
+        k_sweep: list = _D.k_sweep,
+        train_cpu: str = _R.train.cpu,
+        train_memory: str = _R.train.memory,
+        train_gpus: int = _R.train.gpus,
+        infer_cpu: str = _R.infer.cpu,
+        infer_memory: str = _R.infer.memory,
+        infer_gpus: int = _R.infer.gpus,
+        light_cpu: str = _R.light.cpu,
+        light_memory: str = _R.light.memory,
+        accelerator: str = _R.accelerator,
+        gpu_node_selector: dict = _R.gpu_node_selector,
+        gpu_tolerations: list = _R.gpu_tolerations):
     """The teacher/student pipeline, its variants as parameters.
 
     Args:
@@ -183,12 +196,13 @@ def teacher_student(
         r2 = _round("round 2", r1["student"].outputs["model"], data, p)
         with dsl.If(rounds >= MAX_ROUNDS, name="round-3"):
             _round("round 3", r2["student"].outputs["model"], data, p)
-    on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values())
+    on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values(), locals())
 
-def arguments(cfg: DemoConfig, out: str, local: bool = True) -> dict:
+def arguments(cfg: DemoConfig, out: str, local: bool = True, profile: str = "cpu") -> dict:
     """Pipeline arguments from a validated DemoConfig; ``out`` is its output dir (absolute
     for local runs, where relative raw-data paths are made absolute too; on a cluster every
-    location must be a store URI the pods can read)."""
+    location must be a store URI the pods can read); ``profile`` sets the resource
+    parameters (pipelines/resources.py)."""
     def absolute(p: str) -> str:
         return os.path.abspath(p) if local and p and storage.is_local(p) else p
 
@@ -206,7 +220,8 @@ def arguments(cfg: DemoConfig, out: str, local: bool = True) -> dict:
                 threshold=sel.threshold, use_logits=sel.use_logits, score_workers=sel.workers,
                 dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
                 dedup_threshold=cfg.dedup.threshold,
-                self_training=cfg.self_training, rounds=cfg.rounds, k_sweep=list(cfg.k_sweep))
+                self_training=cfg.self_training, rounds=cfg.rounds, k_sweep=list(cfg.k_sweep),
+                **PROFILES[profile].parameters())
 
 
 def finish(cfg: DemoConfig, out: str, run_dir: str, artifacts: list[str], seconds: float) -> dict:

@@ -132,7 +132,8 @@ def _run_submit(args) -> int:
     from semisup.kfp_remote import client_for, submit
 
     run_id = submit(client_for(args.host, args.namespace), args.pipeline, args.config,
-                    args.overrides, experiment=args.experiment, run_name=args.run_name)
+                    args.overrides, experiment=args.experiment, run_name=args.run_name,
+                    profile=args.profile)
     print(f"run {run_id}: {args.host.rstrip('/')}/#/runs/details/{run_id}")
     return 0
 
@@ -185,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--namespace", help="KFP namespace (multi-user installs)")
     submit.add_argument("--experiment", default="semisup", help="experiment name (created if absent)")
     submit.add_argument("--run-name", help="default: <pipeline>-seed<seed>")
+    submit.add_argument("--profile", default="cpu", help="what each task requests: cpu (default) "
+                        "or gpu (one GPU per train/score/embed task, on the tainted GPU nodes): "
+                        "pipelines/resources.py; the amounts are run parameters (KFP UI)")
     _add_config_args(submit)
     submit.set_defaults(func=_run_submit)
     pipes = sub.add_parser("pipelines", help="compile pipelines; sync their versions to KFP")

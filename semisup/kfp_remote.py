@@ -55,14 +55,19 @@ def client_for(host: str, namespace: str | None = None):
 
 
 def submit(client, name: str, config: str | None, overrides: list[str],
-           experiment: str = "semisup", run_name: str | None = None) -> str:
-    """Start a run of pipeline ``name`` on the cluster; returns its run id."""
+           experiment: str = "semisup", run_name: str | None = None,
+           profile: str = "cpu") -> str:
+    """Start a run of pipeline ``name`` on the cluster, its tasks' resources from ``profile``
+    (pipelines/resources.py: cpu or gpu); returns its run id."""
+    from pipelines.resources import PROFILES
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: {profile!r} is not one of {', '.join(sorted(PROFILES))}")
     mod, path = _compiled(name)
     cfg = cfglib.load(mod.CONFIG, config, overrides)
     if storage.is_local(cfg.out):
         raise ConfigError(f"out={cfg.out} is a local path; a cluster run needs s3:// or minio:// "
                           "(the pods share nothing else)")
-    args = mod.arguments(cfg, cfg.out, local=False)
+    args = mod.arguments(cfg, cfg.out, local=False, profile=profile)
     res = client.create_run_from_pipeline_package(
         path, arguments=args, run_name=run_name or f"{mod.NAME}-seed{cfg.seed}",
         experiment_name=experiment)

@@ -3,6 +3,7 @@
 import importlib
 import inspect
 import os
+import re
 
 import pytest
 import yaml
@@ -129,3 +130,84 @@ def test_embed_and_dedup_component_defaults_are_the_stage_configs():
     for k, v in defaults(dedup).items():
         if k not in ("enabled", "nprobe"):
             assert getattr(d, k) == v, k
+
+
+def _ir(name: str):
+    spec, platform = yaml.safe_load_all(open(yaml_path(
+        importlib.import_module(f"pipelines.{name}").__file__)))
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(spec: dict):
+    """Every task of the IR, nested DAGs included: (task name, task, its component name)."""
+    for comp in [spec["root"]] + [c for c in spec["components"].values() if "dag" in c]:
+        for tname, task in comp["dag"]["tasks"].items():
+            yield tname, task, task["componentRef"]["name"]
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_task_requests_what_its_kind_needs(name):
+    """Read from the compiled IR: CPU/memory requests = limits, GPUs, node selector,
+    tolerations and /dev/shm per task kind, all bound to the run's resource parameters."""
+    from pipelines import resources
+    spec, platform = _ir(name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    kinds_seen = set()
+    for tname, task, comp in _tasks(spec):
+        component = spec["components"][comp]
+        if "executorLabel" not in component:
+            continue  # a sub-DAG (ParallelFor, If)
+        stage = re.sub(r"-\d+$", "", comp.removeprefix("comp-"))  # comp-train-3 -> train
+        kind = resources.KINDS.get(stage, "light")
+        kinds_seen.add(kind)
+        execu = component["executorLabel"]
+        res = spec["deploymentSpec"]["executors"][execu]["container"]["resources"]
+
+        def bound(value, param):
+            assert param in params, (name, param)
+            return value == "{{$.inputs.parameters['pipelinechannel--%s']}}" % param
+        assert bound(res["resourceCpuRequest"], f"{kind}_cpu"), tname
+        assert bound(res["resourceCpuLimit"], f"{kind}_cpu"), tname
+        assert bound(res["resourceMemoryRequest"], f"{kind}_memory"), tname
+        assert bound(res["resourceMemoryLimit"], f"{kind}_memory"), tname
+        k8s = platform[execu]
+        if kind == "light":
+            assert "accelerator" not in res, tname
+            assert "nodeSelector" not in k8s and "tolerations" not in k8s, tname
+        else:
+            assert bound(res["accelerator"]["resourceCount"], f"{kind}_gpus"), tname
+            assert bound(res["accelerator"]["resourceType"], "accelerator"), tname
+            selector = k8s["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+            assert selector.endswith("gpu_node_selector"), tname
+            assert [t["tolerationJson"]["componentInputParameter"].rsplit("-", 1)[-1]
+                    for t in k8s["tolerations"]] == ["gpu_tolerations"]
+        shm = [m for m in k8s.get("emptyDirMounts", []) if m["mountPath"] == "/dev/shm"]
+        assert bool(shm) == (kind == "train"), tname
+        assert all(m["medium"] == "Memory" for m in shm)
+        cached = task["cachingOptions"].get("enableCache", False)
+        assert cached == (stage not in resources.NOT_CACHED), tname
+    want = {"train", "infer", "light"} if name == "teacher_student" else {"infer", "light"}
+    assert kinds_seen == want
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_a_profile_sets_every_resource_parameter(name, profile):
+    from pipelines import resources
+    spec, _ = _ir(name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    mod = importlib.import_module(f"pipelines.{name}")
+    args = mod.arguments(mod.CONFIG(), "/abs/out", profile=profile)
+    mine = {k: v for k, v in args.items() if k in resources.DEFAULT.parameters()}
+    assert set(mine) == {k for k in params if k in resources.DEFAULT.parameters()}
+    p = resources.PROFILES[profile]
+    if "train_gpus" in mine:
+        assert mine["train_gpus"] == p.train.gpus
+    assert mine["infer_gpus"] == p.infer.gpus and mine["light_cpu"] == p.light.cpu
+    assert mine["gpu_tolerations"] == p.gpu_tolerations
+    if profile == "gpu":
+        assert mine["infer_gpus"] >= 1 and mine["gpu_tolerations"][0]["key"] == "nvidia.com/gpu"
+        assert mine["gpu_node_selector"]
+    else:
+        assert mine["infer_gpus"] == 0
+        assert not mine["gpu_tolerations"] and not mine["gpu_node_selector"]

@@ -95,3 +95,15 @@ def test_k8s_pipeline_manifests_are_current(name, tmp_path):
     digest = content_hash(f"pipelines/{name}.yaml")
     assert docs[1]["metadata"]["name"].endswith(digest)
     assert docs[1]["spec"]["pipelineName"] == docs[0]["metadata"]["name"]
+
+
+def test_submit_with_the_gpu_profile_requests_gpus_on_the_gpu_nodes():
+    kfp = FakeKfp()
+    submit(kfp, "teacher_student", "configs/demo.yaml", ["out=minio://semisup/runs/demo",
+           "fashion_mnist=minio://semisup/raw/fmnist"], profile="gpu")
+    args = kfp.calls[0][2]
+    assert args["train_gpus"] == args["infer_gpus"] == 1 and args["accelerator"] == "nvidia.com/gpu"
+    assert args["gpu_tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                        "effect": "NoSchedule"}]
+    with pytest.raises(ConfigError, match="profile: 'tpu' is not one of cpu, gpu"):
+        submit(FakeKfp(), "teacher_student", None, ["out=s3://b/x"], profile="tpu")
