@@ -95,8 +95,11 @@ def build(vectors: np.ndarray, spec: IndexSpec | None = None, seed: int = 0, blo
     if spec.kind != "flat":
         faiss = _faiss()
         faiss.extract_index_ivf(index).nprobe = spec.nprobe
-    for i in range(0, len(x), block):
-        index.add(x[i:i + block])
+    # blocks bound the encoding buffers of IVF/PQ; a flat index stores every vector as given,
+    # so one add (blocks would only regrow its storage, one copy per block)
+    step = max(len(x), 1) if spec.kind == "flat" else block
+    for i in range(0, len(x), step):
+        index.add(x[i:i + step])
     return index
 
 
