@@ -11,7 +11,8 @@ Tasks fall into three kinds by their component:
 
 Every amount is a pipeline parameter (``train_cpu``, ``infer_gpus``, ...: KFP resolves them when
 the run starts), so one compiled YAML serves a CPU and a GPU cluster; :data:`PROFILES` holds
-the two sets of values (``semisup submit --profile gpu``). GPU tasks also get the node
+the sets of values (``semisup submit --profile gpu``; ``gpu-launcher`` when the training
+tasks go through the PyTorchJob launcher and only wait). GPU tasks also get the node
 selector and tolerations of the profile (``gpu_node_selector``, ``gpu_tolerations``; empty on
 CPU). kfp.local ignores all of it.
 
@@ -77,6 +78,15 @@ PROFILES = {
                    light=TaskResources(cpu="1", memory="2Gi"),
                    gpu_node_selector={"nvidia.com/gpu.present": "true"},
                    gpu_tolerations=[{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}]),
+    # training through the PyTorchJob launcher (launcher.backend: pytorchjob): a train task only
+    # waits on its job, whose pods request the GPUs (launcher.gpus_per_node); score and embed
+    # still run in their task on a GPU
+    "gpu-launcher": Profile(train=TaskResources(cpu="1", memory="2Gi"),
+                            infer=TaskResources(cpu="8", memory="32Gi", gpus=1),
+                            light=TaskResources(cpu="1", memory="2Gi"),
+                            gpu_node_selector={"nvidia.com/gpu.present": "true"},
+                            gpu_tolerations=[{"key": GPU, "operator": "Exists",
+                                              "effect": "NoSchedule"}]),
 }
 DEFAULT = PROFILES["cpu"]
 SHM_SIZE = "8Gi"  # the train tasks' /dev/shm (memory-backed; counts against their memory)
@@ -97,6 +107,11 @@ def apply(task, p: dict) -> None:
         task.set_accelerator_type(p["accelerator"]).set_accelerator_limit(p[f"{k}_gpus"])
         kubernetes.add_node_selector_json(task, p["gpu_node_selector"])
         kubernetes.add_toleration_json(task, p["gpu_tolerations"])
+    # kfp 2.17's resource setters do not register their channels with the task (kfp-kubernetes'
+    # helpers do): a task inside a ParallelFor or an If then named parameters its sub-DAG was
+    # never given ("Parent pipeline input argument 'pipelinechannel--accelerator' not found")
+    used = [f"{k}_cpu", f"{k}_memory"] + ([f"{k}_gpus", "accelerator"] if k != "light" else [])
+    task.register_pipeline_channels([p[name] for name in used if hasattr(p[name], "pattern")])
     if k == "train":
         kubernetes.empty_dir_mount(task, volume_name=SHM, mount_path="/dev/shm", medium="Memory",
                                    size_limit=SHM_SIZE)

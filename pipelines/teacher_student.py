@@ -33,6 +33,7 @@ from semisup_core import storage
 from semisup_core.dedup import DedupSpec
 from semisup_core.demo import DemoConfig
 from semisup_core.demo_report import dedup_summary, format_table
+from semisup_core.train.config import LauncherSpec
 
 NAME = "teacher-student"
 PIPELINE = "teacher_student"
@@ -58,12 +59,14 @@ def _student(label: str, scores: dict, data: dict, p: dict, k):
                  strategy=p["strategy"], k=k, k_law=p["k_law"], threshold=p["threshold"],
                  seed=p["seed"], oracle=data["oracle"]).set_display_name(f"{label}: select")
     pre = train(data=sel.outputs["selected"], recipe=p["student"], seed=p["seed"],
-                checkpoints=p["workdir"]).set_display_name(f"{label}: pre-train student")
+                checkpoints=p["workdir"], launcher=p["launcher"])
+    pre.set_display_name(f"{label}: pre-train student")
     pre_eval = evaluate(model=pre.outputs["model"], data=data["test"],
                         name="student, pre-trained only", selection=sel.outputs["metrics"])
     ft = train(data=data["labelled"], recipe=p["finetune"], seed=p["seed"],
                init_from=pre.outputs["model"], inferred=sel.outputs["selected"],
-               checkpoints=p["workdir"]).set_display_name(f"{label}: fine-tune student")
+               checkpoints=p["workdir"], launcher=p["launcher"])
+    ft.set_display_name(f"{label}: fine-tune student")
     ft_eval = evaluate(model=ft.outputs["model"], data=data["test"], name="student, fine-tuned",
                        selection=sel.outputs["metrics"])
     pre_eval.set_display_name(f"{label}: evaluate pre-trained student")
@@ -103,6 +106,7 @@ def teacher_student(
         self_training: bool = _D.self_training,
         rounds: int = _D.rounds,
         k_sweep: list = _D.k_sweep,
+        launcher: dict = LauncherSpec().model_dump(mode="json"),
         train_cpu: str = _R.train.cpu,
         train_memory: str = _R.train.memory,
         train_gpus: int = _R.train.gpus,
@@ -140,6 +144,7 @@ def teacher_student(
         self_training: also run the self-training variant (teacher = the baseline, same architecture as the student).
         rounds: teacher/student rounds, 1-3; the student of a round is the next round's teacher.
         k_sweep: extra K values, each pre-training and fine-tuning another student (accuracy vs K).
+        launcher: where every training task trains (LauncherSpec): backend pod (its own pod), pytorchjob (a PyTorchJob: workers, nproc_per_node, gpus_per_node, cpu, memory, elastic_min/max, namespace; needs workdir on the store) or torchrun (the launcher's local backend, what kfp.local runs).
     """
     imports = {name: import_data(source=src_kind, src=src, root=data_root, name=name, split=split)
                .set_display_name(f"import {name}")
@@ -164,14 +169,14 @@ def teacher_student(
     data["pool"] = dd.outputs["deduped"]  # score, select and the report read the deduplicated pool
     p = dict(seed=seed, student=student, finetune=finetune, top_p=top_p, k=k, strategy=strategy,
              k_law=k_law, threshold=threshold, use_logits=use_logits, workdir=workdir,
-             score_workers=score_workers)
+             score_workers=score_workers, launcher=launcher)
 
     base = train(data=data["labelled"], recipe=baseline, seed=seed,
-                 checkpoints=workdir).set_display_name("train supervised baseline")
+                 checkpoints=workdir, launcher=launcher).set_display_name("train supervised baseline")
     base_eval = evaluate(model=base.outputs["model"], data=data["test"],
                          name="supervised baseline").set_display_name("evaluate baseline")
     teach = train(data=data["labelled"], recipe=teacher, seed=seed,
-                  checkpoints=workdir).set_display_name("train teacher")
+                  checkpoints=workdir, launcher=launcher).set_display_name("train teacher")
     teach_eval = evaluate(model=teach.outputs["model"], data=data["test"],
                           name="teacher").set_display_name("evaluate teacher")
     r1 = _round("round 1", teach.outputs["model"], data, p)
@@ -221,6 +226,7 @@ def arguments(cfg: DemoConfig, out: str, local: bool = True, profile: str = "cpu
                 dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
                 dedup_threshold=cfg.dedup.threshold,
                 self_training=cfg.self_training, rounds=cfg.rounds, k_sweep=list(cfg.k_sweep),
+                launcher=cfg.launcher.model_dump(mode="json"),
                 **PROFILES[profile].parameters())
 
 

@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--experiment", default="semisup", help="experiment name (created if absent)")
     submit.add_argument("--run-name", help="default: <pipeline>-seed<seed>")
     submit.add_argument("--profile", default="cpu", help="what each task requests: cpu (default) "
-                        "or gpu (one GPU per train/score/embed task, on the tainted GPU nodes): "
+                        "gpu (one GPU per train/score/embed task, on the tainted GPU nodes) or "
+                        "gpu-launcher (train tasks only wait on their PyTorchJob): "
                         "pipelines/resources.py; the amounts are run parameters (KFP UI)")
     _add_config_args(submit)
     submit.set_defaults(func=_run_submit)

@@ -22,7 +22,7 @@ from semisup_core.dedup import DedupSpec
 from semisup_core.demo_report import entries_from_results, format_table, write_report
 from semisup_core.teacher_student import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
                                           run_teacher_student)
-from semisup_core.train.config import TrainRecipe
+from semisup_core.train.config import LauncherSpec, TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,10 @@ class DemoConfig(StageConfig):
                                description="extra K values for the accuracy-vs-K plot (each "
                                "pre-trains and fine-tunes a student); at least one: kfp.local "
                                "2.17 cannot run an empty ParallelFor")
+    launcher: LauncherSpec = Field(default_factory=LauncherSpec, description="where the "
+                                   "pipeline's training tasks train: in their pod, or through "
+                                   "the PyTorchJob launcher (the pipeline only; --in-process "
+                                   "trains in this process)")
 
 
 def prepare_data(cfg: DemoConfig) -> dict[str, str]:

@@ -9,8 +9,8 @@ from components import image
 @dsl.component(base_image=image("train"), install_kfp_package=False)
 def train(data: Input[Dataset], recipe: dict, model: Output[Model], seed: int = 0,
           init_from: Input[Model] = None, inferred: Input[Dataset] = None,
-          checkpoints: str = ""):
-    """Train one model on labelled shards (one process; multi-node runs use the PyTorchJob launcher).
+          checkpoints: str = "", launcher: dict = {}):
+    """Train one model on labelled shards, in this pod or through the PyTorchJob launcher.
 
     Args:
         data: the dataset to train on (a split output, or a select step's selected set).
@@ -22,10 +22,14 @@ def train(data: Input[Dataset], recipe: dict, model: Output[Model], seed: int = 
         inferred: the selected set, added to data when recipe.labels is 'inferred'.
         checkpoints: store URI for step checkpoints, so a restarted step resumes
             ('' = inside the output artifact, which does not survive a pod restart).
+        launcher: where it trains (LauncherSpec): backend pod (this pod, one process),
+            pytorchjob (a PyTorchJob through the training operator: workers, nproc_per_node,
+            gpus_per_node, cpu, memory, elastic_min/max, namespace; checkpoints must be a
+            store URI) or torchrun (the launcher's local backend); {} = pod.
 
     Returns:
         model: the trained model (model.safetensors, state.json, metrics.json).
     """
     from components.train.runner import run
     run(data=data, recipe=recipe, model=model, seed=seed, init_from=init_from, inferred=inferred,
-        checkpoints=checkpoints)
+        checkpoints=checkpoints, launcher=launcher)

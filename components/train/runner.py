@@ -9,6 +9,7 @@ from semisup_core import config, storage
 from semisup_core.errors import ConfigError
 from semisup_core.teacher_student import FinetuneSpec
 from semisup_core.train import TrainConfig, train
+from semisup_core.train.config import LauncherSpec
 
 from components.artifacts import dataset_uri, integral, location
 
@@ -26,14 +27,33 @@ def _arch(model_dir: str) -> dict:
     return {"model": spec["name"], "model_kwargs": spec["kwargs"]}
 
 
+def _launch(cfg: TrainConfig, spec: LauncherSpec, task_out: str) -> dict:
+    """Train ``cfg`` through the PyTorchJob launcher (semisup.pytorchjob, as the pytorchjob
+    component does) and wait; returns the run's summary metrics."""
+    from semisup.pytorchjob import JobSpec, run as run_job
+    if spec.backend == "pytorchjob" and storage.is_local(cfg.out):
+        raise ConfigError("launcher.backend=pytorchjob needs checkpoints on s3:// or minio:// "
+                          f"(the job's pods write the model there, not to {cfg.out})")
+    # one job per task execution: the run's directory and this task's output artifact
+    name = "train-" + hashlib.sha256(f"{cfg.out}|{task_out}".encode()).hexdigest()[:12]
+    job = JobSpec(name=name, namespace=spec.namespace, train=cfg.model_dump(mode="json"),
+                  workers=spec.workers, nproc_per_node=spec.nproc_per_node,
+                  gpus_per_node=spec.gpus_per_node, cpu=spec.cpu, memory=spec.memory,
+                  elastic_min=spec.elastic_min or None, elastic_max=spec.elastic_max or None)
+    run_job(job, "kubernetes" if spec.backend == "pytorchjob" else "local")
+    return dict(storage.read_json(storage.join(cfg.out, "metrics.json")), job=name)
+
+
 def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
-        checkpoints: str = "") -> dict:
+        checkpoints: str = "", launcher: dict | None = None) -> dict:
     """Train on ``data`` with ``recipe`` (a TrainRecipe, or a FinetuneSpec with ``init_from``).
 
     Fine-tuning takes the architecture of ``init_from``; ``enabled: false`` passes that model
     through unchanged (the paper's no-fine-tuning ablation) and ``labels: inferred`` adds the
-    selected set ``inferred`` to the training data.
+    selected set ``inferred`` to the training data. ``launcher`` (a LauncherSpec) says where
+    it trains: in this process (``pod``) or through the PyTorchJob launcher.
     """
+    spec_launch = config.build(LauncherSpec, integral(launcher or {}), "launcher")
     out = location(model)
     data = [dataset_uri(data)]
     recipe = dict(recipe, model_kwargs=integral(recipe.get("model_kwargs", {})))
@@ -55,10 +75,12 @@ def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
     key = hashlib.sha256(json.dumps([fields, list(data), init], sort_keys=True,
                                     default=str).encode()).hexdigest()[:16]
     run_dir = storage.join(checkpoints, f"train-{key}") if checkpoints else out
-    summary = train(config.build(TrainConfig, dict(fields, out=run_dir, init_from=init,
-                                                   data={"train": list(data)}), "train component"))
+    cfg = config.build(TrainConfig, dict(fields, out=run_dir, init_from=init,
+                                         data={"train": list(data)}), "train component")
+    summary = train(cfg) if spec_launch.backend == "pod" else _launch(cfg, spec_launch, out)
     if checkpoints:
         _copy_model(run_dir, out)
     model.metadata.update(model=fields["model"], model_kwargs=fields.get("model_kwargs", {}),
-                          steps=summary.get("steps"), fine_tuned=init is not None)
+                          steps=summary.get("steps"), fine_tuned=init is not None,
+                          backend=spec_launch.backend, job=summary.get("job", ""))
     return summary

@@ -86,3 +86,25 @@ class TrainConfig(TrainRecipe):
                                                     "a head of another shape starts fresh")
     fail_at_step: int | None = Field(
         None, description="testing aid: raise after this step to simulate a crash")
+
+
+class LauncherSpec(StageConfig):
+    """Where a pipeline's training tasks train: in their own pod (one process), or through the
+    PyTorchJob launcher (``semisup.pytorchjob``), which the task then waits on.
+
+    ``pytorchjob`` creates a PyTorchJob (Master + ``workers`` Worker pods, ``nproc_per_node``
+    processes and ``gpus_per_node`` GPUs each, elastic between ``elastic_min`` and
+    ``elastic_max`` nodes when both are set); ``torchrun`` is the launcher's local backend: the
+    same entrypoint under torchrun on the task's own machine (what kfp.local runs)."""
+
+    backend: Literal["pod", "pytorchjob", "torchrun"] = Field(
+        "pod", description="pod (train in the task's pod) | pytorchjob (a PyTorchJob through the "
+                           "training operator) | torchrun (the launcher's local backend)")
+    workers: int = Field(0, ge=0, description="Worker pods besides the Master (nodes - 1)")
+    nproc_per_node: int = Field(1, ge=1, description="processes per pod (GPUs per node; 1-2 on CPU)")
+    gpus_per_node: int = Field(0, ge=0, description="nvidia.com/gpu per job pod (0: a CPU job)")
+    cpu: str = Field("2", description="CPU request and limit per job pod")
+    memory: str = Field("8Gi", description="memory request and limit per job pod")
+    elastic_min: int = Field(0, ge=0, description="elastic: minimum nodes (0: not elastic)")
+    elastic_max: int = Field(0, ge=0, description="elastic: maximum nodes (0: not elastic)")
+    namespace: str = Field("semisup", description="namespace of the jobs")

@@ -2,6 +2,7 @@
 
 import importlib
 import inspect
+import json
 import os
 import re
 
@@ -138,11 +139,33 @@ def _ir(name: str):
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def _tasks(spec: dict):
-    """Every task of the IR, nested DAGs included: (task name, task, its component name)."""
+def _tasks(spec: dict, with_parent: bool = False):
+    """Every task of the IR, nested DAGs included: (task name, task, its component name[, the
+    DAG component it is in])."""
     for comp in [spec["root"]] + [c for c in spec["components"].values() if "dag" in c]:
         for tname, task in comp["dag"]["tasks"].items():
-            yield tname, task, task["componentRef"]["name"]
+            yield (tname, task, task["componentRef"]["name"]) + ((comp,) if with_parent else ())
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_parameter_a_task_names_reaches_its_dag(name):
+    """A task inside a ParallelFor or an If may only name parameters its sub-DAG receives
+    (kfp.local and the KFP backend fail the run otherwise); resources included."""
+    spec, _ = _ir(name)
+    executors = spec["deploymentSpec"]["executors"]
+    for tname, task, comp, parent in _tasks(spec, with_parent=True):
+        component = spec["components"][comp]
+        if "executorLabel" not in component:
+            continue
+        text = json.dumps(executors[component["executorLabel"]]["container"].get("resources", {}))
+        named = set(re.findall(r"pipelinechannel--[\w-]+", text))
+        named |= {p for p in task["inputs"].get("parameters", {}) if p.startswith("pipelinechannel--")}
+        given = set(parent.get("inputDefinitions", {}).get("parameters", {}))
+        if parent is spec["root"]:
+            given = {f"pipelinechannel--{p}" for p in given}
+        missing = {n for n in named if n not in given and "-Output" not in n
+                   and not any(n.startswith(f"pipelinechannel--{t}-") for t in parent["dag"]["tasks"])}
+        assert not missing, (tname, sorted(missing))
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
@@ -211,3 +234,17 @@ def test_a_profile_sets_every_resource_parameter(name, profile):
     else:
         assert mine["infer_gpus"] == 0
         assert not mine["gpu_tolerations"] and not mine["gpu_node_selector"]
+
+
+def test_every_training_task_takes_the_launcher_parameter():
+    """One switch for all of them: launcher.backend=pytorchjob makes every training step a
+    PyTorchJob (components/train/runner.py hands it to semisup.pytorchjob)."""
+    from semisup_core.train.config import LauncherSpec
+    spec, _ = _ir("teacher_student")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["launcher"]["defaultValue"] == LauncherSpec().model_dump(mode="json")
+    trains = [(t, task) for t, task, comp in _tasks(spec) if re.fullmatch(r"comp-train(-\d+)?", comp)]
+    assert len(trains) >= 6  # baseline, teacher, and pre-train + fine-tune per student
+    for tname, task in trains:
+        bound = task["inputs"]["parameters"]["launcher"]["componentInputParameter"]
+        assert bound in ("launcher", "pipelinechannel--launcher"), tname

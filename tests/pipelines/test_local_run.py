@@ -67,10 +67,20 @@ def test_full_variant_set(tmp_path, tiny_raw, capsys):
 
 def test_switched_off_variants(tmp_path, tiny_raw):
     """No self-training (the else branch), no distractors, fine-tuning off: the 'fine-tuned'
-    student is the pre-trained one passed through."""
+    student is the pre-trained one passed through. Every training task goes through the
+    PyTorchJob launcher (its local torchrun backend, as kfp.local runs launcher.backend
+    pytorchjob)."""
     rc, out = _run(tmp_path, tiny_raw, self_training=False, distractors=False, k_sweep=[4],
-                   finetune=dict(TINY["finetune"], enabled=False), dedup={"enabled": False})
+                   finetune=dict(TINY["finetune"], enabled=False), dedup={"enabled": False},
+                   launcher={"backend": "torchrun"})
     assert rc == 0
+    run_dir = os.path.join(out, "kfp", sorted(os.listdir(os.path.join(out, "kfp")))[-1])
+    models = [json.load(open(p))["artifacts"]["model"]["artifacts"][0]["metadata"]
+              for p in storage.list_uris(run_dir) if p.endswith("executor_output.json")
+              and os.path.basename(os.path.dirname(p)).startswith("train")]
+    trained = [m for m in models if "steps" in m]  # not a model passed through untrained
+    # baseline, teacher, the student and the K-sweep student (fine-tuning is off)
+    assert len(trained) == 4 and {m["backend"] for m in trained} == {"torchrun"}, models
     assert _metrics(out)["dedup"] == {"enabled": False}
     rows = {r["model"]: r for r in _metrics(out)["rows"]}
     assert "self-training, fine-tuned" not in rows
