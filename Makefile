@@ -29,8 +29,12 @@ VERSION ?= $(shell sed -n '/^\[project\]/,/^\[/s/^version = "\(.*\)"/\1/p' pypro
 DOCKER ?= docker
 DOCKER_BUILD_ARGS ?=
 STAGES := data select launcher evaluate train score embed dedup
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 LABELS = --label org.opencontainers.image.version=$(VERSION) \
-         --label org.opencontainers.image.revision=$(shell git rev-parse --short HEAD 2>/dev/null)
+         --label org.opencontainers.image.revision=$(COMMIT)
+# every image is tagged twice: <version> (what the manifests and components name) and
+# <version>-<commit> (which source it was built from; immutable across rebuilds of a version)
+TAGS = -t $(REGISTRY)/semisup-$(1):$(VERSION) -t $(REGISTRY)/semisup-$(1):$(VERSION)-$(COMMIT)
 
 .PHONY: images push-images image-base $(addprefix image-,$(STAGES))
 
@@ -39,11 +43,12 @@ images: $(addprefix image-,$(STAGES))
 image-base:
 	@test -n "$(VERSION)" || { echo "make: no VERSION (none in pyproject.toml)" >&2; exit 2; }
 	$(DOCKER) build --pull $(DOCKER_BUILD_ARGS) $(LABELS) \
-		-t $(REGISTRY)/semisup-base:$(VERSION) images/base
+		$(call TAGS,base) images/base
 
 $(addprefix image-,$(STAGES)): image-%: image-base
 	$(DOCKER) build $(DOCKER_BUILD_ARGS) $(LABELS) -f images/$*/Dockerfile \
-		--build-arg BASE_IMAGE=$(REGISTRY)/semisup-base:$(VERSION) -t $(REGISTRY)/semisup-$*:$(VERSION) .
+		--build-arg BASE_IMAGE=$(REGISTRY)/semisup-base:$(VERSION)-$(COMMIT) $(call TAGS,$*) .
 
 push-images: images
-	$(foreach i,base $(STAGES),$(DOCKER) push $(REGISTRY)/semisup-$(i):$(VERSION) &&) true
+	$(foreach i,base $(STAGES),$(DOCKER) push $(REGISTRY)/semisup-$(i):$(VERSION) && \
+		$(DOCKER) push $(REGISTRY)/semisup-$(i):$(VERSION)-$(COMMIT) &&) true

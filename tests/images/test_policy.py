@@ -106,17 +106,24 @@ def _make_n(*args: str) -> list[str]:
 
 
 def test_make_images_builds_and_pushes_every_image_at_one_version():
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, check=True).stdout.strip()
     lines = _make_n("images", "push-images", "VERSION=9.9.9", "REGISTRY=example.org/x")
     builds = [ln for ln in lines if " build " in f" {ln} "]
     assert "images/base" in builds[0].split(), f"the base is not built first: {builds[0]}"
-    assert "-t example.org/x/semisup-base:9.9.9" in builds[0]
+    assert "-t example.org/x/semisup-base:9.9.9 " in builds[0]
+    assert f"-t example.org/x/semisup-base:9.9.9-{commit} " in builds[0]
+    assert f"org.opencontainers.image.revision={commit}" in builds[0]
     for image in stage_images():
         build = [b for b in builds if f"-f images/{image}/Dockerfile" in b]
         assert len(build) == 1, f"make images does not build {image} once"
-        assert "--build-arg BASE_IMAGE=example.org/x/semisup-base:9.9.9" in build[0]
-        assert f"-t example.org/x/semisup-{image}:9.9.9" in build[0]
+        # a stage builds on the base of the same commit, not whatever 9.9.9 the registry holds
+        assert f"--build-arg BASE_IMAGE=example.org/x/semisup-base:9.9.9-{commit} " in build[0]
+        assert f"-t example.org/x/semisup-{image}:9.9.9 " in build[0]
+        assert f"-t example.org/x/semisup-{image}:9.9.9-{commit} " in build[0]
     pushed = re.findall(r"push (\S+)", " ".join(lines))
-    assert sorted(pushed) == sorted(f"example.org/x/semisup-{i}:9.9.9" for i in image_names())
+    assert sorted(pushed) == sorted(f"example.org/x/semisup-{i}:9.9.9{c}" for i in image_names()
+                                    for c in ("", f"-{commit}"))
 
 
 def test_make_images_defaults_to_the_release():
