@@ -1,5 +1,6 @@
 """The prod overlay's distributed MinIO on the real API server: four pods on four nodes, a
-PodDisruptionBudget that selects them and lets a drain take one at a time, a PriorityClass.
+PodDisruptionBudget that selects them, lets a drain take one, and refuses any while one is
+down (MinIO's write quorum is 3 of 4 drives), a PriorityClass.
 
 kwok plays the kubelets, so MinIO itself does not run here (tests/storage runs the real server);
 what is proven is what the control plane does with the objects: the scheduler's anti-affinity,
@@ -20,18 +21,24 @@ STORAGE_NODES = [f"kwok-store-{i}" for i in range(4)]
 SELECTOR = "app.kubernetes.io/name=minio"
 
 
+NAMESPACE = "semisup-storage-test"
+
+
 @pytest.fixture
 def storage_nodes(cluster):
     """Four more fake nodes and a volume for each MinIO drive (the loopback cluster has no
-    provisioner), deleted afterwards (other tests count the default two nodes)."""
+    provisioner), deleted afterwards (other tests count the default two nodes). Each volume
+    is reserved for its claim (``claimRef``): the prod overlay applied by test_apply leaves
+    claims of the same size pending in another namespace, which would take them otherwise."""
     core = client.CoreV1Api(cluster.api_client)
-    for name in STORAGE_NODES:
+    for i, name in enumerate(STORAGE_NODES):
         core.create_node(k8s_env.node(name, "16", "64Gi"))
         core.create_persistent_volume(client.V1PersistentVolume(
             metadata=client.V1ObjectMeta(name=f"pv-{name}"),
             spec=client.V1PersistentVolumeSpec(
                 capacity={"storage": "10Ti"}, access_modes=["ReadWriteOnce"],
                 persistent_volume_reclaim_policy="Retain",
+                claim_ref=client.V1ObjectReference(namespace=NAMESPACE, name=f"data-minio-{i}"),
                 host_path=client.V1HostPathVolumeSource(path=f"/mnt/{name}"))))
     yield STORAGE_NODES
     for name in STORAGE_NODES:
@@ -41,8 +48,8 @@ def storage_nodes(cluster):
         n.metadata.name for n in core.list_node().items} & set(STORAGE_NODES))
 
 
-def test_prod_minio_spreads_over_nodes_and_its_pdb_allows_one_eviction(cluster, storage_nodes):
-    ns = "semisup-storage-test"
+def test_prod_minio_spreads_over_nodes_and_its_pdb_keeps_three_up(cluster, storage_nodes):
+    ns = NAMESPACE
     core = client.CoreV1Api(cluster.api_client)
     docs = [d for d in in_namespace(build(kustomize_path(), "prod"), ns)
             if d["kind"] in ("Namespace", "PriorityClass", "Service", "StatefulSet",
@@ -63,7 +70,7 @@ def test_prod_minio_spreads_over_nodes_and_its_pdb_allows_one_eviction(cluster, 
                 c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
             return pods if len(ready) == 4 else None
         try:
-            pods = cluster.wait_for("4 ready MinIO pods", placed)
+            pods = cluster.wait_for("4 ready MinIO pods", placed, timeout=180)
         except BaseException:
             for p in core.list_namespaced_pod(ns, label_selector=SELECTOR).items:
                 print(p.metadata.name, p.spec.node_name, p.status.phase,
@@ -74,18 +81,31 @@ def test_prod_minio_spreads_over_nodes_and_its_pdb_allows_one_eviction(cluster, 
         assert all(p.spec.priority == pc.value for p in pods)
 
         policy = client.PolicyV1Api(cluster.api_client)
-        pdb = cluster.wait_for("the PDB's status", lambda: (lambda s: s if s and s.expected_pods == 4
-                               and s.current_healthy == 4 else None)(
-            policy.read_namespaced_pod_disruption_budget("minio", ns).status))
+        def settled():
+            status = policy.read_namespaced_pod_disruption_budget("minio", ns).status
+            return status if status and status.expected_pods == status.current_healthy == 4 else None
+        pdb = cluster.wait_for("the PDB's status", settled, timeout=120)
         assert pdb.disruptions_allowed == 1
 
         def evict(name):
             core.create_namespaced_pod_eviction(name, ns, client.V1Eviction(
                 metadata=client.V1ObjectMeta(name=name, namespace=ns)))
-        first, second = sorted(p.metadata.name for p in pods)[:2]
-        evict(first)  # a drain may take one pod: quorum (3 of 4 drives) holds
+        names = sorted(p.metadata.name for p in pods)
+        evict(names[0])  # a drain may take one pod: quorum (3 of 4 drives) holds
+        cluster.wait_for("the evicted pod's replacement", settled, timeout=120)
+        # a node lost: one pod not ready (kwok recreates an evicted pod at once, so a second
+        # eviction right after the first races it; an unready pod is what a lost node leaves)
+        down = core.read_namespaced_pod_status(names[1], ns)
+        for c in down.status.conditions:
+            if c.type in ("Ready", "ContainersReady"):
+                c.status = "False"
+        core.patch_namespaced_pod_status(names[1], ns, {"status": {"conditions": [
+            c.to_dict() for c in down.status.conditions]}})
+        cluster.wait_for("the PDB to see a pod down", lambda: (lambda st: st.current_healthy == 3
+                         and st.disruptions_allowed == 0)(
+            policy.read_namespaced_pod_disruption_budget("minio", ns).status), timeout=120)
         with pytest.raises(ApiException) as refused:
-            evict(second)  # not a second one while the first is out
+            evict(names[2])  # no drain may take a second pod while one is down
         assert refused.value.status == 429, refused.value.body
         body = refused.value.body
         assert "disruption budget" in (body.decode() if isinstance(body, bytes) else body).lower()
