@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from semisup.pytorchjob import JobSpec, run as run_job
 from semisup_core import config, storage
 from semisup_core.errors import ConfigError
 from semisup_core.teacher_student import FinetuneSpec
@@ -30,7 +31,6 @@ def _arch(model_dir: str) -> dict:
 def _launch(cfg: TrainConfig, spec: LauncherSpec, task_out: str) -> dict:
     """Train ``cfg`` through the PyTorchJob launcher (semisup.pytorchjob, as the pytorchjob
     component does) and wait; returns the run's summary metrics."""
-    from semisup.pytorchjob import JobSpec, run as run_job
     if spec.backend == "pytorchjob" and storage.is_local(cfg.out):
         raise ConfigError("launcher.backend=pytorchjob needs checkpoints on s3:// or minio:// "
                           f"(the job's pods write the model there, not to {cfg.out})")
