@@ -52,3 +52,19 @@ $(addprefix image-,$(STAGES)): image-%: image-base
 push-images: images
 	$(foreach i,base $(STAGES),$(DOCKER) push $(REGISTRY)/semisup-$(i):$(VERSION) && \
 		$(DOCKER) push $(REGISTRY)/semisup-$(i):$(VERSION)-$(COMMIT) &&) true
+
+# The images' hash locks (images/<stage>/requirements.lock, images/requirements-build.lock):
+# rerun after changing requirements.lock, images/requirements-gpu.lock or a requirements.txt.
+.PHONY: image-locks
+image-locks: setup
+	.venv/bin/python scripts/lock_images.py
+
+# Pin the base image's FROM to the digest the registry serves for its tag now
+# (python:3.11-slim-bookworm -> python:3.11-slim-bookworm@sha256:...); needs registry access.
+.PHONY: pin-base
+pin-base:
+	@ref=$$(sed -n 's/^FROM \([^@ ]*\).*/\1/p' images/base/Dockerfile); \
+	digest=$$($(DOCKER) buildx imagetools inspect "$$ref" --format '{{json .Manifest.Digest}}' | tr -d '"'); \
+	case "$$digest" in sha256:*) ;; *) echo "make pin-base: no digest for $$ref" >&2; exit 1;; esac; \
+	sed -i "s|^FROM [^ ]*|FROM $$ref@$$digest|" images/base/Dockerfile; \
+	echo "images/base/Dockerfile: FROM $$ref@$$digest"

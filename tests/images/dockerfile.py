@@ -114,11 +114,15 @@ def requirements(name: str) -> list[str]:
     return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
 
 
+def lock_file(name: str) -> Path:
+    """images/<name>/requirements.lock: the image's hash-locked packages (make image-locks)."""
+    return IMAGES_DIR / name / "requirements.lock"
+
+
 def constraints_file(name: str) -> Path:
-    """The constraints file images/<name>/Dockerfile installs with (its first ``-c``)."""
-    text = " ".join(i.args for s in stages(dockerfile(name)) for i in s.instructions
-                    if i.keyword == "RUN")
-    m = re.search(r"-c\s+(\S+)", text)
-    if not m:
-        raise ValueError(f"{dockerfile(name)}: no pip install -c <constraints>")
-    return REPO_ROOT / m.group(1)
+    """The constraints images/<name>/requirements.lock was resolved under (its
+    ``# constraints:`` line): requirements.lock, or the GPU lock for an image with faiss-gpu."""
+    for line in lock_file(name).read_text().splitlines():
+        if line.startswith("# constraints: "):
+            return REPO_ROOT / line.removeprefix("# constraints: ").strip()
+    raise ValueError(f"{lock_file(name)}: no '# constraints:' line (run make image-locks)")

@@ -9,7 +9,8 @@ from packaging.utils import canonicalize_name
 
 
 def pins(path: Path, follow: bool = True) -> dict[str, str]:
-    """canonical name -> exact version of every ``name==version`` line of ``path`` and, with
+    """canonical name -> exact version of every ``name==version`` line of ``path`` (a
+    ``--hash`` option after it is ignored) and, with
     ``follow``, of the files it includes (paths relative to the including file, as pip reads
     them).
 
@@ -17,7 +18,7 @@ def pins(path: Path, follow: bool = True) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for n, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.split("#")[0].strip()
+        line = raw.split("#")[0].split(" --hash")[0].strip()
         if not line:
             continue
         if line.startswith(("-c ", "-r ", "--constraint ", "--requirement ")):

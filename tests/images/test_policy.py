@@ -16,7 +16,8 @@ from packaging.utils import canonicalize_name
 from components import IMAGE_REPO
 from semisup_core import __version__
 from tests.images.dockerfile import (BASE, IMAGES_DIR, REPO_ROOT, constraints_file, dockerfile,
-                                     image_names, requirements, stage_images, stages)
+                                     image_names, lock_file, requirements, stage_images,
+                                     stages)
 from tests.images.pins import pins
 from tests.images.test_entrypoints import component_images
 
@@ -45,12 +46,59 @@ def test_gpu_lock_only_adds_to_requirements_lock():
 
 
 @pytest.mark.parametrize("image", stage_images())
-def test_gpu_packages_only_in_gpu_images(image):
+def test_faiss_gpu_only_with_the_gpu_lock(image):
     names = {canonicalize_name(r) for r in requirements(image)}
     gpu = constraints_file(image) == GPU_LOCK
-    assert "faiss-cpu" not in names or not gpu, f"{image}: faiss-cpu next to faiss-gpu"
-    for name in ("faiss-gpu-cu12", "nvidia-dali-cuda120"):
-        assert (name in names) == gpu, f"{image}: {name} belongs to the GPU images exactly"
+    assert "faiss-cpu" not in names, f"{image}: faiss-cpu is the dev machines' faiss"
+    assert ("faiss-gpu-cu12" in names) == gpu, (
+        f"{image}: faiss-gpu-cu12 and images/requirements-gpu.lock go together")
+
+
+HASHED = re.compile(r"([A-Za-z0-9._-]+)==(\S+) --hash=sha256:[0-9a-f]{64}")
+
+
+def _lock_lines(path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+@pytest.mark.parametrize("image", stage_images())
+def test_lock_pins_and_hashes_every_package(image):
+    lock = lock_file(image)
+    bad = [ln for ln in _lock_lines(lock) if not HASHED.fullmatch(ln)]
+    assert not bad, f"{lock.relative_to(REPO_ROOT)}: not name==version --hash=sha256:...: {bad[0]}"
+    locked = pins(lock)
+    missing = sorted({canonicalize_name(r) for r in requirements(image)} - set(locked))
+    assert not missing, f"{lock.relative_to(REPO_ROOT)} lacks {missing}: run make image-locks"
+    constraints = pins(constraints_file(image))
+    drift = sorted(f"{n}=={v} (constraints: {constraints[n]})" for n, v in locked.items()
+                   if n in constraints and constraints[n] != v)
+    assert not drift, f"{lock.relative_to(REPO_ROOT)} is stale: {drift}: run make image-locks"
+
+
+def test_build_tools_are_hashed():
+    lock = IMAGES_DIR / "requirements-build.lock"
+    bad = [ln for ln in _lock_lines(lock) if not HASHED.fullmatch(ln)]
+    assert not bad and _lock_lines(lock), f"{lock.name}: {bad}"
+
+
+@pytest.mark.parametrize("image", stage_images())
+def test_image_installs_its_own_lock_with_require_hashes(image):
+    builder = stages(dockerfile(image))[0]
+    copied = [w for i in builder.instructions if i.keyword == "COPY"
+              for w in i.args.split()[:-1] if "requirements" in w]
+    assert f"images/{image}/requirements.lock" in copied, (
+        f"images/{image}/Dockerfile copies {copied}, not images/{image}/requirements.lock")
+    others = [c for c in copied if c.startswith("images/") and c.count("/") == 2
+              and c.split("/")[1] != image]
+    assert not others, f"images/{image}/Dockerfile installs another image's packages: {others}"
+    installs = [cmd for i in builder.instructions if i.keyword == "RUN"
+                for cmd in i.args.split("&&") if "pip install" in cmd and " -r " in cmd]
+    assert installs and all("--require-hashes" in cmd for cmd in installs), (
+        f"images/{image}/Dockerfile: a pip install -r without --require-hashes: {installs}")
+    assert any("-r images/requirements.lock" in cmd for cmd in installs)
+    assert any("-r images/requirements-build.lock" in cmd for cmd in installs)
+    assert not any(re.search(r"\s-c\s", cmd) for cmd in installs), (
+        f"images/{image}/Dockerfile: constraints next to a hash lock")
 
 
 def _base_uid() -> str:
