@@ -72,10 +72,12 @@ class DemoConfig(StageConfig):
                                description="extra K values for the accuracy-vs-K plot (each "
                                "pre-trains and fine-tunes a student); at least one: kfp.local "
                                "2.17 cannot run an empty ParallelFor")
-    launcher: LauncherSpec = Field(default_factory=LauncherSpec, description="where the "
-                                   "pipeline's training tasks train: in their pod, or through "
-                                   "the PyTorchJob launcher (the pipeline only; --in-process "
-                                   "trains in this process)")
+    launcher: LauncherSpec = Field(
+        default_factory=lambda: LauncherSpec(backend="torchrun"),
+        description="where the pipeline's training tasks train; the demo goes through the "
+                    "PyTorchJob launcher's local backend (torchrun, one process: the same "
+                    "training as in the task's pod), so a local run exercises the launcher path "
+                    "a cluster run takes (--in-process trains in this process)")
 
 
 def prepare_data(cfg: DemoConfig) -> dict[str, str]:
