@@ -69,13 +69,13 @@ def names(path: Path) -> list[str]:
     return out
 
 
-def exact_pins(path: Path) -> dict[str, str]:
-    """canonical name -> version of the ``name==version`` lines of ``path`` itself (not of the
-    files it includes); ``--hash`` options are ignored."""
+def exact_pins(path: Path, text: str | None = None) -> dict[str, str]:
+    """canonical name -> version of the ``name==version`` lines of ``path`` itself (or of
+    ``text``; not of the files it includes); ``--hash`` options are ignored."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
     out = {}
-    for raw in path.read_text().splitlines():
+    for raw in (path.read_text() if text is None else text).splitlines():
         line = raw.split("#")[0].split(" --")[0].strip()
         if line and not line.startswith("-"):
             req = Requirement(line)
@@ -149,14 +149,20 @@ def image_lock_text(image: str, work: Path) -> str:
     return "\n".join(head + [f"{n}=={v} --hash=sha256:{h}" for n, v, h in rows]) + "\n"
 
 
+DEPENDENCIES_HEADER = "# what they depend on, at requirements.lock's versions (generated)"
+
+
 def build_lock_text(work: Path) -> str:
     """requirements-build.lock with the sha256 of each pinned build tool; its comments and
-    versions stay as they are (the versions of the dev .venv)."""
-    pinned = exact_pins(BUILD_LOCK)
-    rows = {n: (v, h) for n, v, h in resolve([f"{n}=={v}" for n, v in pinned.items()], [], work)
-            if n in pinned}
+    versions stay as they are (the versions of the dev .venv). What they depend on (wheel needs
+    packaging) is appended at requirements.lock's version: --require-hashes wants the whole
+    closure."""
+    own = BUILD_LOCK.read_text().split(DEPENDENCIES_HEADER)[0]  # the tools, without the
+    tools = exact_pins(BUILD_LOCK, own)                          # generated dependencies
+    rows = {n: (v, h) for n, v, h in resolve([f"{n}=={v}" for n, v in tools.items()],
+                                              [ROOT_LOCK], work)}
     lines = []
-    for raw in BUILD_LOCK.read_text().splitlines():
+    for raw in own.splitlines():
         line = raw.split("#")[0].split(" --")[0].strip()
         if not line:
             lines.append(raw)
@@ -164,6 +170,10 @@ def build_lock_text(work: Path) -> str:
         name = line.split("==")[0].strip().lower()
         version, digest = rows[name]
         lines.append(f"{name}=={version} --hash=sha256:{digest}")
+    extra = sorted(set(rows) - set(tools))
+    if extra:
+        lines.append(DEPENDENCIES_HEADER)
+        lines += [f"{n}=={rows[n][0]} --hash=sha256:{rows[n][1]}" for n in extra]
     return "\n".join(lines) + "\n"
 
 

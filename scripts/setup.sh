@@ -32,8 +32,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pipi() { .venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir "$@" >>.venv/setup.log 2>&1 \
              || { tail -n 30 .venv/setup.log; log "pip install $* failed (log: .venv/setup.log)"; exit 1; }; }
   # pip, setuptools and wheel: pip freeze leaves them out of requirements.lock; their pins are
-  # the images' build lock (torch needs setuptools >= 77, astunparse needs wheel)
-  pipi -r images/requirements-build.lock
+  # the images' build lock (torch needs setuptools >= 77, astunparse needs wheel). Its hashes
+  # are for the images (PyPI's files); here the versions only, as for requirements.lock.
+  sed 's/ --hash=[^ ]*//g' images/requirements-build.lock > .venv/build.lock
+  pipi -r .venv/build.lock
   # requirements.lock is complete (every dependency pinned), so --no-deps installs exactly it.
   big='^(nvidia-|torch==|torchvision==|triton==|cuda-toolkit==)'
   for req in $(grep -E "$big" requirements.lock); do pipi --no-deps "$req"; done

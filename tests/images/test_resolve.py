@@ -87,6 +87,13 @@ def test_hash_lock_is_the_resolution(image, work):
                              f"only in a fresh resolution {sorted(fresh - locked)[:3]}")
 
 
+def test_build_lock_is_fresh(work):
+    """The build tools' hashes, and the whole closure --require-hashes needs (wheel pulls in
+    packaging)."""
+    assert lock_images.build_lock_text(work) == BUILD_LOCK.read_text(), (
+        "images/requirements-build.lock is stale: run make image-locks")
+
+
 def test_faiss_gpu_is_unpinned_without_the_gpu_lock(work):
     """What the pin check catches: faiss-gpu-cu12 and its CUDA 12 wheels are pinned only in
     images/requirements-gpu.lock."""
