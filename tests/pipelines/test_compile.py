@@ -12,6 +12,7 @@ import yaml
 import components
 from pipelines import PIPELINES, compile_pipeline, yaml_path
 from semisup_core.demo import DemoConfig
+from semisup_core.train.config import LauncherSpec
 
 COMPONENT_MODULES = ["data", "train", "evaluate", "score", "select", "report", "workers",
                      "pytorchjob"]
@@ -72,15 +73,21 @@ def test_components_never_install_packages_at_run_time():
 
 def test_demo_config_maps_onto_every_pipeline_parameter():
     """`semisup run teacher_student --config` fills every parameter from the validated config,
-    and the pipeline's defaults are the config's defaults (one definition of the arguments)."""
+    and the pipeline's defaults are the config's defaults (one definition of the arguments),
+    but for the launcher: the pipeline's default is the stage config's (LauncherSpec: train in
+    the task's pod), the demo's trains through the launcher's local torchrun backend."""
     from pipelines import teacher_student as ts
     spec = next(yaml.safe_load_all(open(yaml_path(ts.__file__))))["root"]["inputDefinitions"]["parameters"]
     args = ts.arguments(DemoConfig(), "/abs/out")
     assert set(args) == set(spec)
     path_like = {"data_root", "workdir", "fashion_mnist", "mnist"}
     for name, value in args.items():
-        if name not in path_like:
+        if name not in path_like | {"launcher"}:
             assert spec[name]["defaultValue"] == value, name
+    stage_default = LauncherSpec().model_dump(mode="json")
+    assert LauncherSpec(**spec["launcher"]["defaultValue"]) == LauncherSpec(**stage_default)
+    assert stage_default["backend"] == "pod"
+    assert args["launcher"] == {**stage_default, "backend": "torchrun"}
 
 
 def test_arguments_follow_the_config():
