@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from tests.images.dockerfile import IMAGES_DIR, constraints_file, stage_images
-from tests.images.test_resolve import lock_images
+from tests.images.lockscript import lock_images
 
 
 def test_unknown_image_is_one_line_and_writes_nothing(capsys):

@@ -11,7 +11,6 @@ writes the locks (make image-locks).
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,18 +18,9 @@ import pytest
 from packaging.version import Version
 
 from tests.images.dockerfile import REPO_ROOT, constraints_file, lock_file, stage_images
+from tests.images.lockscript import lock_images
 from tests.images.pins import pins
 
-
-def _load_lock_images():
-    spec = importlib.util.spec_from_file_location("lock_images",
-                                                  REPO_ROOT / "scripts" / "lock_images.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lock_images = _load_lock_images()
 BUILD_LOCK = lock_images.BUILD_LOCK
 
 
