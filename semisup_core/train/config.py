@@ -18,6 +18,10 @@ class DataConfig(StageConfig):
     shuffle_buffer: int = Field(4096, ge=1, description="samples held for shuffling per reader")
     num_workers: int = Field(1, ge=0, description="DataLoader workers per rank; 1-2 on a laptop "
                                                   "(epochs under 20 steps load in-process)")
+    cache_mb: int = Field(512, ge=0, description="decode the training set once per run and keep "
+                                                 "it in memory when it fits in this many MiB "
+                                                 "(fixed-size images only; 0 = read the shards "
+                                                 "every epoch)")
     mean: float = Field(0.5, description="per-channel mean of images scaled to [0,1]")
     std: float = Field(0.5, gt=0, description="per-channel std of images scaled to [0,1]")
 

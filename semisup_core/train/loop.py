@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from semisup_core import checkpoint, config, storage
 from semisup_core.data.dataset import read_meta, require_same_classes, shard_uris
-from semisup_core.data.stream import ShardStream
+from semisup_core.data.stream import ShardStream, decode_shards
 from semisup_core.errors import ConfigError
 from semisup_core.models import create_model
 from semisup_core.train import augment, kernels
@@ -138,17 +138,42 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 SMALL_EPOCH = 20  # steps per epoch below which the data loads in the training process
 
 
+RECORD_OVERHEAD = 2048  # bytes a decoded sample holds besides its pixels (measured: ~1.8 KiB)
+
+
+def decoded_size_mb(meta: TrainSet) -> float | None:
+    """MiB the decoded training set takes in memory; None when image sizes vary."""
+    if not meta.height or not meta.width:
+        return None
+    per_sample = meta.channels * meta.height * meta.width + RECORD_OVERHEAD
+    return meta.num_samples * per_sample / 2**20
+
+
+def _cache(cfg: TrainConfig, meta: TrainSet, watchdog: Watchdog) -> dict | None:
+    """The decoded training set when it fits in ``data.cache_mb`` (see ``decode_shards``)."""
+    size = decoded_size_mb(meta)
+    if size is None or size > cfg.data.cache_mb:
+        return None
+    t0 = time.time()
+    cache = decode_shards(meta.shards, meta.channels, progress=lambda i: watchdog.beat(
+        f"decoding shard {i} of {len(meta.shards)} into memory"))
+    log.info("training set decoded into memory once (%d images, %.1f MiB, %.1f s)",
+             meta.num_samples, size, time.time() - t0)
+    return cache
+
+
 def _loader(cfg: TrainConfig, meta: TrainSet, dist: DistInfo, local_batch: int,
-            steps: int, epoch: int) -> DataLoader:
+            steps: int, epoch: int, cache: dict | None = None) -> DataLoader:
     stream = ShardStream(meta.shards, local_batch=local_batch, steps=steps, rank=dist.rank,
                          world_size=dist.world_size, seed=cfg.seed, shuffle=True,
                          shuffle_buffer=cfg.data.shuffle_buffer, split=cfg.data.split,
-                         channels=meta.channels)
+                         channels=meta.channels, cache=cache)
     stream.set_epoch(epoch)
     # a worker process starts anew every epoch (fork, shards reopened, shuffle buffer refilled:
-    # ~25 ms a step over the demo's 7-step epochs); under SMALL_EPOCH steps, load in-process.
+    # ~25 ms a step over the demo's 7-step epochs); under SMALL_EPOCH steps, or when the data
+    # is decoded in memory already (a worker would only stack tensors), load in-process.
     # The batches are the same either way (the order depends on seed and epoch only).
-    workers = cfg.data.num_workers if steps >= SMALL_EPOCH else 0
+    workers = cfg.data.num_workers if steps >= SMALL_EPOCH and cache is None else 0
     return DataLoader(stream, batch_size=local_batch, num_workers=workers,
                       pin_memory=dist.device.type == "cuda", drop_last=False)
 
@@ -162,6 +187,7 @@ def _model_spec(cfg: TrainConfig, meta: TrainSet) -> dict:
 
 # fields that may change between a run and its resumption without changing its result
 _RESUMABLE = {"fail_at_step", "threads", "checkpoint", "amp", "check_kernels", "stall_timeout_s"}
+_RESUMABLE_DATA = ("num_workers", "cache_mb")  # how the data is read, not what
 
 
 def _check_same_run(cfg: TrainConfig) -> None:
@@ -171,8 +197,9 @@ def _check_same_run(cfg: TrainConfig) -> None:
         return
     old = {k: v for k, v in config.read_yaml(uri).items() if k not in _RESUMABLE}
     new = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUMABLE}
-    old.get("data", {}).pop("num_workers", None)
-    new.get("data", {}).pop("num_workers", None)
+    for key in _RESUMABLE_DATA:
+        old.get("data", {}).pop(key, None)
+        new.get("data", {}).pop(key, None)
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
         raise ConfigError(f"{cfg.out} holds a run with a different config ({', '.join(diff)} "
@@ -196,7 +223,7 @@ class Trainer:
         self.peak_lr = scaled_lr(cfg.optim, cfg.batch_size)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
-        self.step, self.history, self._checked = 0, [], False
+        self.step, self.history, self._checked, self.cache = 0, [], False, None
         _check_same_run(cfg)
         if cfg.checkpoint.resume:
             self._resume()
@@ -260,7 +287,7 @@ class Trainer:
     def _run_epoch(self, epoch: int, bar, watchdog: Watchdog) -> None:
         start_in_epoch = self.step - epoch * self.steps_per_epoch
         loader = _loader(self.cfg, self.meta, self.dist, self.local_batch,
-                         self.steps_per_epoch, epoch)
+                         self.steps_per_epoch, epoch, self.cache)
         self.model.train()
         loss_sum, n = torch.zeros((), device=self.dist.device), 0
         for i, (images, labels, _keys) in enumerate(loader):
@@ -286,6 +313,8 @@ class Trainer:
                    unit="step", disable=not self.dist.is_main, mininterval=2.0)
         with Watchdog("train", cfg.stall_timeout_s,
                       "raise stall_timeout_s if one step really takes this long") as watchdog:
+            if self.step < self.total_steps:
+                self.cache = _cache(cfg, self.meta, watchdog)
             watchdog.beat(f"step {self.step + 1} of {self.total_steps} (loading data)")
             while self.step < self.total_steps:
                 self._run_epoch(self.step // self.steps_per_epoch, bar, watchdog)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from semisup_core.data.dataset import read_meta, shard_uris
-from semisup_core.data.stream import ShardStream
+from semisup_core.data.stream import ShardStream, decode_shards
 
 
 def _keys(shards, **kw) -> list[str]:
@@ -74,3 +74,19 @@ def test_images_and_labels_are_decoded(blocks_dataset):
                                               shuffle=False)))
     assert image.dtype == torch.uint8 and image.shape == (1, 28, 28)
     assert label == int(key.split("-")[1]) % 4
+
+
+def test_a_decoded_cache_yields_the_same_samples_in_the_same_order(blocks_dataset):
+    shards = shard_uris(blocks_dataset)
+    cache = decode_shards(shards, 1)
+    assert list(cache) == shards and sum(map(len, cache.values())) == 256
+    for kw in (dict(split="samples", world_size=2, rank=1), dict(split="shards", world_size=2, rank=0),
+               dict(split="shards", shuffle=False, steps=None)):
+        kw = dict(dict(local_batch=8, steps=9, seed=4), **kw)
+        for epoch in (0, 1):
+            plain, cached = ShardStream(shards, **kw), ShardStream(shards, cache=cache, **kw)
+            plain.set_epoch(epoch)
+            cached.set_epoch(epoch)
+            a, b = list(plain), list(cached)
+            assert [k for *_, k in a] == [k for *_, k in b] and len(a) > 0
+            assert all(torch.equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))

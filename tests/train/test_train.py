@@ -136,9 +136,57 @@ def test_small_epochs_load_in_process_with_the_same_batches(tmp_path, blocks_dat
     from semisup_core.train import loop
     assert 256 // 32 < loop.SMALL_EPOCH
     cfg = _cfg(tmp_path / "inproc", blocks_dataset, epochs=1)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 1})})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 1,
+                                                                     "cache_mb": 0})})
     train(cfg)
     monkeypatch.setattr(loop, "SMALL_EPOCH", 0)
     train(cfg.model_copy(update={"out": str(tmp_path / "worker")}))
     a, b = _weights(tmp_path / "inproc"), _weights(tmp_path / "worker")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_small_training_set_is_decoded_once_with_the_same_weights(tmp_path, blocks_dataset,
+                                                                    monkeypatch):
+    """Under data.cache_mb the shards are read and decoded once per run, not once per epoch;
+    the batches, and so the weights, are bit-identical to reading the shards every epoch
+    (through a worker process, on epochs long enough to use one)."""
+    from semisup_core.data import stream
+    from semisup_core.train import loop
+    reads: list[str] = []
+    real = stream.iter_shard
+    monkeypatch.setattr(stream, "iter_shard", lambda uri: reads.append(uri) or real(uri))
+    monkeypatch.setattr(loop, "SMALL_EPOCH", 0)  # 8-step epochs: a worker process when uncached
+    base = _cfg(tmp_path / "shards", blocks_dataset, epochs=3)
+
+    def run(name, cache_mb, workers):
+        reads.clear()
+        data = base.data.model_copy(update={"cache_mb": cache_mb, "num_workers": workers})
+        train(base.model_copy(update={"out": str(tmp_path / name), "data": data}))
+        return list(reads)
+    shards = 8
+    assert len(run("shards", 0, 0)) >= 3 * shards  # every epoch reads every shard (or more)
+    run("shards-worker", 0, 1)  # (the worker's reads happen in its own process)
+    cached = run("cached", 1, 1)
+    assert len(cached) == len(set(cached)) == shards  # once per run
+    a = _weights(tmp_path / "shards")
+    for other in ("shards-worker", "cached"):
+        b = _weights(tmp_path / other)
+        assert all(torch.equal(a[k], b[k]) for k in a), other
+
+
+def test_the_cache_is_skipped_when_the_set_does_not_fit(tmp_path, blocks_dataset):
+    from semisup_core.train import loop
+    meta = loop.training_set(blocks_dataset)  # 256 images of 1 x 28 x 28
+    assert loop.decoded_size_mb(meta) == pytest.approx(256 * (784 + loop.RECORD_OVERHEAD) / 2**20)
+    cfg = _cfg(tmp_path / "x", blocks_dataset)
+
+    class Beats:
+        def beat(self, _msg):
+            pass
+    for cache_mb, used in ((0, False), (1, True)):
+        data = cfg.data.model_copy(update={"cache_mb": cache_mb})
+        got = loop._cache(cfg.model_copy(update={"data": data}), meta, Beats())
+        assert (got is not None) == used
+    varied = loop.TrainSet(meta.classes, meta.channels, meta.num_samples, meta.shards, None, None)
+    assert loop.decoded_size_mb(varied) is None  # image sizes vary: never cached
+    assert loop._cache(cfg, varied, Beats()) is None
