@@ -27,13 +27,16 @@ log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"step-(\d{8})/state\.json$")
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model under DDP and ``objectives.Features`` wrappers (what checkpoints hold)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 def save_weights(model: torch.nn.Module, uri: str) -> None:
     """Write the model's state dict as safetensors (contiguous CPU copies)."""
-    sd = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     storage.put_bytes(uri, st_save(sd))
 
 
@@ -62,12 +65,19 @@ def _optim_from_tensors(tensors: dict, groups: list) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(out: str, step: int, model, optimizer, state: dict, keep: int = 2) -> str:
-    """Write ``out/checkpoints/step-XXXXXXXX/``; prune all but the ``keep`` newest."""
+def save_checkpoint(out: str, step: int, model, optimizer, state: dict, keep: int = 2,
+                    extra: dict[str, torch.Tensor] | None = None) -> str:
+    """Write ``out/checkpoints/step-XXXXXXXX/``; prune all but the ``keep`` newest.
+
+    ``extra``: an objective's own tensors (a memory of negatives, a memory bank), written to
+    ``extra.safetensors`` before ``state.json``, which makes the checkpoint visible."""
     ckpt = storage.join(out, "checkpoints", f"step-{step:08d}")
     save_weights(model, storage.join(ckpt, "model.safetensors"))
     tensors, groups = _optim_to_tensors(optimizer)
     storage.put_bytes(storage.join(ckpt, "optim.safetensors"), st_save(tensors))
+    if extra:
+        storage.put_bytes(storage.join(ckpt, "extra.safetensors"), st_save(
+            {k: v.detach().cpu().contiguous() for k, v in extra.items()}))
     storage.write_json(storage.join(ckpt, "state.json"),
                        dict(state, step=step, optim_param_groups=groups))
     _prune(out, keep)
@@ -93,18 +103,24 @@ def latest(out: str) -> tuple[int, str] | None:
 def _prune(out: str, keep: int) -> None:
     for _, ckpt in list_checkpoints(out)[:-keep]:
         # state.json first: a half-pruned checkpoint is then invisible, never half-valid
-        for name in ("state.json", "model.safetensors", "optim.safetensors"):
+        for name in ("state.json", "model.safetensors", "optim.safetensors", "extra.safetensors"):
             storage.delete(storage.join(ckpt, name))
 
 
 def restore(ckpt: str, model, optimizer=None) -> dict:
     """Load weights (and optimizer state) from a checkpoint dir; returns its state.json."""
     state = storage.read_json(storage.join(ckpt, "state.json"))
-    _unwrap(model).load_state_dict(load_weights(storage.join(ckpt, "model.safetensors")))
+    unwrap(model).load_state_dict(load_weights(storage.join(ckpt, "model.safetensors")))
     if optimizer is not None:
         tensors = st_load(storage.get_bytes(storage.join(ckpt, "optim.safetensors")))
         optimizer.load_state_dict(_optim_from_tensors(tensors, state["optim_param_groups"]))
     return state
+
+
+def load_extra(ckpt: str) -> dict[str, torch.Tensor]:
+    """The ``extra`` tensors of a checkpoint (empty when it has none)."""
+    uri = storage.join(ckpt, "extra.safetensors")
+    return load_weights(uri) if storage.exists(uri) else {}
 
 
 def save_final(out: str, model, state: dict) -> None:

@@ -45,13 +45,30 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenovic et al. 2018): ``mean(x^p)^(1/p)`` over H x W;
+    p=1 is average pooling, p -> inf max pooling; SSCD uses a fixed p=3."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p, self.eps = p, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: N x C x H x W (after a ReLU, so >= 0) -> N x C
+        return x.clamp_min(self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
 class SmallResNet(nn.Module):
     """ResNet for small images; ``depth`` blocks per stage, base width ``width``,
-    ``norm`` "batch" or "group"."""
+    ``norm`` "batch" or "group"; ``pool`` "avg" or "gem", and ``embed_dim`` > 0 adds a linear
+    layer after the pooling (the features are then ``embed_dim`` wide)."""
 
     def __init__(self, num_classes: int, in_chans: int = 1, width: int = 16, depth: int = 1,
-                 dropout: float = 0.0, norm: str = "batch"):
+                 dropout: float = 0.0, norm: str = "batch", pool: str = "avg",
+                 embed_dim: int = 0):
         super().__init__()
+        if pool not in ("avg", "gem"):
+            raise ValueError(f"pool must be 'avg' or 'gem', got {pool!r}")
         self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, 1, 1, bias=False),
                                   make_norm(norm, width), nn.ReLU(inplace=True))
         stages, cin = [], width
@@ -62,9 +79,11 @@ class SmallResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             cin = cout
         self.stages = nn.Sequential(*stages)
-        self.feature_dim = cin
+        self.pool = GeM() if pool == "gem" else None
+        self.embed = nn.Linear(cin, embed_dim) if embed_dim else None
+        self.feature_dim = embed_dim or cin
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = nn.Linear(self.feature_dim, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -74,7 +93,9 @@ class SmallResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         # x: N x C x H x W -> N x feature_dim
-        return self.stages(self.stem(x)).mean(dim=(2, 3))
+        f = self.stages(self.stem(x))  # N x 4w x H/4 x W/4
+        f = self.pool(f) if self.pool is not None else f.mean(dim=(2, 3))
+        return self.embed(f) if self.embed is not None else f
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.forward_features(x)))  # N x num_classes

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from semisup_core.config import StageConfig
+from semisup_core.train.objectives import ContrastiveConfig, Objective
 
 
 class DataConfig(StageConfig):
@@ -27,6 +28,8 @@ class DataConfig(StageConfig):
 
 
 class AugmentConfig(StageConfig):
+    """The supervised objective's augmentation (a contrastive one has its views recipe)."""
+
     crop_padding: int = Field(2, ge=0, description="random-crop padding in pixels (2 for 28x28)")
     hflip: bool = Field(True, description="random horizontal flips (off for digits/text)")
 
@@ -57,6 +60,10 @@ class TrainRecipe(StageConfig):
 
     model: str = Field("small_resnet8", description="a name from `semisup models`")
     model_kwargs: dict = Field(default_factory=dict, description="extra model args, e.g. width")
+    objective: Objective = Field("supervised", description="supervised (cross-entropy on labels) "
+                                 "| contrastive (two views per image, train/objectives.py)")
+    contrastive: ContrastiveConfig | None = Field(
+        None, description="the contrastive objective's settings (null: its defaults)")
     epochs: float = Field(10, gt=0, description="passes over the training set")
     batch_size: int = Field(128, ge=1, description="GLOBAL batch, split evenly across ranks")
     seed: int = 0
@@ -76,6 +83,8 @@ class TrainRecipe(StageConfig):
                                                           "step finishes for this long (0 = off)")
     @model_validator(mode="after")
     def _check(self):
+        if self.objective == "contrastive" and self.contrastive is None:
+            self.contrastive = ContrastiveConfig()
         if self.optim.schedule == "step" and any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError("optim.milestones must be fractions in (0, 1)")
         return self

@@ -61,3 +61,13 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (L x ...) of every rank, concatenated in rank order (world*L x ...); gradients
+    flow back to each rank's own ``x`` (torch.distributed.nn's all_gather sums them in the
+    backward pass). Identity when not distributed."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+        return torch.cat(all_gather(x), 0)
+    return x

@@ -1,7 +1,7 @@
 """The one training loop every training stage uses.
 
-SGD + Nesterov, warm-up then cosine/step decay, LR scaled with the global batch,
-AMP on GPU, DDP under torchrun (gloo on CPU, NCCL on GPU), checkpoints to the store
+SGD + Nesterov, warm-up then cosine/step decay, LR scaled with the global batch, an
+objective per stage (``objectives.py``: supervised cross-entropy, contrastive), AMP on GPU, DDP under torchrun (gloo on CPU, NCCL on GPU), checkpoints to the store
 every N steps, and exact resume from the newest one: the data order and the
 augmentation of step ``s`` depend only on ``(seed, s)``, so a run that crashed and
 resumed ends with the same weights as one that did not.
@@ -27,9 +27,11 @@ from semisup_core.data.dataset import read_meta, require_same_classes, shard_uri
 from semisup_core.data.stream import ShardStream, decode_shards
 from semisup_core.errors import ConfigError
 from semisup_core.models import create_model
-from semisup_core.train import augment, kernels
+from semisup_core.train import augment, kernels, views
 from semisup_core.train.config import TrainConfig
 from semisup_core.train.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+from semisup_core.train.objectives import (Features, NegativeMemory, contrastive_loss,
+                                           freeze_unreached)
 from semisup_core.train.schedule import lr_factor, scaled_lr
 from semisup_core.watchdog import Watchdog
 
@@ -56,15 +58,16 @@ class TrainSet:
         return len(self.classes)
 
 
-def training_set(train: str | list[str]) -> TrainSet:
+def training_set(train: str | list[str], need_labels: bool = True) -> TrainSet:
     """Read and check the ``dataset.json`` of every training dataset."""
     uris = [train] if isinstance(train, str) else list(train)
     if not uris:
         raise ConfigError("data.train is an empty list")
     metas = [read_meta(u) for u in uris]
     for uri, meta in zip(uris, metas):
-        if not meta.labelled:
-            raise ConfigError(f"data.train {uri} is unlabelled; train needs labels")
+        if need_labels and not meta.labelled:
+            raise ConfigError(f"data.train {uri} is unlabelled; the supervised objective needs "
+                              "labels (objective=contrastive trains without)")
         require_same_classes(metas[0], meta)
         if meta.channels != metas[0].channels:
             raise ConfigError(f"data.train {uri} has {meta.channels} channels, "
@@ -85,10 +88,26 @@ def _plan(cfg: TrainConfig, meta: TrainSet, world: int) -> tuple[int, int, int]:
     return cfg.batch_size // world, steps_per_epoch, math.ceil(cfg.epochs * steps_per_epoch)
 
 
+def head_classes(cfg: TrainConfig, meta: TrainSet) -> int:
+    """Classes of the model's head (a contrastive run keeps one it does not train)."""
+    return max(1, meta.num_classes) if cfg.objective == "contrastive" else meta.num_classes
+
+
 def build_model(cfg: TrainConfig, meta: TrainSet, dist: DistInfo) -> torch.nn.Module:
-    model = create_model(cfg.model, meta.num_classes, meta.channels, **cfg.model_kwargs)
+    """The model as training calls it: on its device and layout, for a contrastive objective
+    its normalised features (``objectives.Features``), under DDP when there are ranks."""
+    try:
+        model = create_model(cfg.model, head_classes(cfg, meta), meta.channels,
+                             **cfg.model_kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model {cfg.model} with model_kwargs {cfg.model_kwargs}: {err}") from None
     if cfg.init_from:
         _init_from(model, cfg.init_from)
+    if cfg.objective == "contrastive":
+        side = (meta.height or 32, meta.width or 32)
+        frozen = freeze_unreached(model, torch.zeros(2, meta.channels, *side))
+        log.info("contrastive: %d tensors not trained (%s)", len(frozen), ", ".join(frozen))
+        model = Features(model)
     fmt = kernels.memory_format(cfg.memory_format, dist.device)
     if cfg.sync_bn and dist.world_size > 1:
         if dist.device.type != "cuda":
@@ -120,8 +139,9 @@ def _init_from(model: torch.nn.Module, src: str) -> None:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     """SGD with Nesterov momentum; no weight decay on biases and BN parameters."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.ndim > 1]
+    no_decay = [p for p in trained if p.ndim <= 1]
     o = cfg.optim
     return torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay},
                             {"params": no_decay, "weight_decay": 0.0}],
@@ -179,7 +199,7 @@ def _loader(cfg: TrainConfig, meta: TrainSet, dist: DistInfo, local_batch: int,
 
 
 def _model_spec(cfg: TrainConfig, meta: TrainSet) -> dict:
-    return {"model": {"name": cfg.model, "num_classes": meta.num_classes,
+    return {"model": {"name": cfg.model, "num_classes": head_classes(cfg, meta),
                       "in_chans": meta.channels, "kwargs": cfg.model_kwargs},
             "classes": meta.classes, "mean": cfg.data.mean, "std": cfg.data.std,
             "image_size": [meta.height, meta.width]}
@@ -214,7 +234,7 @@ class Trainer:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.meta = training_set(cfg.data.train)
+        self.meta = training_set(cfg.data.train, need_labels=cfg.objective == "supervised")
         self.local_batch, self.steps_per_epoch, self.total_steps = _plan(
             cfg, self.meta, self.dist.world_size)
         self.memory_format = kernels.memory_format(cfg.memory_format, self.dist.device)
@@ -224,6 +244,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
         self.step, self.history, self._checked, self.cache = 0, [], False, None
+        self.stats: dict = {}  # the objective's diagnostics at the last step
+        self.memory = None
+        if cfg.objective == "contrastive" and cfg.contrastive.memory:
+            self.memory = NegativeMemory(cfg.contrastive.memory,
+                                         checkpoint.unwrap(self.model).feature_dim,
+                                         self.dist.device)
         _check_same_run(cfg)
         if cfg.checkpoint.resume:
             self._resume()
@@ -232,6 +258,8 @@ class Trainer:
         found = checkpoint.latest(self.cfg.out)
         if found:
             state = checkpoint.restore(found[1], self.model, self.optimizer)
+            if self.memory is not None:
+                self.memory.load(checkpoint.load_extra(found[1]))
             self.step, self.history = state["step"], state.get("history", [])
             log.info("resumed from %s at step %d", found[1], self.step)
 
@@ -241,17 +269,27 @@ class Trainer:
             group["lr"] = self.peak_lr * lr_factor(
                 cfg.optim, self.step, self.total_steps, self.steps_per_epoch)
         gen = augment.step_generator(cfg.seed, self.step)
-        x = augment.normalize(images.to(dev, non_blocking=True), cfg.data.mean, cfg.data.std,
-                              self.memory_format)
-        x = augment.random_crop_flip(x, cfg.augment.crop_padding, cfg.augment.hflip, gen,
-                                     cfg.batch_size, self.dist.rank * self.local_batch)
+        images, offset = images.to(dev, non_blocking=True), self.dist.rank * self.local_batch
+        if cfg.objective == "contrastive":  # both views in one forward pass: 2L x C x H x W
+            images = torch.cat(views.two_views(images.float(), cfg.contrastive.views,
+                                               cfg.contrastive.copy_views, gen, cfg.batch_size,
+                                               offset))
+        x = augment.normalize(images, cfg.data.mean, cfg.data.std, self.memory_format)
+        if cfg.objective == "supervised":
+            x = augment.random_crop_flip(x, cfg.augment.crop_padding, cfg.augment.hflip, gen,
+                                         cfg.batch_size, offset)
         x = augment.to_layout(x, self.memory_format)
         if not self._checked:  # the first batch, exactly as training sees it (layout included)
-            self._check_kernels(x, labels.to(dev))
+            self._check_kernels(x, labels.to(dev).clamp_min(0))
         torch.manual_seed(cfg.seed * 7919 + self.step * 31 + self.dist.rank)  # dropout
         with _autocast(cfg, dev):
-            loss = F.cross_entropy(self.model(x), labels.to(dev),
-                                   label_smoothing=cfg.optim.label_smoothing)
+            if cfg.objective == "contrastive":
+                loss, self.stats = contrastive_loss(
+                    self.model(x), cfg.contrastive, self.dist.rank, self.memory,
+                    self.step >= cfg.contrastive.memory_after_epochs * self.steps_per_epoch)
+            else:
+                loss = F.cross_entropy(self.model(x), labels.to(dev),
+                                       label_smoothing=cfg.optim.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -262,22 +300,27 @@ class Trainer:
         """On CPU: this model's gradients on (up to 8 of) this batch against float64."""
         self._checked = True
         if self.dist.device.type == "cpu" and self.cfg.check_kernels:
-            bare = self.model.module if isinstance(self.model, DDP) else self.model
-            kernels.check_gradients(bare, x[:8], labels[:8])
+            kernels.check_gradients(checkpoint.unwrap(self.model), x[:8], labels[:8])
 
     def _after_step(self, loss_sum: torch.Tensor, n: int, bar) -> None:
         every = max(1, min(50, self.steps_per_epoch))
         if self.step % every == 0 or self.step == self.total_steps:
             loss = all_reduce_mean(loss_sum / n).item()
             self.history.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
-                                 "loss": round(loss, 5), "lr": self.optimizer.param_groups[0]["lr"]})
+                                 "loss": round(loss, 5), "lr": self.optimizer.param_groups[0]["lr"],
+                                 **{k: round(v, 4) for k, v in self.stats.items()}})
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}")
         if self.dist.is_main and self.step % self.cfg.checkpoint.every_steps == 0:
             checkpoint.save_checkpoint(self.cfg.out, self.step, self.model, self.optimizer,
-                                       self._state(), keep=self.cfg.checkpoint.keep)
+                                       self._state(), keep=self.cfg.checkpoint.keep,
+                                       extra=self._extra())
         if self.cfg.fail_at_step is not None and self.step == self.cfg.fail_at_step:
             raise InjectedFailure(f"injected failure after step {self.step}")
+
+    def _extra(self) -> dict:
+        """The objective's tensors a checkpoint must hold for an exact resume."""
+        return self.memory.state() if self.memory is not None else {}
 
     def _state(self) -> dict:
         return dict(_model_spec(self.cfg, self.meta), history=self.history,
@@ -323,7 +366,8 @@ class Trainer:
         if self.dist.is_main and (found is None or found[0] != self.total_steps):
             # the last step is a checkpoint too: a rerun then finds the run finished
             checkpoint.save_checkpoint(cfg.out, self.step, self.model, self.optimizer,
-                                       self._state(), keep=cfg.checkpoint.keep)
+                                       self._state(), keep=cfg.checkpoint.keep,
+                                       extra=self._extra())
         result = {"steps": self.total_steps, "epochs": cfg.epochs,
                   "final_loss": self.history[-1]["loss"] if self.history else None,
                   "seconds": round(time.time() - t0, 1), "world_size": self.dist.world_size}

@@ -22,15 +22,19 @@ def _texture(c: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)[:, :, None]
 
 
-def write_blocks_dataset(uri: str, n: int, seed: int = 0, per_shard: int = 32):
-    """Four texture classes; sample i has class i % 4 (translation-invariant, like GAP nets)."""
+def write_blocks_dataset(uri: str, n: int, seed: int = 0, per_shard: int = 32,
+                         labelled: bool = True):
+    """Four texture classes; sample i has class i % 4 (translation-invariant, like GAP nets);
+    ``labelled=False``: the same images as an unlabelled pool."""
     rng = np.random.default_rng(seed)
     with ShardWriter(uri, per_shard) as w:
         for i in range(n):
             c = i % len(CLASSES)
             img = _texture(c, rng)
-            w.write(f"blocks-{i:05d}", encode_png(img), "png", c, {"source": "blocks"})
-    write_meta(uri, make_meta(uri, "blocks", CLASSES, w.shards, w.class_counts,
+            w.write(f"blocks-{i:05d}", encode_png(img), "png", c if labelled else None,
+                    {"source": "blocks"})
+    write_meta(uri, make_meta(uri, "blocks", CLASSES, w.shards,
+                              w.class_counts if labelled else None,
                               source="generated", channels=1, hw=(28, 28)))
     return uri
 
@@ -44,3 +48,10 @@ def blocks_dataset(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def blocks_test_dataset(tmp_path_factory) -> str:
     return write_blocks_dataset(str(tmp_path_factory.mktemp("blocks") / "test"), 64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def unlabelled_blocks(tmp_path_factory) -> str:
+    """The 256 images of ``blocks_dataset`` as an unlabelled pool."""
+    return write_blocks_dataset(str(tmp_path_factory.mktemp("blocks") / "pool"), 256,
+                                labelled=False)

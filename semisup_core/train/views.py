@@ -1,0 +1,136 @@
+"""Augmented views of a batch for contrastive objectives, seeded per step like ``augment``.
+
+The ``copy`` recipe teaches a descriptor what a *copy* of an image is (SSCD, Pizzi et al.
+2022, §3.2: the augmentation distribution is the definition of a copy). It covers the edits
+``dedup``'s calibration injects (``semisup_core/calibration.py``), each a little wider than
+the calibration's range so that the range's edges stay inside training:
+
+=========== ================================================ ===================================
+edit        training range (calibration's range)             how
+=========== ================================================ ===================================
+crop        0-15% cut from each side, resized back (1-10%)   affine sampling, bilinear
+translate   0-14% of the side in x and y, black fill (1-10%) affine sampling, whole pixels
+resize      down to 50-90% of the side and back (60-85%)     antialiased down, bilinear up
+photometric contrast x0.6-1.4, brightness +-40 (x0.7-1.3, 30) then clipped to [0, 255], rounded
+noise/blur  Gaussian noise sigma <= 4 grey levels, 3x3 blur  stands in for JPEG re-encoding
+=========== ================================================ ===================================
+
+No flips, rotations or SimCLR-strength crops: a 30% crop of one shirt is as much like another
+shirt as like itself, so invariance to it would erase what tells look-alikes apart.
+
+Each image gets at most one geometric edit, then the photometric one and the noise with their
+own probabilities; the first view is left as the image itself with probability ``p_clean``
+(the reference side of a real copy pair is the original). Parameters are drawn for the global
+batch from the step's generator, and each rank applies its slice, so any rank count augments
+the same image the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from semisup_core.config import StageConfig
+from pydantic import Field
+
+
+class CopyViews(StageConfig):
+    """The ``copy`` recipe's probabilities and ranges (fractions of the image side)."""
+
+    p_clean: float = Field(0.3, ge=0, le=1, description="first view left as the image itself")
+    p_crop: float = Field(0.3, ge=0, le=1)
+    p_translate: float = Field(0.3, ge=0, le=1)
+    p_resize: float = Field(0.25, ge=0, le=1, description="of the images neither cropped "
+                                                         "nor translated")
+    crop_max: float = Field(0.15, ge=0, lt=0.5, description="cut from each side, at most")
+    translate_max: float = Field(0.14, ge=0, lt=1, description="shift in x and y, at most")
+    resize_min: float = Field(0.5, gt=0, le=1, description="smallest downscale factor")
+    resize_max: float = Field(0.9, gt=0, le=1)
+    p_photometric: float = Field(0.5, ge=0, le=1)
+    contrast: float = Field(0.4, ge=0, lt=1, description="contrast x [1-c, 1+c]")
+    brightness: float = Field(40, ge=0, description="+- grey levels")
+    p_noise: float = Field(0.3, ge=0, le=1, description="Gaussian noise and a light blur")
+    noise_max: float = Field(4.0, ge=0, description="noise sigma in grey levels, at most")
+
+
+def _affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Sample ``x`` (N x C x H x W) on a grid ``scale * out + shift`` in [-1, 1] coordinates
+    (N x 2 each, x then y); outside the image is black (0)."""
+    n = x.shape[0]
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = scale[:, 0], scale[:, 1]
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _resize_back(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each image down to ``round(side * factor)`` (antialiased) and back up (bilinear)."""
+    h, w = x.shape[-2:]
+    out = x.clone()
+    sides = torch.clamp((factor * h).round().long(), min=2)
+    for side in sides.unique().tolist():  # one interpolate pair per distinct size
+        idx = (sides == side).nonzero().flatten()
+        small = F.interpolate(x[idx], size=(side, round(side * w / h)), mode="bilinear",
+                              align_corners=False, antialias=True)
+        out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
+def copy_view(x: torch.Tensor, cfg: CopyViews, gen: torch.Generator, global_batch: int,
+              offset: int, clean_p: float = 0.0) -> torch.Tensor:
+    """One edited view of ``x`` (local batch N x C x H x W, float in [0, 255]), pixel values
+    rounded to whole grey levels and clipped like a saved image. ``clean_p``: probability that
+    an image is returned unchanged."""
+    n, _, h, w = x.shape
+    g = global_batch
+
+    def draw(*shape):  # uniform [0, 1) for the global batch, this rank's slice
+        return torch.rand(g, *shape, generator=gen)[offset:offset + n].to(x.device, x.dtype)
+
+    u_family, u_clean = draw(), draw()
+    crop, trans, rs = draw(4), draw(2), draw()
+    sign = torch.where(draw(2) < 0.5, -1.0, 1.0).to(x.device, x.dtype)
+    u_photo, contrast, bright = draw(), draw(), draw()
+    u_noise, noise_sigma, noise = draw(), draw(), torch.randn(
+        g, *x.shape[1:], generator=gen)[offset:offset + n].to(x.device, x.dtype)
+
+    is_crop = u_family < cfg.p_crop
+    is_trans = (u_family >= cfg.p_crop) & (u_family < cfg.p_crop + cfg.p_translate)
+    rest = 1.0 - cfg.p_crop - cfg.p_translate
+    is_resize = (u_family >= cfg.p_crop + cfg.p_translate) & (
+        u_family < cfg.p_crop + cfg.p_translate + cfg.p_resize * max(rest, 0.0))
+    # crop: keep [l, 1-r] x [t, 1-b] of the image, stretched to the full frame
+    cut = crop * cfg.crop_max  # l, t, r, b as fractions of the side
+    scale = torch.stack([1 - cut[:, 0] - cut[:, 2], 1 - cut[:, 1] - cut[:, 3]], 1)
+    shift = torch.stack([cut[:, 0] - cut[:, 2], cut[:, 1] - cut[:, 3]], 1)
+    # translate: whole pixels, content moves by +d (the grid samples at -d)
+    pix = torch.round(trans * cfg.translate_max * torch.tensor([w, h], dtype=x.dtype,
+                                                               device=x.device)) * sign
+    step = torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype, device=x.device)
+    scale = torch.where(is_crop[:, None], scale, torch.ones_like(scale))
+    shift = torch.where(is_crop[:, None], shift, torch.where(is_trans[:, None], -pix * step,
+                                                             torch.zeros_like(shift)))
+    out = torch.where((is_crop | is_trans).view(n, 1, 1, 1), _affine(x, scale, shift), x)
+    if is_resize.any():
+        factor = cfg.resize_min + rs * (cfg.resize_max - cfg.resize_min)
+        idx = is_resize.nonzero().flatten()
+        out[idx] = _resize_back(out[idx], factor[idx])
+    a = 1 + cfg.contrast * (2 * contrast - 1)
+    b = cfg.brightness * (2 * bright - 1)
+    photo = (u_photo < cfg.p_photometric).view(n, 1, 1, 1)
+    out = torch.where(photo, out * a.view(n, 1, 1, 1) + b.view(n, 1, 1, 1), out)
+    noisy = (u_noise < cfg.p_noise).view(n, 1, 1, 1)
+    blurred = F.avg_pool2d(F.pad(out, (1, 1, 1, 1), mode="replicate"), 3, 1) * 0.25 + out * 0.75
+    out = torch.where(noisy, blurred + noise * (noise_sigma * cfg.noise_max).view(n, 1, 1, 1), out)
+    out = out.clamp(0, 255).round()
+    return torch.where((u_clean < clean_p).view(n, 1, 1, 1), x, out)
+
+
+def two_views(x: torch.Tensor, recipe: str, cfg: CopyViews, gen: torch.Generator,
+              global_batch: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views of every image of ``x`` (N x C x H x W float in [0, 255])."""
+    if recipe != "copy":
+        raise ValueError(f"unknown views recipe {recipe!r}")
+    first = copy_view(x, cfg, gen, global_batch, offset, clean_p=cfg.p_clean)
+    return first, copy_view(x, cfg, gen, global_batch, offset)
