@@ -81,3 +81,25 @@ def test_describe_lists_every_leaf_field_with_defaults():
     lines = "\n".join(config.describe(TrainConfig))
     assert "optim.lr" in lines and "per 256 images" in lines
     assert "out" in lines and "REQUIRED" in lines and "checkpoint.every_steps" in lines
+
+
+_SECTIONED = {"configs/fmnist_supervised.yaml": {"train": "train", "evaluate": "evaluate"},
+              "configs/copy_descriptor.yaml": {"train": "train", "embed_pool": "embed",
+                                               "embed_test": "embed", "dedup": "dedup"}}
+
+
+@pytest.mark.parametrize("path", sorted(_SECTIONED))
+def test_every_section_of_the_stage_config_files_loads(path):
+    """The configs read with `semisup stage <name> --section <s>`: every section validates
+    against its stage's config (a typo in a shipped file would fail only when a user runs it)."""
+    import os
+    from semisup_core.dedup import DedupConfig
+    from semisup_core.embed import EmbedConfig
+    from semisup_core.evaluate import EvaluateConfig
+    classes = {"train": TrainConfig, "evaluate": EvaluateConfig, "embed": EmbedConfig,
+               "dedup": DedupConfig}
+    full = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+    sections = _SECTIONED[path]
+    assert set(config.read_yaml(full)) == set(sections)
+    for section, stage in sections.items():
+        config.load(classes[stage], full, section=section)

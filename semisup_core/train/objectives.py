@@ -39,6 +39,10 @@ class ContrastiveConfig(StageConfig):
     views: Literal["copy"] = Field("copy", description="augmentation recipe of the two views "
                                                        "(train/views.py)")
     copy_views: CopyViews = Field(default_factory=CopyViews)
+    align_weight: float = Field(0.0, ge=0, description="weight of an alignment term, the mean "
+                                "squared distance of matching views (Wang & Isola 2020): "
+                                "InfoNCE only ranks a match above the negatives, this also "
+                                "pulls its similarity towards 1, which a global threshold needs")
     memory: int = Field(0, ge=0, description="descriptors of past batches kept as extra "
                                              "negatives (cross-batch memory; 0 = off; e.g. "
                                              "16-32 batches' worth)")
@@ -97,13 +101,14 @@ def freeze_unreached(model: nn.Module, sample: torch.Tensor) -> list[str]:
 
 def info_nce_koleo(rows: torch.Tensor, row_ids: torch.Tensor, row_pos: torch.Tensor,
                    cols: torch.Tensor, col_ids: torch.Tensor, temperature: float,
-                   koleo_weight: float) -> tuple[torch.Tensor, dict]:
+                   koleo_weight: float, align_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """The contrastive loss of ``rows`` (R x d, unit norm) against ``cols`` (M x d, unit
     norm; ``rows`` are among them at ``row_pos``): views with the same id match.
 
     For each match (i, j): ``-log(e^{s_ij/t} / (e^{s_ij/t} + sum_{k not matching i} e^{s_ik/t}))``,
     averaged over matches; KoLeo: ``-mean_i log ||z_i - z_nn(i)||`` over the nearest non-match,
-    ``||.|| = sqrt(2 - 2 s)`` on the unit sphere.
+    ``||.|| = sqrt(2 - 2 s)`` on the unit sphere; alignment: ``mean ||z_i - z_j||^2 = 2 - 2 s_ij``
+    over the matches.
     """
     sim = rows @ cols.T  # R x M
     match = row_ids[:, None] == col_ids[None, :]  # R x M, includes each row itself
@@ -118,6 +123,8 @@ def info_nce_koleo(rows: torch.Tensor, row_ids: torch.Tensor, row_pos: torch.Ten
     nearest = neg.max(dim=1).values  # R: nearest non-matching view
     koleo = -torch.log(torch.sqrt((2 - 2 * nearest).clamp_min(1e-8))).mean()
     loss = nce + koleo_weight * koleo if koleo_weight else nce
+    if align_weight:
+        loss = loss + align_weight * (2 - 2 * sim[r, c]).mean()
     stats = {"pos_sim": sim[r, c].mean().item(), "nearest_neg_sim": nearest.mean().item()}
     return loss, stats
 
@@ -142,7 +149,7 @@ def contrastive_loss(z: torch.Tensor, cfg: ContrastiveConfig, rank: int,
     row_ids = mine.repeat(2)
     row_pos = torch.cat([mine, mine + total])
     loss, stats = info_nce_koleo(z, row_ids, row_pos, torch.cat(cols), col_ids,
-                                 cfg.temperature, cfg.koleo_weight)
+                                 cfg.temperature, cfg.koleo_weight, cfg.align_weight)
     if memory is not None:
         memory.push(g1)
     return loss, stats

@@ -27,9 +27,9 @@ def _unit(n, d, seed):
     return torch.nn.functional.normalize(z, dim=1)
 
 
-def _brute(z: np.ndarray, ids: np.ndarray, t: float, lam: float) -> float:
+def _brute(z: np.ndarray, ids: np.ndarray, t: float, lam: float, align: float = 0.0) -> float:
     """The loss written out pair by pair (objectives.py docstring)."""
-    terms, koleo = [], []
+    terms, koleo, dist2 = [], [], []
     for i in range(len(z)):
         negs = [j for j in range(len(z)) if ids[j] != ids[i]]
         denom = sum(math.exp(z[i] @ z[k] / t) for k in negs)
@@ -37,9 +37,10 @@ def _brute(z: np.ndarray, ids: np.ndarray, t: float, lam: float) -> float:
             if j != i and ids[j] == ids[i]:
                 e = math.exp(z[i] @ z[j] / t)
                 terms.append(-math.log(e / (e + denom)))
+                dist2.append(float(np.sum((z[i] - z[j]) ** 2)))
         nearest = max(z[i] @ z[k] for k in negs)
         koleo.append(-math.log(math.sqrt(2 - 2 * nearest)))
-    return float(np.mean(terms) + lam * np.mean(koleo))
+    return float(np.mean(terms) + lam * np.mean(koleo) + align * np.mean(dist2))
 
 
 @pytest.mark.parametrize("lam", [0.0, 3.0])
@@ -57,10 +58,10 @@ def test_info_nce_koleo_equals_the_formula_pair_by_pair(lam):
 
 def test_contrastive_loss_of_one_rank_is_the_whole_batch():
     z = _unit(8, 4, 1)
-    cfg = ContrastiveConfig(temperature=0.1, koleo_weight=1.0)
+    cfg = ContrastiveConfig(temperature=0.1, koleo_weight=1.0, align_weight=2.0)
     loss, _ = contrastive_loss(z, cfg, rank=0)
     ids = torch.arange(4).repeat(2)
-    assert loss.item() == pytest.approx(_brute(z.numpy(), ids.numpy(), 0.1, 1.0), rel=1e-9)
+    assert loss.item() == pytest.approx(_brute(z.numpy(), ids.numpy(), 0.1, 1.0, 2.0), rel=1e-9)
 
 
 def test_memory_is_a_fifo_and_its_descriptors_are_negatives():
