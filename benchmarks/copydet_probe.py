@@ -144,9 +144,36 @@ def evaluate(embed, gallery_images: np.ndarray, n_copies: int, seed: int,
             "other_median": float(np.median(other))}
 
 
+def summary(reports: list[dict]) -> str:
+    """Mean +- std over seeds of each descriptor's recall per transform and false flags."""
+    seeds = [r["config"]["seed"] for r in reports]
+    lines = [f"Seeds {seeds} (training seed = copy-draw seed), mean ± std:", "",
+             "| descriptor | where | threshold | false flags | " + " | ".join(TRANSFORMS) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(TRANSFORMS)]
+
+    def ms(values, pct=False):
+        v = np.array(values) * (100 if pct else 1)
+        return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}" if pct else \
+            f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
+    for name in ("learned", "pixels"):
+        for where in ROWS:
+            rs = [r[name][where] for r in reports]
+            lines.append(f"| {name} | {ROWS[where]} | {ms([x['threshold'] for x in rs])} | "
+                         f"{ms([x['false_flag_rate'] for x in rs], pct=True)}% | " + " | ".join(
+                             ms([x["recall"][t] for x in rs]) for t in TRANSFORMS) + " |")
+        rs = [r[name]["test_stage"] for r in reports if "recall_at_pair_threshold" in r[name]["test_stage"]]
+        if rs:
+            lines.append(f"| {name} | test set, per-pair 0.1% threshold | "
+                         f"{ms([x['pair_threshold'] for x in rs])} | — | " + " | ".join(
+                             ms([x["recall_at_pair_threshold"][t] for x in rs]) for t in TRANSFORMS) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--summarize", nargs="+", type=Path, help="report JSON files: print the "
+                    "mean ± std table over them and exit")
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=float, default=8)
     ap.add_argument("--width", type=int, default=16)
@@ -161,6 +188,11 @@ def main() -> None:
     ap.add_argument("--align", type=float, default=0.0, help="alignment term's weight")
     ap.add_argument("--copies", type=int, default=1000)
     args = ap.parse_args()
+    if args.summarize:
+        print(summary([json.loads(p.read_text()) for p in args.summarize]))
+        return
+    if args.out is None:
+        ap.error("--out is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     t0 = time.time()
     train_all, test = idx("train-images-idx3-ubyte.gz"), idx("t10k-images-idx3-ubyte.gz")

@@ -1,10 +1,11 @@
 """The one training loop every training stage uses.
 
 SGD + Nesterov, warm-up then cosine/step decay, LR scaled with the global batch, an
-objective per stage (``objectives.py``: supervised cross-entropy, contrastive), AMP on GPU, DDP under torchrun (gloo on CPU, NCCL on GPU), checkpoints to the store
-every N steps, and exact resume from the newest one: the data order and the
-augmentation of step ``s`` depend only on ``(seed, s)``, so a run that crashed and
-resumed ends with the same weights as one that did not.
+objective per run (``objectives.py``: supervised cross-entropy, contrastive), AMP on GPU,
+DDP under torchrun (gloo on CPU, NCCL on GPU), checkpoints to the store every N steps, and
+exact resume from the newest one: the data order and the augmentation of step ``s`` depend
+only on ``(seed, s)``, so a run that crashed and resumed ends with the same weights as one
+that did not.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from semisup_core.config import StageConfig
-from pydantic import Field
 
 
 class CopyViews(StageConfig):
