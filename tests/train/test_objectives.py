@@ -27,10 +27,12 @@ def _unit(n, d, seed):
     return torch.nn.functional.normalize(z, dim=1)
 
 
-def _brute(z: np.ndarray, ids: np.ndarray, t: float, lam: float, align: float = 0.0) -> float:
-    """The loss written out pair by pair (objectives.py docstring)."""
+def _brute(z: np.ndarray, ids: np.ndarray, t: float, lam: float, align: float = 0.0,
+           rows: int | None = None) -> float:
+    """The loss written out pair by pair (objectives.py docstring); only the first ``rows``
+    vectors are anchors (the rest are columns only, like a memory's)."""
     terms, koleo, dist2 = [], [], []
-    for i in range(len(z)):
+    for i in range(len(z) if rows is None else rows):
         negs = [j for j in range(len(z)) if ids[j] != ids[i]]
         denom = sum(math.exp(z[i] @ z[k] / t) for k in negs)
         for j in range(len(z)):
@@ -74,7 +76,7 @@ def test_memory_is_a_fifo_and_its_descriptors_are_negatives():
         # brute force: the memory's rows are extra columns that match nothing
         ids = np.concatenate([np.arange(2).repeat(1).tolist() * 2, -1 - np.arange(len(before))])
         allz = np.concatenate([z.double().numpy(), before.double().numpy()])
-        want = _brute_rows(allz, ids, 4, 0.1, 0.5)
+        want = _brute(allz, ids, 0.1, 0.5, rows=4)
         assert loss.item() == pytest.approx(want, rel=1e-5)
         kept = (kept + list(z[:2]))[-5:]
         assert torch.equal(mem.negatives(), torch.stack(kept))
@@ -82,20 +84,6 @@ def test_memory_is_a_fifo_and_its_descriptors_are_negatives():
     again = NegativeMemory(5, 4, torch.device("cpu"))
     again.load(state)
     assert torch.equal(again.negatives(), mem.negatives())
-
-
-def _brute_rows(z: np.ndarray, ids: np.ndarray, rows: int, t: float, lam: float) -> float:
-    """``_brute`` over the first ``rows`` vectors only (the rest are columns only)."""
-    terms, koleo = [], []
-    for i in range(rows):
-        negs = [j for j in range(len(z)) if ids[j] != ids[i]]
-        denom = sum(math.exp(z[i] @ z[k] / t) for k in negs)
-        for j in range(len(z)):
-            if j != i and ids[j] == ids[i]:
-                e = math.exp(z[i] @ z[j] / t)
-                terms.append(-math.log(e / (e + denom)))
-        koleo.append(-math.log(math.sqrt(2 - 2 * max(z[i] @ z[k] for k in negs))))
-    return float(np.mean(terms) + lam * np.mean(koleo))
 
 
 def _images(n=16, seed=0):
