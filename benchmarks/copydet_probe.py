@@ -38,7 +38,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.dedup_probes import idx  # noqa: E402
 from semisup_core import checkpoint, config  # noqa: E402
-from semisup_core.calibration import TRANSFORMS, transform  # noqa: E402
+from semisup_core.dedup.calibration import TRANSFORMS, transform  # noqa: E402
 from semisup_core.data.dataset import make_meta, write_meta  # noqa: E402
 from semisup_core.data.decode import encode_png  # noqa: E402
 from semisup_core.data.shards import ShardWriter  # noqa: E402

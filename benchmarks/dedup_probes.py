@@ -1,7 +1,7 @@
 """Probes for issue 16's unmet calibration bar: can a hand-made descriptor find cropped and
 translated copies of Fashion-MNIST test images at a 0.1% false-positive rate?
 
-Same protocol as ``semisup_core.calibration``: 1,000 test images (seed 0) copied under its six
+Same protocol as ``semisup_core.dedup.calibration``: 1,000 test images (seed 0) copied under its six
 transforms; a copy is found when its nearest test image is its source at a similarity >= the
 threshold. Two thresholds, the two readings of "0.1% false positives" (docs/dedup.md):
 - ``img``: the false-flag rate, 0.1% of the drawn images have their nearest *other* test image
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from semisup_core.calibration import TRANSFORMS, transform  # noqa: E402
+from semisup_core.dedup.calibration import TRANSFORMS, transform  # noqa: E402
 from semisup_core.embed import _blur, pixels_descriptor  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -32,7 +32,7 @@ from semisup_core.data.dataset import make_meta, read_meta, shard_uris, write_me
 from semisup_core.data.decode import decode_image  # noqa: E402
 from semisup_core.data.shards import ShardWriter, iter_shard  # noqa: E402
 from semisup_core.models import create_model  # noqa: E402
-from semisup_core.score import ScoreConfig, score  # noqa: E402
+from semisup_core.teacher_student.score import ScoreConfig, score  # noqa: E402
 
 
 def jpeg_pool(uri: str, shards: int = 4, per_shard: int = 128, size: int = 224) -> str:

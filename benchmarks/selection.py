@@ -63,7 +63,7 @@ def _rss_mb() -> float:
 
 def child(mode: str, n_images: int, num_classes: int, p: int, k: int) -> dict:
     """One measurement in this (fresh) process; prints a JSON line."""
-    from semisup_core.topk import TopKPerClass
+    from semisup_core.teacher_student.topk import TopKPerClass
     warm = TopKPerClass(2, num_classes)  # load the compiled loops before the baseline RSS
     for cls, sc, key in blocks(1000, num_classes, p):
         warm.add(cls, sc, key)

@@ -7,7 +7,7 @@ Variants are parameters: ``self_training`` (also run the student architecture as
 teacher: the baseline scores the pool), ``strategy``, ``k``, ``top_p``, ``rounds`` (1-3: the
 student becomes the next teacher) and ``k_sweep`` (extra K values for accuracy vs K).
 
-Defaults are the demo's (semisup_core.demo.DemoConfig), so a run started from the KFP UI with
+Defaults are the demo's (semisup_core.teacher_student.demo.DemoConfig), so a run started from the KFP UI with
 no changes is the demo. Recompile after any change (a test fails on a stale YAML):
 
     .venv/bin/python -m pipelines.teacher_student          # rewrites teacher_student.yaml
@@ -30,9 +30,9 @@ from components.workers.component import worker_indices
 from pipelines import compile_main, on_platform, with_resource_docs
 from pipelines.resources import DEFAULT as _R, PROFILES
 from semisup_core import storage
-from semisup_core.dedup import DedupSpec
-from semisup_core.demo import DemoConfig
-from semisup_core.demo_report import dedup_summary, format_table
+from semisup_core.dedup.stage import DedupSpec
+from semisup_core.teacher_student.demo import DemoConfig
+from semisup_core.teacher_student.report import dedup_summary, format_table
 from semisup_core.train.config import LauncherSpec
 
 NAME = "teacher-student"

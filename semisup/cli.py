@@ -27,12 +27,12 @@ _STAGES = {
     "split": ("semisup_core.data.config:SplitConfig", "semisup_core.data.stages:run_split"),
     "train": ("semisup_core.train:TrainConfig", "semisup_core.train:train"),
     "evaluate": ("semisup_core.evaluate:EvaluateConfig", "semisup_core.evaluate:evaluate"),
-    "score": ("semisup_core.score:ScoreConfig", "semisup_core.score:score"),
-    "select": ("semisup_core.select:SelectConfig", "semisup_core.select:select"),
+    "score": ("semisup_core.teacher_student.score:ScoreConfig", "semisup_core.teacher_student.score:score"),
+    "select": ("semisup_core.teacher_student.select:SelectConfig", "semisup_core.teacher_student.select:select"),
     "embed": ("semisup_core.embed:EmbedConfig", "semisup_core.embed:embed"),
-    "dedup": ("semisup_core.dedup:DedupConfig", "semisup_core.dedup:dedup"),
-    "teacher-student": ("semisup_core.teacher_student:TeacherStudentConfig",
-                        "semisup_core.teacher_student:run_teacher_student"),
+    "dedup": ("semisup_core.dedup.stage:DedupConfig", "semisup_core.dedup.stage:dedup"),
+    "teacher-student": ("semisup_core.teacher_student.run:TeacherStudentConfig",
+                        "semisup_core.teacher_student.run:run_teacher_student"),
     "pytorchjob": ("semisup.pytorchjob:JobSpec", "semisup.pytorchjob:launch"),
 }
 _DATA_STAGES = ("import", "split")
@@ -111,7 +111,7 @@ def _run_models(args) -> int:
 
 def _run_demo(args) -> int:
     if args.in_process:
-        from semisup_core.demo import DemoConfig, run_demo
+        from semisup_core.teacher_student.demo import DemoConfig, run_demo
 
         run_demo(cfglib.load(DemoConfig, args.config, args.overrides))
         return 0

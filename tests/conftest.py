@@ -22,6 +22,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# the tiny teacher and pool of the score/select/embed/dedup tests, defined once for the session
+pytest_plugins = ["tests.pools"]
+
 # Every training path of the suite (in-process, torchrun, the launcher, kfp.local tasks, which
 # inherit the environment) runs oneDNN's AVX2 kernels, whatever this CPU has: AVX2 is what
 # every x86-64 server of the last decade runs (all AMD EPYC), and the kernels an AVX-512

@@ -93,7 +93,7 @@ def test_every_section_of_the_stage_config_files_loads(path):
     """The configs read with `semisup stage <name> --section <s>`: every section validates
     against its stage's config (a typo in a shipped file would fail only when a user runs it)."""
     import os
-    from semisup_core.dedup import DedupConfig
+    from semisup_core.dedup.stage import DedupConfig
     from semisup_core.embed import EmbedConfig
     from semisup_core.evaluate import EvaluateConfig
     classes = {"train": TrainConfig, "evaluate": EvaluateConfig, "embed": EmbedConfig,

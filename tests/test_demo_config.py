@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from semisup_core import config
-from semisup_core.demo import DemoConfig
+from semisup_core.teacher_student.demo import DemoConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,9 +1,9 @@
-"""What the dedup component runs: semisup_core.dedup, and the deduplicated pool as a reference."""
+"""What the dedup component runs: semisup_core.dedup.stage, and the deduplicated pool as a reference."""
 
 from __future__ import annotations
 
 from semisup_core import config, storage
-from semisup_core.dedup import DedupConfig, dedup
+from semisup_core.dedup.stage import DedupConfig, dedup
 
 from components.artifacts import dataset_uri, location, write_ref
 

@@ -6,7 +6,7 @@ import logging
 
 from semisup_core import storage
 from semisup_core.data.dataset import read_meta
-from semisup_core.demo_report import BASELINE, STUDENT, dedup_summary, format_table, write_report
+from semisup_core.teacher_student.report import BASELINE, STUDENT, dedup_summary, format_table, write_report
 
 from components.artifacts import dataset_uri, location
 from components.evaluate.runner import read as read_metrics

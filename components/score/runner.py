@@ -1,9 +1,9 @@
-"""What the score component runs: one worker's share of semisup_core.score."""
+"""What the score component runs: one worker's share of semisup_core.teacher_student.score."""
 
 from __future__ import annotations
 
 from semisup_core import config
-from semisup_core.score import ScoreConfig, score
+from semisup_core.teacher_student.score import ScoreConfig, score
 
 from components.artifacts import dataset_exclude, dataset_uri, location
 

@@ -1,13 +1,13 @@
 """What the select component runs: merge the scoring partials into the ranked manifest and the
-student's training set (semisup_core.select + manifest_dataset), with the oracle analysis."""
+student's training set (semisup_core.teacher_student.select + manifest_dataset), with the oracle analysis."""
 
 from __future__ import annotations
 
 from semisup_core import config, storage
-from semisup_core.analysis import selection_analysis
+from semisup_core.teacher_student.analysis import selection_analysis
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.errors import ConfigError
-from semisup_core.select import SelectConfig, read_manifest, select
+from semisup_core.teacher_student.select import SelectConfig, read_manifest, select
 
 from components.artifacts import dataset_uri, location
 

@@ -8,7 +8,7 @@ import json
 from semisup.pytorchjob import JobSpec, run as run_job
 from semisup_core import config, storage
 from semisup_core.errors import ConfigError
-from semisup_core.teacher_student import FinetuneSpec
+from semisup_core.teacher_student.run import FinetuneSpec
 from semisup_core.train import TrainConfig, train
 from semisup_core.train.config import LauncherSpec
 

@@ -2,7 +2,7 @@
 
 The ``copy`` recipe teaches a descriptor what a *copy* of an image is (SSCD, Pizzi et al.
 2022, §3.2: the augmentation distribution is the definition of a copy). It covers the edits
-``dedup``'s calibration injects (``semisup_core/calibration.py``), each a little wider than
+``dedup``'s calibration injects (``semisup_core/dedup/calibration.py``), each a little wider than
 the calibration's range so that the range's edges stay inside training:
 
 =========== ================================================ ===================================

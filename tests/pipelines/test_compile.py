@@ -11,7 +11,7 @@ import yaml
 
 import components
 from pipelines import PIPELINES, compile_pipeline, yaml_path
-from semisup_core.demo import DemoConfig
+from semisup_core.teacher_student.demo import DemoConfig
 from semisup_core.train.config import LauncherSpec
 
 COMPONENT_MODULES = ["data", "train", "evaluate", "score", "select", "report", "workers",
@@ -122,7 +122,7 @@ def test_embed_and_dedup_component_defaults_are_the_stage_configs():
 
     from components.dedup.component import dedup
     from components.embed.component import embed
-    from semisup_core.dedup import DedupConfig
+    from semisup_core.dedup.stage import DedupConfig
     from semisup_core.embed import EmbedConfig
 
     def defaults(comp):

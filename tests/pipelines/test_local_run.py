@@ -1,5 +1,5 @@
 """`semisup run teacher_student` end to end under kfp.local on tiny IDX data: every component
-runs as a subprocess, exactly as the demo does (smoke tests: correctness is tested in tests/core)."""
+runs as a subprocess, exactly as the demo does (smoke tests: correctness is tested in tests/teacher_student and tests/dedup)."""
 
 import json
 import os

@@ -18,7 +18,7 @@ import os
 from semisup_core import storage
 from semisup_core.data.split import read_oracle
 from semisup_core.report import contact_sheet, plot_accuracy_vs_k, plot_precision_by_rank, plot_recall
-from semisup_core.select import read_manifest
+from semisup_core.teacher_student.select import read_manifest
 
 BASELINE, STUDENT = "supervised baseline", "student, fine-tuned"
 #: the rows of the comparison table, in order (entries with other names are left out)

@@ -28,7 +28,7 @@ from semisup_core.config import StageConfig
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.errors import DataError
 from semisup_core.tables import read_table, write_table
-from semisup_core.topk import TopKPerClass
+from semisup_core.teacher_student.topk import TopKPerClass
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semisup_core import topk
-from semisup_core.topk import TopKPerClass, order_bits
+from semisup_core.teacher_student import topk
+from semisup_core.teacher_student.topk import TopKPerClass, order_bits
 
 
 def _brute(classes, scores, keys, k):

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from semisup_core import storage
-from semisup_core.teacher_student import TeacherStudentConfig, run_teacher_student
-from tests.core.conftest import write_pool
+from semisup_core.teacher_student.run import TeacherStudentConfig, run_teacher_student
+from tests.pools import write_pool
 from tests.train.conftest import write_blocks_dataset
 
 TINY = {"model": "small_resnet8", "model_kwargs": {"width": 8}, "batch_size": 16, "threads": 1,

@@ -19,12 +19,12 @@ from typing import Literal
 from pydantic import Field
 
 from semisup_core import config, storage
-from semisup_core.analysis import selection_analysis
+from semisup_core.teacher_student.analysis import selection_analysis
 from semisup_core.config import StageConfig
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.evaluate import EvaluateConfig, evaluate
-from semisup_core.score import ScoreConfig, score
-from semisup_core.select import SelectConfig, read_manifest, select
+from semisup_core.teacher_student.score import ScoreConfig, score
+from semisup_core.teacher_student.select import SelectConfig, read_manifest, select
 from semisup_core.train import TrainConfig, train
 from semisup_core.train.config import DataConfig, TrainRecipe
 

@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 
 from semisup_core import config, storage
-from semisup_core.calibration import transform
+from semisup_core.dedup.calibration import transform
 from semisup_core.data.dataset import make_meta, write_meta
 from semisup_core.data.decode import encode_png
 from semisup_core.data.shards import ShardWriter
-from semisup_core.dedup import DedupConfig, dedup, removed_keys
+from semisup_core.dedup.stage import DedupConfig, dedup, removed_keys
 from semisup_core.embed import EmbedConfig, embed, efficientnet_lite0, pixels_descriptor, read_embeddings
 from semisup_core.errors import ConfigError, StorageError
-from semisup_core.score import ScoreConfig, score
+from semisup_core.teacher_student.score import ScoreConfig, score
 from semisup_core.tables import read_table
 from tests.train.conftest import CLASSES, _texture
 

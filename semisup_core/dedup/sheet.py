@@ -45,7 +45,7 @@ def _rows(near: pa.Table, threshold: float, n: int) -> tuple[list[dict], list[di
 
 def contact_sheet(near: pa.Table, threshold: float, cfg, cell: int = 64) -> bytes:
     """PNG bytes of the sheet for the pairs in ``near`` (``dedup``'s nearest tables)."""
-    from semisup_core.dedup import set_name
+    from semisup_core.dedup.stage import set_name
     from semisup_core.embed import embedding_info
     closest, around = _rows(near, threshold, cfg.sheet_pairs)
     chosen = closest + around

@@ -26,7 +26,7 @@ from semisup_core.data.dataset import read_meta, shard_uris
 from semisup_core.errors import DataError
 from semisup_core.inference import ShardLoop, marker_uri, shard_name, worker_split
 from semisup_core.tables import read_table, write_table
-from semisup_core.topk import TopKPerClass
+from semisup_core.teacher_student.topk import TopKPerClass
 from semisup_core.train.augment import normalize
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _excluded(cfg: ScoreConfig) -> set[str]:
     """Pool keys that ``dedup`` removed (``exclude``: its output directory)."""
     if not cfg.exclude:
         return set()
-    from semisup_core.dedup import removed_keys
+    from semisup_core.dedup.stage import removed_keys
     return removed_keys(cfg.exclude)
 
 

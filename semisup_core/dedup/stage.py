@@ -133,7 +133,7 @@ def eval_index(cfg: DedupConfig):
 
 def dedup(cfg: DedupConfig) -> dict:
     """Find the pool's near-duplicates of the evaluation sets and write the kept pool."""
-    from semisup_core import calibration
+    from semisup_core.dedup import calibration
     if cfg.threshold is None and not cfg.calibrate:
         raise ConfigError("threshold: null needs calibrate: true (or give a threshold)")
     config.save(cfg, cfg.out)
@@ -188,7 +188,7 @@ def dedup(cfg: DedupConfig) -> dict:
     kept = pa.concat_tables(kept) if kept else pa.table({"key": pa.array([], pa.string()),
                                                          "shard": pa.array([], pa.string())})
     write_table(storage.join(cfg.out, "manifest.parquet"), kept)
-    from semisup_core.dedup_sheet import contact_sheet
+    from semisup_core.dedup.sheet import contact_sheet
     sheet = contact_sheet(near, threshold, cfg)
     storage.put_bytes(storage.join(cfg.out, "contact_sheet.png"), sheet)
     per_set = {s: int(c) for s, c in zip(*np.unique(np.array(pairs["eval_set"].to_pylist(), object)

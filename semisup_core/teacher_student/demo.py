@@ -18,9 +18,9 @@ from semisup_core.config import StageConfig, save
 from semisup_core.data.config import ImportConfig, SplitConfig
 from semisup_core.data.stages import run_import, run_split
 from semisup_core.data.dataset import read_meta
-from semisup_core.dedup import DedupSpec
-from semisup_core.demo_report import entries_from_results, format_table, write_report
-from semisup_core.teacher_student import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
+from semisup_core.dedup.stage import DedupSpec
+from semisup_core.teacher_student.report import entries_from_results, format_table, write_report
+from semisup_core.teacher_student.run import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
                                           run_teacher_student)
 from semisup_core.train.config import LauncherSpec, TrainRecipe
 

@@ -1,4 +1,5 @@
-"""A tiny teacher and an unlabelled pool for the score/select tests."""
+"""A tiny teacher and an unlabelled pool (score, select, embed, dedup tests), as a pytest plugin:
+tests/conftest.py registers it once, so the session-scoped teacher is trained once."""
 
 from __future__ import annotations
 

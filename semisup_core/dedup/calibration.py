@@ -76,7 +76,7 @@ def transform(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarra
 def _draw(dataset: str, keys: np.ndarray, shards: np.ndarray, n: int, rng
           ) -> tuple[list[str], list[np.ndarray]]:
     """A seeded draw of ``n`` of ``keys`` (in shards ``shards``) and their decoded images."""
-    from semisup_core.dedup_sheet import read_images
+    from semisup_core.dedup.sheet import read_images
     pick = rng.choice(len(keys), min(n, len(keys)), replace=False)
     wanted: dict[str, set[str]] = {}
     for i in pick:
@@ -109,7 +109,7 @@ def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
               eval_shards: np.ndarray) -> dict:
     """The calibration of ``dedup`` (module doc); ``index`` holds the evaluation vectors in the
     order of ``eval_keys`` (of the sets ``eval_sets``); the copies are of the first set's."""
-    from semisup_core.dedup import set_name
+    from semisup_core.dedup.stage import set_name
     rng = np.random.default_rng(cfg.seed)
     info = embedding_info(cfg.eval_sets[0])
     dataset = info["dataset"]

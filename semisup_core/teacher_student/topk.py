@@ -31,8 +31,8 @@ import mmap
 
 import numpy as np
 
-from semisup_core import topk_kernels as kern
-from semisup_core import topk_packed as packed
+from semisup_core.teacher_student import topk_kernels as kern
+from semisup_core.teacher_student import topk_packed as packed
 
 _PREALLOC = 1 << 31  # arena rows * bytes up to which every segment is laid out at once
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from semisup_core.topk_kernels import NEVER, OK, SIGN, _float_bits, _score_bits, class_ranks
+from semisup_core.teacher_student.topk_kernels import NEVER, OK, SIGN, _float_bits, _score_bits, class_ranks
 
 KEY_RANGE = 4  # insert's status: candidate i's key does not fit in 32 bits
 FULL = np.uint64(0xFFFFFFFFFFFFFFFF)  # thr before a class's first compaction

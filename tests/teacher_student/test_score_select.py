@@ -12,8 +12,8 @@ from semisup_core.data.shards import iter_shard
 from semisup_core.data.decode import decode_image
 from semisup_core.data.stream import to_chw
 from semisup_core.errors import DataError
-from semisup_core.score import ScoreConfig, read_table, score
-from semisup_core.select import SelectConfig, read_manifest, select
+from semisup_core.teacher_student.score import ScoreConfig, read_table, score
+from semisup_core.teacher_student.select import SelectConfig, read_manifest, select
 from semisup_core.train.augment import normalize
 
 import torch
@@ -196,7 +196,7 @@ def test_dali_and_pil_decoders_give_the_same_manifest(teacher, pool, tmp_path, c
     fall back to PIL, which counts and skips it."""
     import logging
     pil = _select(_score(teacher, pool, tmp_path / "pil", decoder="pil"), tmp_path / "mp", k=10)
-    with caplog.at_level(logging.WARNING, logger="semisup_core.score"):
+    with caplog.at_level(logging.WARNING, logger="semisup_core.teacher_student.score"):
         dali = _select(_score(teacher, pool, tmp_path / "dali", decoder="dali"), tmp_path / "md", k=10)
     assert dali[1] == pil[1]
     assert dali[0]["corrupt"] == pil[0]["corrupt"] == 2
