@@ -18,7 +18,8 @@ import logging
 import sys
 
 from semisup_core import storage
-from semisup_core.teacher_student.demo import DemoConfig, prepare_data
+from semisup_core.data.demo_data import prepare_data
+from semisup_core.teacher_student.demo import DemoConfig
 from semisup_core.teacher_student.run import Runner, SelectionSpec, TeacherStudentConfig
 from semisup_core.train.config import TrainRecipe
 

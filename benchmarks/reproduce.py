@@ -33,9 +33,10 @@ import numpy as np
 from pydantic import Field
 
 from semisup_core import config, storage
-from semisup_core.teacher_student.analysis import selection_analysis
+from semisup_core.analysis import selection_analysis
 from semisup_core.config import StageConfig
-from semisup_core.teacher_student.demo import DemoConfig, prepare_data
+from semisup_core.data.demo_data import prepare_data
+from semisup_core.teacher_student.demo import DemoConfig
 from semisup_core.teacher_student.score import ScoreConfig, score
 from semisup_core.teacher_student.select import SelectConfig, read_manifest, select
 from semisup_core.teacher_student.run import FinetuneSpec, Runner, TeacherStudentConfig

@@ -87,7 +87,7 @@ def arguments(cfg: DedupRunConfig, out: str, local: bool = True, profile: str = 
 def finish(cfg: DedupRunConfig, out: str, run_dir: str, artifacts: list[str], seconds: float) -> dict:
     """After a local run: copy the dedup result next to the run and print its summary."""
     from semisup.local_run import copy_tree
-    from semisup_core.teacher_student.report import dedup_summary
+    from semisup_core.report import dedup_summary
     found = [a for a in artifacts if os.path.basename(a) == "result"]
     if not found:
         raise RuntimeError(f"no dedup result under {run_dir}: did the pipeline finish?")

@@ -32,7 +32,8 @@ from pipelines.resources import DEFAULT as _R, PROFILES
 from semisup_core import storage
 from semisup_core.dedup.stage import DedupSpec
 from semisup_core.teacher_student.demo import DemoConfig
-from semisup_core.teacher_student.report import dedup_summary, format_table
+from semisup_core.report import dedup_summary, format_table
+from semisup_core.teacher_student.report import ROWS
 from semisup_core.train.config import LauncherSpec
 
 NAME = "teacher-student"
@@ -242,7 +243,7 @@ def finish(cfg: DemoConfig, out: str, run_dir: str, artifacts: list[str], second
     seed_dir = os.path.join(out, f"seed-{cfg.seed}")
     copy_tree(report_dir, os.path.join(seed_dir, "report"))
     metrics = storage.read_json(os.path.join(seed_dir, "report", "metrics.json"))
-    print("\n" + format_table(metrics["entries"]))
+    print("\n" + format_table(metrics["entries"], ROWS))
     if metrics.get("dedup"):
         print("\n" + dedup_summary(metrics["dedup"]))
     print(f"\nFinished in {seconds / 60:.1f} min. Artifacts (kfp.local pipeline root {run_dir}):")

@@ -33,6 +33,8 @@ _STAGES = {
     "dedup": ("semisup_core.dedup.stage:DedupConfig", "semisup_core.dedup.stage:dedup"),
     "teacher-student": ("semisup_core.teacher_student.run:TeacherStudentConfig",
                         "semisup_core.teacher_student.run:run_teacher_student"),
+    "llp": ("semisup_core.train:TrainConfig", "semisup_core.llp.stage:train_llp"),
+    "llp-run": ("semisup_core.llp.run:LLPRunConfig", "semisup_core.llp.run:run_llp"),
     "pytorchjob": ("semisup.pytorchjob:JobSpec", "semisup.pytorchjob:launch"),
 }
 _DATA_STAGES = ("import", "split")
@@ -54,6 +56,8 @@ _HELP = {
     "embed": "L2-normalised embeddings of every image of a dataset (float16 tables per shard)",
     "dedup": "remove the pool's near-duplicates of evaluation images (pairs, manifest, sheet)",
     "teacher-student": "the whole Yalniz et al. pipeline in one process (variants as config)",
+    "llp": "train with Local Label Propagation (the train stage, objective llp; DDP under torchrun)",
+    "llp-run": "LLP end to end in one process: data, dedup, baseline, LLP, evaluate, report",
     "pytorchjob": "train on several nodes: create a PyTorchJob (Master + Workers), wait for it",
 }
 

@@ -38,8 +38,22 @@ def _parse_scalar(text: str) -> Any:
     return value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=c`` overrides to a nested dict (a copy); ``c`` is parsed as YAML."""
+def _section_default(cls: type | None, key: str) -> tuple[dict, type | None]:
+    """The default of ``cls``'s nested-config field ``key`` as a dict (and its class), so that
+    ``--set teacher.epochs=1`` changes one field of the default teacher recipe instead of
+    replacing the recipe by the class defaults; ``({}, None)`` when there is none."""
+    field = getattr(cls, "model_fields", {}).get(key)
+    if field is None or field.is_required():
+        return {}, None
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True), type(value)
+    return {}, None
+
+
+def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
+    """Apply ``a.b=c`` overrides to a nested dict (a copy); ``c`` is parsed as YAML. With the
+    config class ``cls``, a section the data lacks starts as that field's default."""
     out = _deep_copy(data)
     for item in overrides or []:
         if "=" not in item:
@@ -48,9 +62,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         keys = dotted.strip().split(".")
         if not all(keys):
             raise ConfigError(f"override {item!r} has an empty key")
-        node = out
+        node, node_cls = out, cls
         for k in keys[:-1]:
-            child = node.setdefault(k, {})
+            default, child_cls = _section_default(node_cls, k)
+            child = node.setdefault(k, default)
+            node_cls = child_cls
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {k!r} is not a section")
             node = child
@@ -113,7 +129,7 @@ def load(cls: type[T], path: str | None = None, overrides: list[str] | None = No
         if section is not None:
             data = data.get(section) or {}
             what = f"{path}[{section}]"
-    return build(cls, apply_overrides(data, overrides or []), what)
+    return build(cls, apply_overrides(data, overrides or [], cls), what)
 
 
 def dump(cfg: BaseModel) -> str:

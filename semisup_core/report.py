@@ -1,4 +1,5 @@
-"""The report a person looks at: report.md, metrics.json and PNG plots.
+"""The report a person looks at: report.md, metrics.json and PNG plots; what every method's
+report shares (the comparison table, the page, the dedup line).
 
 Plots: accuracy vs K, selection precision vs rank, per-class recall of the baseline
 vs the student, and a contact sheet of the top-ranked images of each class (the
@@ -7,6 +8,7 @@ paper's Figure 2), framed green/red by the oracle when one is given.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 from collections import defaultdict
@@ -79,6 +81,21 @@ def plot_accuracy_vs_k(points: dict[str, list[tuple[int, float]]], baseline: flo
     return _save(fig, uri)
 
 
+def plot_rounds(rounds: list[dict], uri: str) -> str:
+    """LLP's pseudo-labels per propagation round (epoch): precision (oracle) and coverage."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [r["epoch"] for r in rounds]
+    for key, label in (("precision", "pseudo-label precision"), ("coverage", "coverage of the pool"),
+                       ("distractor_share", "distractor share")):
+        ax.plot(epochs, [r[key] if r[key] is not None else np.nan for r in rounds], marker="o",
+                label=label)
+    ax.set_xlabel("epoch (one propagation round per visit)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, uri)
+
+
 def _wanted_images(manifest: pa.Table, per_class: int) -> dict[int, list[str]]:
     rows = manifest.filter(pa.compute.less(manifest["rank"], per_class))
     out: dict[int, list[str]] = defaultdict(list)
@@ -116,3 +133,46 @@ def contact_sheet(manifest: pa.Table, pool: str, classes: list[str], uri: str,
     sheet.save(buf, format="PNG")
     storage.put_bytes(uri, buf.getvalue())
     return uri
+
+
+def format_table(entries: list[dict], rows: tuple[str, ...] | None = None) -> str:
+    """The comparison table every method's report shows (Markdown, readable as plain text).
+
+    An entry: ``{"model", "arch", "top1", "top5", "selection": {"precision",
+    "distractor_share"} | None}``; ``selection`` is the oracle's view (``analysis``) of the pool
+    images the model trained on with inferred labels: a teacher's selected set, LLP's
+    pseudo-labels. ``rows``: the model names in table order (others are left out); None: all,
+    in the given order."""
+    lines = ["| model | arch | top-1 | top-5 | selection precision | distractors selected |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name in rows if rows is not None else list(dict.fromkeys(e["model"] for e in entries)):
+        for e in entries:
+            if e["model"] != name:
+                continue
+            sel = e.get("selection") or {}
+            sp = f"{100 * sel['precision']:.1f}%" if sel.get("precision") is not None else ""
+            ds = (f"{100 * sel['distractor_share']:.2f}%"
+                  if sel.get("distractor_share") is not None else "")
+            lines.append(f"| {name} | {e['arch']} | {100 * e['top1']:.2f}% | "
+                         f"{100 * e['top5']:.2f}% | {sp} | {ds} |")
+    return "\n".join(lines)
+
+
+def html_page(title: str, table_md: str, plots: dict[str, str]) -> str:
+    """A self-contained page (PNGs inlined) for the KFP UI's HTML viewer."""
+    rows = [r.strip("|").split("|") for r in table_md.splitlines() if not r.startswith("|---")]
+    cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{c.strip()}</{'th' if i == 0 else 'td'}>"
+                              for c in r) + "</tr>" for i, r in enumerate(rows)]
+    imgs = [f'<h3>{name}</h3><img src="data:image/png;base64,'
+            f'{base64.b64encode(storage.get_bytes(uri)).decode()}"/>' for name, uri in plots.items()]
+    return (f"<html><body><h2>{title}</h2><table border='1'>"
+            + "".join(cells) + "</table>" + "".join(imgs) + "</body></html>\n")
+
+
+def dedup_summary(dd: dict) -> str:
+    """One line on what dedup removed (or that it was off)."""
+    if not dd.get("enabled", True):
+        return "Dedup: off (the pool was not checked against the test set)."
+    return (f"Dedup: {dd['removed']:,} of {dd['pool_images']:,} pool images "
+            f"({100 * dd['removed_fraction']:.2f}%) removed as near-duplicates of the test set "
+            f"(cosine >= {dd['threshold']:.4f}, {dd['embedder']} embeddings, {dd['index']} index).")

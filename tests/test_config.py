@@ -103,3 +103,17 @@ def test_every_section_of_the_stage_config_files_loads(path):
     assert set(config.read_yaml(full)) == set(sections)
     for section, stage in sections.items():
         config.load(classes[stage], full, section=section)
+
+
+def test_an_override_changes_one_field_of_a_default_section():
+    """``--set llp.epochs=1`` keeps the rest of the default LLP recipe (its objective, model,
+    llp section), as ``--set teacher.epochs=1`` keeps the demo's teacher recipe."""
+    from semisup_core.llp.run import LLPRunConfig
+    from semisup_core.teacher_student.demo import DemoConfig
+    cfg = config.load(LLPRunConfig, None, ["llp.epochs=1", "llp.llp.k=3"])
+    default = LLPRunConfig().llp
+    assert (cfg.llp.epochs, cfg.llp.llp.k) == (1, 3)
+    assert (cfg.llp.objective, cfg.llp.model_kwargs, cfg.llp.llp.warm_epochs) == (
+        "llp", default.model_kwargs, default.llp.warm_epochs)
+    demo = config.load(DemoConfig, None, ["teacher.epochs=1"])
+    assert demo.teacher.model_dump() == DemoConfig().teacher.model_copy(update={"epochs": 1}).model_dump()

@@ -6,7 +6,8 @@ import logging
 
 from semisup_core import storage
 from semisup_core.data.dataset import read_meta
-from semisup_core.teacher_student.report import BASELINE, STUDENT, dedup_summary, format_table, write_report
+from semisup_core.report import dedup_summary, format_table
+from semisup_core.teacher_student.report import BASELINE, ROWS, STUDENT, write_report
 
 from components.artifacts import dataset_uri, location
 from components.evaluate.runner import read as read_metrics
@@ -33,7 +34,7 @@ def run(rows: dict, sweep: list, manifest, test, pool, oracle, markdown, html, r
     write_report(entries, out, read_meta(test).classes, k_points=k_points,
                  manifest=storage.join(location(manifest), "manifest.parquet"), pool=pool,
                  oracle=oracle, dedup=location(dedup) if dedup is not None else None)
-    table = format_table(entries)
+    table = format_table(entries, ROWS)
     dd_uri = storage.join(location(dedup), "summary.json") if dedup is not None else None
     dd_line = dedup_summary(storage.read_json(dd_uri)) if dd_uri and storage.exists(dd_uri) else ""
     storage.put_bytes(location(markdown), (f"# Teacher/student comparison\n\n{table}\n\n{dd_line}\n\n"

@@ -4,7 +4,7 @@ student's training set (semisup_core.teacher_student.select + manifest_dataset),
 from __future__ import annotations
 
 from semisup_core import config, storage
-from semisup_core.teacher_student.analysis import selection_analysis
+from semisup_core.analysis import selection_analysis
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.errors import ConfigError
 from semisup_core.teacher_student.select import SelectConfig, read_manifest, select

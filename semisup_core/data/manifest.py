@@ -46,3 +46,25 @@ def manifest_dataset(manifest, pool_uri: str, out_uri: str, samples_per_shard: i
     log.info("materialised %d samples (%d images) into %s", sum(s.count for s in writer.shards),
              found, out_uri)
     return out_uri
+
+
+def without_keys(pool_uri: str, removed: set[str], out_uri: str,
+                 samples_per_shard: int = 4096) -> str:
+    """A copy of the unlabelled ``pool_uri`` without the samples whose key is in ``removed``
+    (a dedup output's near-duplicates), same keys, no labels: for stages that train on the
+    pool itself (LLP) rather than skip keys while reading it (score). Written once: an
+    existing complete copy is reused."""
+    if storage.exists(storage.join(out_uri, "dataset.json")):
+        return out_uri
+    meta = read_meta(pool_uri)
+    with ShardWriter(out_uri, samples_per_shard) as writer:
+        for uri in shard_uris(pool_uri, meta):
+            for s in iter_shard(uri):
+                if s.key not in removed:
+                    writer.write(s.key, s.image, s.ext, s.cls, s.meta)
+    write_meta(out_uri, make_meta(out_uri, f"{meta.name}-deduped", meta.classes, writer.shards,
+                                  writer.class_counts if meta.labelled else None,
+                                  source="dedup", channels=meta.channels,
+                                  hw=(meta.height, meta.width) if meta.height else None))
+    log.info("%s without %d near-duplicates: %s", pool_uri, len(removed), out_uri)
+    return out_uri

@@ -263,3 +263,13 @@ def write_samples(prefix_uri: str, samples, samples_per_shard: int = 4096,
         for s in samples:
             writer.write(s.key, s.image, s.ext, s.cls, s.meta)
     return writer.shards
+
+
+def shard_keys(uri: str) -> list[str]:
+    """The sample keys of one shard in stored order: from its index when it has one (a few
+    bytes a sample), else by reading the shard."""
+    idx = index_uri(uri)
+    if storage.exists(idx):
+        lines = storage.get_bytes(idx).decode().splitlines()[1:]
+        return [line.split()[3].rpartition(".")[0] for line in lines if line.strip()]
+    return [s.key for s in iter_shard(uri)]

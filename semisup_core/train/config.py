@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from semisup_core.config import StageConfig
+from semisup_core.llp.objective import LLPConfig
 from semisup_core.train.objectives import ContrastiveConfig, Objective
 
 
@@ -61,9 +62,12 @@ class TrainRecipe(StageConfig):
     model: str = Field("small_resnet8", description="a name from `semisup models`")
     model_kwargs: dict = Field(default_factory=dict, description="extra model args, e.g. width")
     objective: Objective = Field("supervised", description="supervised (cross-entropy on labels) "
-                                 "| contrastive (two views per image, train/objectives.py)")
+                                 "| contrastive (two views per image, train/objectives.py) | llp "
+                                 "(Local Label Propagation: labelled + unlabelled data, llp/)")
     contrastive: ContrastiveConfig | None = Field(
         None, description="the contrastive objective's settings (null: its defaults)")
+    llp: LLPConfig | None = Field(None, description="the llp objective's settings (null: the "
+                                                    "paper's defaults)")
     epochs: float = Field(10, gt=0, description="passes over the training set")
     batch_size: int = Field(128, ge=1, description="GLOBAL batch, split evenly across ranks")
     seed: int = 0
@@ -85,6 +89,8 @@ class TrainRecipe(StageConfig):
     def _check(self):
         if self.objective == "contrastive" and self.contrastive is None:
             self.contrastive = ContrastiveConfig()
+        if self.objective == "llp" and self.llp is None:
+            self.llp = LLPConfig()
         if self.optim.schedule == "step" and any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError("optim.milestones must be fractions in (0, 1)")
         return self

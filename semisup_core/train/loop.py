@@ -1,7 +1,8 @@
 """The one training loop every training stage uses.
 
 SGD + Nesterov, warm-up then cosine/step decay, LR scaled with the global batch, an
-objective per run (``objectives.py``: supervised cross-entropy, contrastive), AMP on GPU,
+objective per run (``objectives.py``: supervised cross-entropy, contrastive; LLP in
+``semisup_core/llp``), AMP on GPU,
 DDP under torchrun (gloo on CPU, NCCL on GPU), checkpoints to the store every N steps, and
 exact resume from the newest one: the data order and the augmentation of step ``s`` depend
 only on ``(seed, s)``, so a run that crashed and resumed ends with the same weights as one
@@ -25,8 +26,10 @@ from tqdm import tqdm
 
 from semisup_core import checkpoint, config, storage
 from semisup_core.data.dataset import read_meta, require_same_classes, shard_uris
+from semisup_core.data.shards import shard_keys
 from semisup_core.data.stream import ShardStream, decode_shards
 from semisup_core.errors import ConfigError
+from semisup_core.llp.objective import LLPNet, LLPState
 from semisup_core.models import create_model
 from semisup_core.train import augment, kernels, views
 from semisup_core.train.config import TrainConfig
@@ -53,6 +56,7 @@ class TrainSet:
     shards: list[str]
     height: int | None
     width: int | None
+    labelled: int = 0  # datasets with labels among them
 
     @property
     def num_classes(self) -> int:
@@ -75,7 +79,8 @@ def training_set(train: str | list[str], need_labels: bool = True) -> TrainSet:
                               f"{uris[0]} has {metas[0].channels}")
     first = metas[0]
     return TrainSet(first.classes, first.channels, sum(m.num_samples for m in metas),
-                    [s for u, m in zip(uris, metas) for s in shard_uris(u, m)], first.height, first.width)
+                    [s for u, m in zip(uris, metas) for s in shard_uris(u, m)], first.height,
+                    first.width, sum(bool(m.labelled) for m in metas))
 
 
 def _plan(cfg: TrainConfig, meta: TrainSet, world: int) -> tuple[int, int, int]:
@@ -109,6 +114,8 @@ def build_model(cfg: TrainConfig, meta: TrainSet, dist: DistInfo) -> torch.nn.Mo
         frozen = freeze_unreached(model, torch.zeros(2, meta.channels, *side))
         log.info("contrastive: %d tensors not trained (%s)", len(frozen), ", ".join(frozen))
         model = Features(model)
+    elif cfg.objective == "llp":
+        model = LLPNet(model, cfg.llp.embed_dim)
     fmt = kernels.memory_format(cfg.memory_format, dist.device)
     if cfg.sync_bn and dist.world_size > 1:
         if dist.device.type != "cuda":
@@ -199,6 +206,18 @@ def _loader(cfg: TrainConfig, meta: TrainSet, dist: DistInfo, local_batch: int,
                       pin_memory=dist.device.type == "cuda", drop_last=False)
 
 
+def _sample_keys(meta: TrainSet, cache: dict | None, watchdog: Watchdog) -> list[str]:
+    """Every training sample's key, shard by shard: the rows of LLP's memory bank."""
+    keys: list[str] = []
+    for i, uri in enumerate(meta.shards):
+        keys += [r.key for r in cache[uri]] if cache else shard_keys(uri)
+        watchdog.beat(f"listing the keys of shard {i + 1} of {len(meta.shards)}")
+    if len(keys) != meta.num_samples:
+        raise ConfigError(f"the shards hold {len(keys)} samples, their dataset.json files "
+                          f"{meta.num_samples}")
+    return keys
+
+
 def _model_spec(cfg: TrainConfig, meta: TrainSet) -> dict:
     return {"model": {"name": cfg.model, "num_classes": head_classes(cfg, meta),
                       "in_chans": meta.channels, "kwargs": cfg.model_kwargs},
@@ -236,6 +255,9 @@ class Trainer:
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.meta = training_set(cfg.data.train, need_labels=cfg.objective == "supervised")
+        if cfg.objective == "llp" and not self.meta.labelled:
+            raise ConfigError("objective llp needs a labelled dataset among data.train (the "
+                              "labels to propagate) besides the unlabelled pool")
         self.local_batch, self.steps_per_epoch, self.total_steps = _plan(
             cfg, self.meta, self.dist.world_size)
         self.memory_format = kernels.memory_format(cfg.memory_format, self.dist.device)
@@ -246,7 +268,10 @@ class Trainer:
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
         self.step, self.history, self._checked, self.cache = 0, [], False, None
         self.stats: dict = {}  # the objective's diagnostics at the last step
-        self.memory = None
+        self.memory, self.llp, self.rows, self.row_keys = None, None, None, None
+        if cfg.objective == "llp":
+            self.llp = LLPState(cfg.llp, self.meta.num_samples, self.meta.num_classes, cfg.seed,
+                                self.dist.device)
         if cfg.objective == "contrastive" and cfg.contrastive.memory:
             self.memory = NegativeMemory(cfg.contrastive.memory,
                                          checkpoint.unwrap(self.model).feature_dim,
@@ -261,10 +286,13 @@ class Trainer:
             state = checkpoint.restore(found[1], self.model, self.optimizer)
             if self.memory is not None:
                 self.memory.load(checkpoint.load_extra(found[1]))
+            if self.llp is not None:
+                self.llp.load(checkpoint.load_extra(found[1]))
             self.step, self.history = state["step"], state.get("history", [])
             log.info("resumed from %s at step %d", found[1], self.step)
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor,
+                    keys: list[str] | None = None) -> torch.Tensor:
         cfg, dev = self.cfg, self.dist.device
         for group in self.optimizer.param_groups:
             group["lr"] = self.peak_lr * lr_factor(
@@ -276,7 +304,7 @@ class Trainer:
                                                cfg.contrastive.copy_views, gen, cfg.batch_size,
                                                offset))
         x = augment.normalize(images, cfg.data.mean, cfg.data.std, self.memory_format)
-        if cfg.objective == "supervised":
+        if cfg.objective in ("supervised", "llp"):
             x = augment.random_crop_flip(x, cfg.augment.crop_padding, cfg.augment.hflip, gen,
                                          cfg.batch_size, offset)
         x = augment.to_layout(x, self.memory_format)
@@ -288,6 +316,11 @@ class Trainer:
                 loss, self.stats = contrastive_loss(
                     self.model(x), cfg.contrastive, self.dist.rank, self.memory,
                     self.step >= cfg.contrastive.memory_after_epochs * self.steps_per_epoch)
+            elif cfg.objective == "llp":
+                rows = torch.tensor([self.rows[k] for k in keys], device=dev)
+                labels, warm = labels.to(dev), self.step < cfg.llp.warm_epochs * self.steps_per_epoch
+                v, logits = self.model(x)
+                loss, self.stats = self.llp.loss(v, logits, rows, labels, warm, self.step)
             else:
                 loss = F.cross_entropy(self.model(x), labels.to(dev),
                                        label_smoothing=cfg.optim.label_smoothing)
@@ -295,13 +328,22 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if cfg.objective == "llp":  # the bank and the labels, after the step (objective.py)
+            self.llp.update(rows, v, logits, labels, propagate=not warm)
+            self.stats.update(self.llp.stats())
         return loss.detach()
 
     def _check_kernels(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         """On CPU: this model's gradients on (up to 8 of) this batch against float64."""
         self._checked = True
         if self.dist.device.type == "cpu" and self.cfg.check_kernels:
-            kernels.check_gradients(checkpoint.unwrap(self.model), x[:8], labels[:8])
+            kernels.check_gradients(self._exported(), x[:8], labels[:8])
+
+    def _exported(self) -> torch.nn.Module:
+        """The registry model the final model.safetensors holds (LLP's without its embedding
+        head, which its checkpoints keep)."""
+        model = checkpoint.unwrap(self.model)
+        return model.net if isinstance(model, LLPNet) else model
 
     def _after_step(self, loss_sum: torch.Tensor, n: int, bar) -> None:
         every = max(1, min(50, self.steps_per_epoch))
@@ -321,6 +363,8 @@ class Trainer:
 
     def _extra(self) -> dict:
         """The objective's tensors a checkpoint must hold for an exact resume."""
+        if self.llp is not None:
+            return self.llp.state()
         return self.memory.state() if self.memory is not None else {}
 
     def _state(self) -> dict:
@@ -333,11 +377,14 @@ class Trainer:
         loader = _loader(self.cfg, self.meta, self.dist, self.local_batch,
                          self.steps_per_epoch, epoch, self.cache)
         self.model.train()
+        if self.llp is not None and start_in_epoch == 0:  # a resumed epoch has its densities
+            watchdog.beat(f"epoch {epoch}: local densities of the labelled bank entries")
+            self.llp.refresh_density()
         loss_sum, n = torch.zeros((), device=self.dist.device), 0
-        for i, (images, labels, _keys) in enumerate(loader):
+        for i, (images, labels, keys) in enumerate(loader):
             if i < start_in_epoch:  # resuming mid-epoch: replay the order, skip the work
                 continue
-            loss_sum += self._train_step(images, labels)
+            loss_sum += self._train_step(images, labels, keys)
             n += 1
             self.step += 1
             watchdog.beat(f"step {self.step + 1} of {self.total_steps}")
@@ -348,6 +395,9 @@ class Trainer:
                 loss_sum, n = torch.zeros((), device=self.dist.device), 0
             if self.step >= self.total_steps:
                 break
+        if self.llp is not None and self.dist.is_main:  # one propagation round's labels
+            self.llp.write_labels(storage.join(self.cfg.out, "pseudo_labels",
+                                               f"epoch-{epoch + 1:03d}.parquet"), self.row_keys)
 
     def run(self) -> dict:
         cfg, t0 = self.cfg, time.time()
@@ -359,6 +409,12 @@ class Trainer:
                       "raise stall_timeout_s if one step really takes this long") as watchdog:
             if self.step < self.total_steps:
                 self.cache = _cache(cfg, self.meta, watchdog)
+            if self.llp is not None:
+                self.row_keys = _sample_keys(self.meta, self.cache, watchdog)
+                self.rows = {k: i for i, k in enumerate(self.row_keys)}
+                if len(self.rows) != len(self.row_keys):
+                    raise ConfigError("objective llp: a sample key occurs twice in data.train "
+                                      "(its memory bank is addressed by key)")
             watchdog.beat(f"step {self.step + 1} of {self.total_steps} (loading data)")
             while self.step < self.total_steps:
                 self._run_epoch(self.step // self.steps_per_epoch, bar, watchdog)
@@ -373,7 +429,9 @@ class Trainer:
                   "final_loss": self.history[-1]["loss"] if self.history else None,
                   "seconds": round(time.time() - t0, 1), "world_size": self.dist.world_size}
         if self.dist.is_main:
-            checkpoint.save_final(cfg.out, self.model, self._state())
+            checkpoint.save_final(cfg.out, self._exported(), self._state())
+            if self.llp is not None:
+                self.llp.write_labels(storage.join(cfg.out, "pseudo_labels.parquet"), self.row_keys)
             storage.write_json(storage.join(cfg.out, "metrics.json"),
                                dict(result, history=self.history))
         return result

@@ -1,6 +1,8 @@
 """What a training step minimises. One loop (``loop.py``), several objectives:
 
 - ``supervised``: cross-entropy on labelled images after a random crop and flip.
+- ``llp``: Local Label Propagation (Zhuang et al. 2019): a memory bank, density-weighted kNN
+  pseudo-labels, aggregation + confidence-weighted cross-entropy (``semisup_core/llp/``).
 - ``contrastive``: instance discrimination between two augmented views of every image,
   InfoNCE (SimCLR's NT-Xent for two views; Chen et al. 2020, eq. 1) with the partition over
   *non-matching* views only, as SSCD writes it (Pizzi et al. 2022, §3.1), plus SSCD's
@@ -27,7 +29,7 @@ from semisup_core.config import StageConfig
 from semisup_core.train.distributed import all_gather_with_grad
 from semisup_core.train.views import CopyViews
 
-Objective = Literal["supervised", "contrastive"]
+Objective = Literal["supervised", "contrastive", "llp"]
 
 
 class ContrastiveConfig(StageConfig):

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from semisup_core import storage
-from semisup_core.teacher_student.analysis import precision_by_rank, selection_analysis
+from semisup_core.analysis import precision_by_rank, selection_analysis
 from semisup_core.errors import DataError
 
 import numpy as np

@@ -23,15 +23,15 @@ def _texture(c: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_blocks_dataset(uri: str, n: int, seed: int = 0, per_shard: int = 32,
-                         labelled: bool = True):
+                         labelled: bool = True, prefix: str = "blocks"):
     """Four texture classes; sample i has class i % 4 (translation-invariant, like GAP nets);
-    ``labelled=False``: the same images as an unlabelled pool."""
+    ``labelled=False``: the same images as an unlabelled pool; keys ``<prefix>-<i>``."""
     rng = np.random.default_rng(seed)
     with ShardWriter(uri, per_shard) as w:
         for i in range(n):
             c = i % len(CLASSES)
             img = _texture(c, rng)
-            w.write(f"blocks-{i:05d}", encode_png(img), "png", c if labelled else None,
+            w.write(f"{prefix}-{i:05d}", encode_png(img), "png", c if labelled else None,
                     {"source": "blocks"})
     write_meta(uri, make_meta(uri, "blocks", CLASSES, w.shards,
                               w.class_counts if labelled else None,

@@ -181,10 +181,10 @@ _STALLED_TRAIN = r"""
 import sys, time
 from semisup_core.train import loop
 step = loop.Trainer._train_step
-def stuck(self, images, labels):
+def stuck(self, *args):
     if self.step == 2:
         time.sleep(120)   # as a deadlocked oneDNN kernel would
-    return step(self, images, labels)
+    return step(self, *args)
 loop.Trainer._train_step = stuck
 from semisup.cli import main
 sys.exit(main(["stage", "train", "--set", f"out={sys.argv[2]}", "--set", f"data.train={sys.argv[1]}",

@@ -1,0 +1,115 @@
+"""Local Label Propagation's mathematics (Zhuang et al. 2019, ``../shared/papers/003_*``, §3):
+the local density of the labelled points, the density-weighted kNN vote, and the aggregation
+loss. Pure functions of tensors, so that the tests hold each one against the formula written
+out element by element; ``objective.py`` keeps the state (memory bank, labels, confidences).
+
+Notation (§3): ``v`` an image's current embedding, ``v̄_i`` memory-bank entry ``i`` (both
+L2-normalised, 128-d), ``τ`` the temperature (0.07), ``N`` all images, ``X_L`` the labelled ones.
+
+Non-parametric softmax (Eq. 1):   P(i|v) = exp(v̄_iᵀ v / τ) / Σ_{j=1..N} exp(v̄_jᵀ v / τ)
+
+Local density of labelled point i (Eq. 7), over its T nearest neighbours among *all* N entries
+(the point itself included, as in the reference code):
+                                  ρ(v̄_i) = Σ_{j ∈ N_T(v̄_i)} P(j | v̄_i)
+``density="paper"`` normalises P over all N as Eq. 1 writes it (ρ is a share of softmax mass);
+``density="kernel"`` drops the partition, as the released code does (ρ = Σ_{top-T} exp(v̄_jᵀv̄_i/τ));
+``density="off"`` is the plain weighted kNN of Eq. 5 (ρ = 1).
+
+Label propagation (Eq. 8, with the printed typo's inner index renamed: P(j'|v̄_i), as in Eq. 7):
+    N^L_K(v) = the K labelled points with the largest P^L(i|v) = P(i|v) / ρ(v̄_i)
+    w_j(v)   = Σ_{i ∈ N^L_K(v), y_i = j} P(i|v) / ρ(v̄_i)
+    p_j      = w_j / Σ_k w_k,   pseudo-label ŷ = argmax_j p_j,   confidence c = p_ŷ  (Eq. 6)
+Z(v) is common to every i, so it cancels in p_j: the scores below are exp(v̄_iᵀv/τ)/ρ_i, and
+the K best are the K largest of ``v̄_iᵀ v − τ log ρ_i``: one inner product between [v, 1] and
+[v̄_i, −τ log ρ_i], which is how the kNN core (FAISS) finds them.
+
+Aggregation loss (Eq. 2-3): L_A(v) = −log Σ_{i ∈ A} P(i|v), A = {i : y_i = y} the entries whose
+stored label equals this image's; an image without a label yet has A = {itself} (instance
+recognition, the warm start). The image's own entry is in A and in the partition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from semisup_core import knn
+
+
+def log_density(bank: torch.Tensor, rows: torch.Tensor, temperature: float, t: int,
+                mode: str = "paper", block: int = 4096) -> torch.Tensor:
+    """``log ρ`` of the bank entries ``rows`` (M,), their T nearest among all N entries
+    found by the kNN core (exact up to ``knn.EXACT_MAX`` entries, IVF above)."""
+    if mode == "off" or len(rows) == 0:
+        return torch.zeros(len(rows), dtype=torch.float64)
+    vecs = bank.float().cpu().numpy()
+    index = knn.build(vecs)
+    sims, _ = knn.search(index, vecs[rows.cpu().numpy()], min(t, len(vecs)))
+    s = torch.from_numpy(sims).double() / temperature  # M x T
+    log_rho = torch.logsumexp(s, dim=1)
+    if mode == "paper":  # minus log Z_i, the partition over all N entries, in blocks
+        b = bank.double().cpu()
+        log_z = torch.cat([torch.logsumexp(b[rows[i:i + block].cpu()] @ b.T / temperature, dim=1)
+                           for i in range(0, len(rows), block)])
+        log_rho = log_rho - log_z
+    return log_rho
+
+
+def propagate(v: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor,
+              key_log_rho: torch.Tensor, temperature: float, k: int,
+              num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-labels and confidences (Eq. 8 and 6) of the queries ``v`` (B x d) from the
+    labelled bank entries ``keys`` (M x d) with labels ``key_labels`` and ``log ρ``."""
+    if len(keys) == 0:
+        return (torch.full((len(v),), -1, dtype=torch.long),
+                torch.zeros(len(v), dtype=torch.float32))
+    k = min(k, len(keys))
+    # [v̄_i, -τ log ρ_i] . [v, 1] = v̄_iᵀv - τ log ρ_i: the kNN core's inner product
+    aug_keys = torch.cat([keys.float().cpu(), (-temperature * key_log_rho.float().cpu())[:, None]], 1)
+    aug_q = torch.cat([v.float().cpu(), torch.ones(len(v), 1)], 1)
+    index = knn.build(aug_keys.numpy(), knn.IndexSpec("flat"))
+    sims, ids = knn.search(index, aug_q.numpy(), k)
+    logw = torch.from_numpy(sims).double() / temperature  # log of exp(v̄_iᵀv/τ)/ρ_i
+    w = torch.exp(logw - logw[:, :1])  # the best first: Z(v) and the max cancel in p_j
+    votes = torch.zeros(len(v), num_classes, dtype=torch.float64)
+    votes.scatter_add_(1, key_labels.cpu()[torch.from_numpy(ids)], w)
+    p = votes / votes.sum(1, keepdim=True)
+    conf, label = p.max(1)
+    return label, conf.float()
+
+
+def aggregation_loss(v: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
+                     labels: torch.Tensor, own_rows: torch.Tensor, temperature: float,
+                     support: torch.Tensor | None = None) -> torch.Tensor:
+    """L_A per image (B,): ``v`` (B x d, with gradient), the bank (N x d) and its stored labels
+    (N,; -1 = none), each image's label ``labels`` (B,; -1 = none) and its own bank row.
+
+    ``support``: the bank rows the sums run over (default: all N, the paper's and its code's
+    full softmax). With a random subset S of m rows, each sum over the other entries is
+    estimated as (N-1)/|S \\ {own}| times its sum over S; the image's own entry is always
+    counted exactly. L_A is then the log of a ratio of two such estimates (consistent, as the
+    IR warm start's 4096 noise samples are); with S = all rows it is Eq. 3 exactly.
+
+    The numerator's class sums are one matmul of the exponentials with the labels' one-hot
+    (B x N x C), so the cost is the B x N x d similarity, as for the partition alone."""
+    n = len(bank)
+    dtype = torch.promote_types(v.dtype, torch.float32)  # float32 at least (under autocast too)
+    v = v.to(dtype)
+    cols = torch.arange(n, device=bank.device) if support is None else support
+    logits = v @ bank[cols].to(dtype).T / temperature  # B x m
+    own_logit = (v * bank[own_rows].to(dtype)).sum(1) / temperature  # B
+    shift = torch.maximum(logits.max(1).values, own_logit).detach()
+    not_own = cols[None, :] != own_rows[:, None]  # B x m
+    e = torch.exp(logits - shift[:, None]) * not_own
+    scale = (n - 1) / not_own.sum(1).clamp_min(1)  # 1 when S is every row
+    e_own = torch.exp(own_logit - shift)
+    classes = int(max(int(bank_labels.max()), int(labels.max()), 0)) + 1
+    col_labels = bank_labels[cols]
+    onehot = torch.zeros(len(cols), classes + 1, dtype=dtype, device=bank.device)
+    onehot[torch.arange(len(cols), device=bank.device), torch.where(col_labels >= 0, col_labels, classes)] = 1
+    by_class = e @ onehot[:, :classes]  # B x C: sum of e over the entries of each class
+    same = by_class.gather(1, labels.clamp_min(0)[:, None])[:, 0] * (labels >= 0)
+    num = scale * same + e_own
+    den = scale * e.sum(1) + e_own
+    return torch.log(den) - torch.log(num)
