@@ -18,9 +18,6 @@ import os
 from kfp import dsl
 from kfp.dsl import pipeline_context
 
-from components.data.component import import_data, split_data
-from components.dedup.component import dedup as dedup_step
-from components.embed.component import embed
 from components.evaluate.component import evaluate, gather_metrics
 from components.report.component import report
 from components.score.component import score
@@ -28,6 +25,7 @@ from components.select.component import select
 from components.train.component import train
 from components.workers.component import worker_indices
 from pipelines import compile_main, on_platform, with_resource_docs
+from pipelines.common import demo_data
 from pipelines.resources import DEFAULT as _R, PROFILES
 from semisup_core import storage
 from semisup_core.dedup.stage import DedupSpec
@@ -147,27 +145,8 @@ def teacher_student(
         k_sweep: extra K values, each pre-training and fine-tuning another student (accuracy vs K).
         launcher: where every training task trains (LauncherSpec): backend pod (its own pod), pytorchjob (a PyTorchJob: workers, nproc_per_node, gpus_per_node, cpu, memory, elastic_min/max, namespace; needs workdir on the store) or torchrun (the launcher's local backend, what kfp.local runs).
     """
-    imports = {name: import_data(source=src_kind, src=src, root=data_root, name=name, split=split)
-               .set_display_name(f"import {name}")
-               for name, src_kind, src, split in (
-                   ("fmnist-train", "fashion-mnist", fashion_mnist, "train"),
-                   ("fmnist-test", "fashion-mnist", fashion_mnist, "test"),
-                   ("mnist-train", "mnist", mnist, "train"))}
-    split = split_data(dataset=imports["fmnist-train"].outputs["dataset"], root=data_root,
-                       labels_per_class=labels_per_class, seed=seed,
-                       distractor=imports["mnist-train"].outputs["dataset"])
-    # every dataset travels as an artifact (a reference to shards under data_root): kfp.local
-    # 2.17 replaces task-output *parameters* that enter a ParallelFor with the loop item
-    data = {"labelled": split.outputs["labelled"], "pool": split.outputs["pool"],
-            "oracle": split.outputs["oracle"], "test": imports["fmnist-test"].outputs["dataset"]}
-    emb_test = embed(dataset=data["test"], model=dedup_embedder, enabled=dedup)
-    emb_test.set_display_name("dedup: embed test set")
-    emb_pool = embed(dataset=data["pool"], model=dedup_embedder, enabled=dedup)
-    emb_pool.set_display_name("dedup: embed pool")
-    dd = dedup_step(pool=data["pool"], pool_embeddings=emb_pool.outputs["embeddings"],
-                    eval_embeddings=emb_test.outputs["embeddings"], threshold=dedup_threshold,
-                    seed=seed, enabled=dedup).set_display_name("dedup: pool vs test set")
-    data["pool"] = dd.outputs["deduped"]  # score, select and the report read the deduplicated pool
+    data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
+                         dedup_embedder, dedup_threshold)
     p = dict(seed=seed, student=student, finetune=finetune, top_p=top_p, k=k, strategy=strategy,
              k_law=k_law, threshold=threshold, use_logits=use_logits, workdir=workdir,
              score_workers=score_workers, launcher=launcher)

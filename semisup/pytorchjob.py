@@ -40,14 +40,17 @@ class JobFailed(SemisupError):
     """The PyTorchJob ended in Failed (or did not finish in time)."""
 
 
+TRAIN_IMAGE = f"ghcr.io/semisup/semisup-train:{__version__}"
+
+
 class JobSpec(StageConfig):
     """A distributed training stage as a PyTorchJob (or a local torchrun)."""
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$",
                       description="job name (DNS-1035 label, <= 52 chars: pods add suffixes)")
     namespace: str = Field("semisup", description="namespace of the job")
-    image: str = Field(f"ghcr.io/semisup/semisup-train:{__version__}",
-                       description="train stage image (images/train)")
+    image: str = Field(TRAIN_IMAGE, description="the pods' image: images/train (for objective "
+                       "llp this default means images/llp, whose kNN core has faiss)")
     train: dict = Field(description="the TrainConfig of the run (out, data, model, epochs, ...); "
                                     "out and data should be s3:// or minio:// URIs on a cluster")
     config_uri: str | None = Field(None, description="where the launcher writes the TrainConfig "
@@ -84,6 +87,17 @@ class JobSpec(StageConfig):
     poll_seconds: float = Field(15, gt=0, description="how often the launcher reads the job's "
                                 "status while it waits")
 
+    @property
+    def stage(self) -> str:
+        """The stage the pods run: ``llp`` for that objective (its own image), else ``train``."""
+        return "llp" if self.train.get("objective") == "llp" else "train"
+
+    @property
+    def pod_image(self) -> str:
+        if self.image == TRAIN_IMAGE:
+            return f"ghcr.io/semisup/semisup-{self.stage}:{__version__}"
+        return self.image
+
     def train_config(self) -> TrainConfig:
         """The validated training config the pods run (typos fail here, not in the pod)."""
         return TrainConfig(**self.train)
@@ -95,9 +109,9 @@ class JobSpec(StageConfig):
         return self.config_uri or storage.join(self.train_config().out, CONFIG_NAME)
 
 
-def entrypoint(config_uri: str) -> list[str]:
+def entrypoint(config_uri: str, stage: str = "train") -> list[str]:
     """The pods' command; torchrun takes nnodes/nproc/rank/rendezvous from the operator's PET_*."""
-    return ["torchrun", "-m", "semisup", "stage", "train", "--config", config_uri]
+    return ["torchrun", "-m", "semisup", "stage", stage, "--config", config_uri]
 
 
 def _resources(spec: JobSpec):
@@ -122,7 +136,7 @@ def _pod(spec: JobSpec, config_uri: str):
         mounts.append(V1VolumeMount(name="config", mount_path=CONFIG_MOUNT, read_only=True))
     container = V1Container(
         name="pytorch",  # the operator finds the training container by this name
-        image=spec.image, command=entrypoint(config_uri), resources=_resources(spec),
+        image=spec.pod_image, command=entrypoint(config_uri, spec.stage), resources=_resources(spec),
         env=[V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
         env_from=[V1EnvFromSource(secret_ref=V1SecretEnvSource(name=spec.storage_secret))],
         volume_mounts=mounts)
@@ -233,7 +247,7 @@ def launch(spec: JobSpec, client=None, timeout_s: int = 7 * 24 * 3600) -> dict:
 def run_local(spec: JobSpec) -> dict:
     """The same entrypoint under a local torchrun (--standalone, ``nproc_per_node`` processes)."""
     uri = write_config(spec)
-    cmd = entrypoint(uri)
+    cmd = entrypoint(uri, spec.stage)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={spec.nproc_per_node}"] + cmd[1:]
     log.info("running %s", " ".join(cmd))

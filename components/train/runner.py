@@ -17,10 +17,17 @@ from components.artifacts import dataset_uri, integral, location
 _FILES = ("model.safetensors", "state.json", "config.yaml", "metrics.json")
 
 
-def _copy_model(src: str, dst: str) -> None:
-    for name in _FILES:
-        if storage.exists(storage.join(src, name)):
-            storage.put_bytes(storage.join(dst, name), storage.get_bytes(storage.join(src, name)))
+def _copy_model(src: str, dst: str, extra: tuple[str, ...] = ()) -> None:
+    """The model's files, and ``extra`` files or directories (e.g. LLP's pseudo-labels)."""
+    for name in _FILES + extra:
+        uri = storage.join(src, name)
+        if storage.exists(uri):
+            storage.put_bytes(storage.join(dst, name), storage.get_bytes(uri))
+        elif name in extra:
+            prefix = uri.rstrip("/") + "/"
+            for child in storage.list_uris(uri):
+                storage.put_bytes(storage.join(dst, name, child[len(prefix):]),
+                                  storage.get_bytes(child))
 
 
 def _arch(model_dir: str) -> dict:
@@ -45,17 +52,20 @@ def _launch(cfg: TrainConfig, spec: LauncherSpec, task_out: str) -> dict:
 
 
 def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
-        checkpoints: str = "", launcher: dict | None = None) -> dict:
+        checkpoints: str = "", launcher: dict | None = None, extra_data: tuple[str, ...] = (),
+        outputs: tuple[str, ...] = ()) -> dict:
     """Train on ``data`` with ``recipe`` (a TrainRecipe, or a FinetuneSpec with ``init_from``).
 
     Fine-tuning takes the architecture of ``init_from``; ``enabled: false`` passes that model
     through unchanged (the paper's no-fine-tuning ablation) and ``labels: inferred`` adds the
     selected set ``inferred`` to the training data. ``launcher`` (a LauncherSpec) says where
-    it trains: in this process (``pod``) or through the PyTorchJob launcher.
+    it trains: in this process (``pod``) or through the PyTorchJob launcher. ``extra_data``:
+    dataset URIs trained on besides ``data`` (LLP's pool); ``outputs``: files or directories
+    of the run the Model artifact also gets (LLP's pseudo-labels).
     """
     spec_launch = config.build(LauncherSpec, integral(launcher or {}), "launcher")
     out = location(model)
-    data = [dataset_uri(data)]
+    data = [dataset_uri(data), *extra_data]
     recipe = dict(recipe, model_kwargs=integral(recipe.get("model_kwargs", {})))
     init = location(init_from) if init_from is not None else None
     spec = FinetuneSpec(**recipe) if init else None
@@ -79,7 +89,7 @@ def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
                                          data={"train": list(data)}), "train component")
     summary = train(cfg) if spec_launch.backend == "pod" else _launch(cfg, spec_launch, out)
     if checkpoints:
-        _copy_model(run_dir, out)
+        _copy_model(run_dir, out, outputs)
     model.metadata.update(model=fields["model"], model_kwargs=fields.get("model_kwargs", {}),
                           steps=summary.get("steps"), fine_tuned=init is not None,
                           backend=spec_launch.backend, job=summary.get("job", ""))

@@ -61,6 +61,10 @@ class LLPConfig(StageConfig):
     category_weight: float = Field(1.0, ge=0, description="weight of L_C (0: embedding loss only)")
     warm_epochs: float = Field(0.0, ge=0, description="epochs of instance recognition (no labels) "
                                                       "before propagation (the paper: 10)")
+    bank_init: Literal["random", "forward"] = Field(
+        "random", description="the memory bank before the first step: random unit vectors (the "
+                              "paper's IR) | forward (every image's embedding by the starting "
+                              "network: with init_from, propagation is meaningful from step 0)")
     softmax_support: int = Field(0, ge=0, description="L_A's sums over 0 = every bank entry (the "
                                  "paper and its code) or m = a random m of them per step (the "
                                  "same on every rank), a ratio estimate that costs m/N of it")
@@ -168,6 +172,16 @@ class LLPState:
         known = y >= 0
         self.labels[rows[unl][known]] = y[known]
         self.conf[rows[unl][known]] = conf[known]
+
+    @torch.no_grad()
+    def fill(self, embed, batches) -> None:
+        """``bank_init: forward``: each image's embedding by ``embed`` (eval mode, no
+        augmentation) from ``batches`` of (images, labels, rows); labelled rows get their label."""
+        for images, labels, rows in batches:
+            rows, labels = rows.to(self.device), labels.to(self.device)
+            self.bank[rows] = embed(images).float()
+            lab = labels >= 0
+            self.labels[rows[lab]], self.labelled[rows[lab]] = labels[lab], True
 
     @torch.no_grad()
     def refresh_density(self) -> None:

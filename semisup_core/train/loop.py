@@ -339,6 +339,27 @@ class Trainer:
         if self.dist.device.type == "cpu" and self.cfg.check_kernels:
             kernels.check_gradients(self._exported(), x[:8], labels[:8])
 
+    def _fill_bank(self, watchdog: Watchdog) -> None:
+        """LLP's ``bank_init: forward``: one pass of the starting network over every image."""
+        cfg, dev, t0 = self.cfg, self.dist.device, time.time()
+        model = self.model
+        model.eval()
+
+        def batches():
+            stream = ShardStream(self.meta.shards, local_batch=1024, shuffle=False,
+                                 channels=self.meta.channels, cache=self.cache)
+            for images, labels, keys in DataLoader(stream, batch_size=1024):
+                watchdog.beat("filling the memory bank")
+                yield images, labels, torch.tensor([self.rows[k] for k in keys])
+
+        def embed(images):
+            x = augment.normalize(images.to(dev), cfg.data.mean, cfg.data.std, self.memory_format)
+            return model(augment.to_layout(x, self.memory_format))[0]
+        self.llp.fill(embed, batches())
+        model.train()
+        log.info("memory bank filled by a forward pass (%d images, %.1f s)", len(self.row_keys),
+                 time.time() - t0)
+
     def _exported(self) -> torch.nn.Module:
         """The registry model the final model.safetensors holds (LLP's without its embedding
         head, which its checkpoints keep)."""
@@ -415,6 +436,8 @@ class Trainer:
                 if len(self.rows) != len(self.row_keys):
                     raise ConfigError("objective llp: a sample key occurs twice in data.train "
                                       "(its memory bank is addressed by key)")
+                if self.step == 0 and cfg.llp.bank_init == "forward":
+                    self._fill_bank(watchdog)
             watchdog.beat(f"step {self.step + 1} of {self.total_steps} (loading data)")
             while self.step < self.total_steps:
                 self._run_epoch(self.step // self.steps_per_epoch, bar, watchdog)

@@ -157,3 +157,17 @@ def test_configmap_jobs_are_for_kubectl_not_the_launcher(tmp_path):
     with pytest.raises(Exception, match="ConfigMap teacher-config"):
         launch(spec, client=client)
     assert client.created == [] and not os.path.exists(tmp_path / "run")
+
+
+def test_an_llp_job_runs_the_llp_stage_in_its_image():
+    """objective llp: the pods run `semisup stage llp` in images/llp (faiss for its kNN core);
+    any other objective the train stage in images/train; an explicit image wins."""
+    def container(train, **kw):
+        job = to_manifest(build_job(JobSpec(name="j", train=train, workers=0, **kw)))
+        return job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    llp = container(dict(TRAIN, objective="llp"))
+    assert llp["image"].startswith("ghcr.io/semisup/semisup-llp:")
+    assert llp["command"][:5] == ["torchrun", "-m", "semisup", "stage", "llp"]
+    sup = container(TRAIN)
+    assert sup["image"].startswith("ghcr.io/semisup/semisup-train:") and sup["command"][4] == "train"
+    assert container(TRAIN, image="registry.local/x:1")["image"] == "registry.local/x:1"

@@ -1,0 +1,1 @@
+"""The llp stage\x27s components: LLP training and its report."""

@@ -1,0 +1,1 @@
+"""LLP's report component."""

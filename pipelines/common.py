@@ -1,0 +1,34 @@
+"""Pipeline pieces every method's pipeline shares, so that their tables compare on one split."""
+
+from components.data.component import import_data, split_data
+from components.dedup.component import dedup as dedup_step
+from components.embed.component import embed
+
+
+def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, dedup_embedder,
+              dedup_threshold) -> tuple[dict, object]:
+    """import + split (N labels per class; the rest of Fashion-MNIST and the MNIST distractors
+    unlabelled) -> embed the test set and the pool -> dedup. Returns the datasets (labelled,
+    pool = the deduplicated pool, oracle, test) and the dedup task."""
+    imports = {name: import_data(source=src_kind, src=src, root=data_root, name=name, split=split)
+               .set_display_name(f"import {name}")
+               for name, src_kind, src, split in (
+                   ("fmnist-train", "fashion-mnist", fashion_mnist, "train"),
+                   ("fmnist-test", "fashion-mnist", fashion_mnist, "test"),
+                   ("mnist-train", "mnist", mnist, "train"))}
+    split = split_data(dataset=imports["fmnist-train"].outputs["dataset"], root=data_root,
+                       labels_per_class=labels_per_class, seed=seed,
+                       distractor=imports["mnist-train"].outputs["dataset"])
+    # every dataset travels as an artifact (a reference to shards under data_root): kfp.local
+    # 2.17 replaces task-output *parameters* that enter a ParallelFor with the loop item
+    data = {"labelled": split.outputs["labelled"], "pool": split.outputs["pool"],
+            "oracle": split.outputs["oracle"], "test": imports["fmnist-test"].outputs["dataset"]}
+    emb_test = embed(dataset=data["test"], model=dedup_embedder, enabled=dedup)
+    emb_test.set_display_name("dedup: embed test set")
+    emb_pool = embed(dataset=data["pool"], model=dedup_embedder, enabled=dedup)
+    emb_pool.set_display_name("dedup: embed pool")
+    dd = dedup_step(pool=data["pool"], pool_embeddings=emb_pool.outputs["embeddings"],
+                    eval_embeddings=emb_test.outputs["embeddings"], threshold=dedup_threshold,
+                    seed=seed, enabled=dedup).set_display_name("dedup: pool vs test set")
+    data["pool"] = dd.outputs["deduped"]  # what the methods read: the deduplicated pool
+    return data, dd

@@ -1,0 +1,137 @@
+"""Local Label Propagation (Zhuang et al. 2019) as a KFP pipeline.
+
+data (the demo's split) -> dedup (embed test set and pool, remove the pool's near-duplicates of
+the test set) -> supervised baseline on the labels + LLP on labels and pool -> evaluate both ->
+report (the comparison table every method shows, LLP's pseudo-label precision and coverage per
+propagation round from the oracle).
+
+Defaults are the LLP stage's own (semisup_core.llp.run.LLPRunConfig: its recipe, the paper's
+K, T, tau) and dedup's (DedupSpec). ``semisup run llp --config configs/llp_demo.yaml`` runs it
+under kfp.local. Recompile after any change: ``.venv/bin/semisup pipelines compile``.
+"""
+
+import os
+
+from kfp import dsl
+from kfp.dsl import pipeline_context
+
+from components.evaluate.component import evaluate
+from components.llp.component import llp as llp_step
+from components.llp_report.component import llp_report
+from components.train.component import train
+from pipelines import compile_main, on_platform, with_resource_docs
+from pipelines.common import demo_data
+from pipelines.resources import DEFAULT as _R, PROFILES
+from semisup_core import storage
+from semisup_core.dedup.stage import DedupSpec
+from semisup_core.llp.run import LLPRunConfig
+from semisup_core.train.config import LauncherSpec
+
+NAME = "llp"
+PIPELINE = "llp"
+CONFIG = LLPRunConfig
+_L, _DD = LLPRunConfig(), DedupSpec()
+
+
+@dsl.pipeline(name=NAME, description="Local Label Propagation (Zhuang et al. 2019): a memory "
+              "bank, density-weighted kNN pseudo-labels, aggregation and confidence-weighted "
+              "losses, against the supervised baseline")
+@with_resource_docs
+def llp(data_root: str = _L.out + "/data",
+        workdir: str = "",
+        fashion_mnist: str = _L.fashion_mnist,
+        mnist: str = _L.mnist,
+        labels_per_class: int = _L.labels_per_class,
+        seed: int = _L.seed,
+        baseline: dict = _L.baseline.model_dump(mode="json", exclude_none=True),
+        recipe: dict = _L.llp.model_dump(mode="json", exclude_none=True),
+        dedup: bool = _DD.enabled,
+        dedup_embedder: str = _DD.embedder,
+        dedup_threshold: float = _DD.threshold,
+        warm_start: str = _L.warm_start,
+        launcher: dict = LauncherSpec().model_dump(mode="json"),
+        train_cpu: str = _R.train.cpu,
+        train_memory: str = _R.train.memory,
+        train_gpus: int = _R.train.gpus,
+        infer_cpu: str = _R.infer.cpu,
+        infer_memory: str = _R.infer.memory,
+        infer_gpus: int = _R.infer.gpus,
+        light_cpu: str = _R.light.cpu,
+        light_memory: str = _R.light.memory,
+        accelerator: str = _R.accelerator,
+        gpu_node_selector: dict = _R.gpu_node_selector,
+        gpu_tolerations: list = _R.gpu_tolerations):
+    """LLP and the supervised baseline on one split, compared.
+
+    Args:
+        data_root: directory URI for imported datasets and splits, shared by runs (s3://, minio:// or a path).
+        workdir: store URI for training checkpoints so restarted steps resume ('' = none).
+        fashion_mnist: Fashion-MNIST IDX directory: the labelled task.
+        mnist: MNIST IDX directory, mixed into the pool as distractors ('' = no distractors).
+        labels_per_class: labelled images per class; the rest of the training set joins the pool.
+        seed: seed of the labelled draw and of both models.
+        baseline: the supervised baseline's recipe (labels only).
+        recipe: LLP's training recipe (objective llp; its llp section: embed_dim, temperature, bank_momentum, k, density_k, density, pseudo_labels, confidence, category_weight, warm_epochs, softmax_support).
+        dedup: remove the pool's near-duplicates of the test set before LLP trains on it.
+        dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
+        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image.
+        warm_start: baseline (LLP starts from the supervised baseline's weights) or none (from scratch).
+        launcher: where both training tasks train (LauncherSpec): pod, pytorchjob (LLP's pods run images/llp) or torchrun.
+    """
+    data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
+                         dedup_embedder, dedup_threshold)
+    base = train(data=data["labelled"], recipe=baseline, seed=seed, checkpoints=workdir,
+                 launcher=launcher).set_display_name("train supervised baseline")
+    base_eval = evaluate(model=base.outputs["model"], data=data["test"],
+                         name="supervised baseline").set_display_name("evaluate baseline")
+    model = llp_step(labelled=data["labelled"], pool=data["pool"], recipe=recipe, seed=seed,
+                     checkpoints=workdir, launcher=launcher, baseline=base.outputs["model"],
+                     warm_start=warm_start).set_display_name("train LLP")
+    llp_eval = evaluate(model=model.outputs["model"], data=data["test"],
+                        name="LLP").set_display_name("evaluate LLP")
+    llp_report(baseline=base_eval.outputs["metrics"], llp=llp_eval.outputs["metrics"],
+               model=model.outputs["model"], test=data["test"], oracle=data["oracle"],
+               dedup=dd.outputs["result"]).set_display_name("report")
+    on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values(), locals())
+
+
+def arguments(cfg: LLPRunConfig, out: str, local: bool = True, profile: str = "cpu") -> dict:
+    """Pipeline arguments from a validated LLPRunConfig (as teacher_student.arguments)."""
+    def absolute(p: str) -> str:
+        return os.path.abspath(p) if local and p and storage.is_local(p) else p
+
+    return dict(data_root=storage.join(out, "data"),
+                workdir=storage.join(out, f"seed-{cfg.seed}", "work"),
+                fashion_mnist=absolute(cfg.fashion_mnist),
+                mnist=absolute(cfg.mnist) if cfg.distractors else "",
+                labels_per_class=cfg.labels_per_class, seed=cfg.seed,
+                baseline=cfg.baseline.model_dump(mode="json", exclude_none=True),
+                recipe=cfg.llp.model_dump(mode="json", exclude_none=True),
+                dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
+                dedup_threshold=cfg.dedup.threshold, warm_start=cfg.warm_start,
+                launcher=cfg.launcher.model_dump(mode="json"),
+                **PROFILES[profile].parameters())
+
+
+def finish(cfg: LLPRunConfig, out: str, run_dir: str, artifacts: list[str], seconds: float) -> dict:
+    """After a local run: copy the report next to the run and print the table."""
+    from semisup.local_run import copy_tree
+    from semisup_core.llp.report import ROWS
+    from semisup_core.report import dedup_summary, format_table
+    found = [a for a in artifacts if os.path.basename(os.path.dirname(a)).startswith("llp-report")
+             and os.path.basename(a) == "report"]
+    if not found:
+        raise RuntimeError(f"no report under {run_dir}: did the pipeline finish?")
+    seed_dir = os.path.join(out, f"seed-{cfg.seed}")
+    copy_tree(found[0], os.path.join(seed_dir, "report"))
+    metrics = storage.read_json(os.path.join(seed_dir, "report", "metrics.json"))
+    print("\n" + format_table(metrics["entries"], ROWS))
+    if metrics.get("dedup"):
+        print("\n" + dedup_summary(metrics["dedup"]))
+    print(f"\nFinished in {seconds / 60:.1f} min. Report: "
+          f"{os.path.join(seed_dir, 'report', 'report.md')} (and report.html, rounds.png)")
+    return metrics
+
+
+if __name__ == "__main__":
+    compile_main(llp, __file__)

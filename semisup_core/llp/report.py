@@ -1,0 +1,46 @@
+"""LLP's report: the comparison table every method shows (``report.format_table``), the
+oracle's view of the pseudo-labels, and their precision and coverage per propagation round."""
+
+from __future__ import annotations
+
+import os
+
+from semisup_core import storage
+from semisup_core.report import (dedup_summary, format_table, html_page, plot_precision_by_rank,
+                                 plot_recall, plot_rounds)
+
+BASELINE, LLP = "supervised baseline", "LLP"
+ROWS = (BASELINE, LLP)
+
+
+def write_report(entries: list[dict], per_round: list[dict], classes: list[str], out: str,
+                 dedup: dict | None) -> dict:
+    """report.md, report.html, metrics.json and the plots under ``out``."""
+    named, plots = {e["model"]: e for e in entries}, {}
+    if per_round:
+        plots["pseudo_labels_per_round"] = plot_rounds(per_round, storage.join(out, "rounds.png"))
+    sel = (named.get(LLP) or {}).get("selection") or {}
+    if sel.get("precision_by_rank"):
+        plots["precision_vs_confidence_rank"] = plot_precision_by_rank(
+            {"LLP pseudo-labels": sel["precision_by_rank"]}, storage.join(out, "precision_vs_rank.png"))
+    if BASELINE in named and LLP in named:
+        plots["recall"] = plot_recall(classes, {BASELINE: named[BASELINE]["per_class_recall"],
+                                                LLP: named[LLP]["per_class_recall"]},
+                                      storage.join(out, "per_class_recall.png"))
+    table = format_table(entries, ROWS)
+    notes = [dedup_summary(dedup)] if dedup else []
+    if sel:
+        notes.append(f"LLP's pseudo-labels (oracle): {100 * sel['coverage']:.1f}% of the "
+                     f"{sel['pool_images']:,} pool images labelled, precision "
+                     f"{100 * (sel['precision'] or 0):.1f}% ({100 * sel['weighted_precision']:.1f}% "
+                     f"weighted by confidence), {100 * (sel['distractor_share'] or 0):.2f}% of "
+                     "them distractors; rows ranked by confidence within their class.")
+    md = ["# semisup LLP report", "", table, "", *notes, ""]
+    md += [f"![{name}]({os.path.basename(uri)})" for name, uri in plots.items()]
+    storage.put_bytes(storage.join(out, "report.md"), ("\n".join(md) + "\n").encode())
+    storage.put_bytes(storage.join(out, "report.html"), html_page(
+        "semisup LLP report", table + "".join(f"\n\n{n}" for n in notes), plots).encode())
+    metrics = {"entries": entries, "rounds": per_round, "dedup": dedup,
+               "plots": {k: os.path.basename(v) for k, v in plots.items()}}
+    storage.write_json(storage.join(out, "metrics.json"), metrics)
+    return metrics
