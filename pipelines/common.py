@@ -1,5 +1,7 @@
 """Pipeline pieces every method's pipeline shares, so that their tables compare on one split."""
 
+import os
+
 from components.data.component import import_data, split_data
 from components.dedup.component import dedup as dedup_step
 from components.embed.component import embed
@@ -32,3 +34,23 @@ def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, de
                     seed=seed, enabled=dedup).set_display_name("dedup: pool vs test set")
     data["pool"] = dd.outputs["deduped"]  # what the methods read: the deduplicated pool
     return data, dd
+
+
+def demo_arguments(cfg, out: str, local: bool = True) -> dict:
+    """The arguments of ``demo_data`` and the launcher from a method's validated config (a
+    ``DemoData`` with ``dedup`` and ``launcher``); ``out`` is its output dir (absolute for local
+    runs, where relative raw-data paths are made absolute too; on a cluster every location
+    must be a store URI the pods can read)."""
+    from semisup_core import storage
+
+    def absolute(p: str) -> str:
+        return os.path.abspath(p) if local and p and storage.is_local(p) else p
+
+    return dict(data_root=storage.join(out, "data"),
+                workdir=storage.join(out, f"seed-{cfg.seed}", "work"),
+                fashion_mnist=absolute(cfg.fashion_mnist),
+                mnist=absolute(cfg.mnist) if cfg.distractors else "",
+                labels_per_class=cfg.labels_per_class, seed=cfg.seed,
+                dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
+                dedup_threshold=cfg.dedup.threshold,
+                launcher=cfg.launcher.model_dump(mode="json"))

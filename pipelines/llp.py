@@ -20,7 +20,7 @@ from components.llp.component import llp as llp_step
 from components.llp_report.component import llp_report
 from components.train.component import train
 from pipelines import compile_main, on_platform, with_resource_docs
-from pipelines.common import demo_data
+from pipelines.common import demo_arguments, demo_data
 from pipelines.resources import DEFAULT as _R, PROFILES
 from semisup_core import storage
 from semisup_core.dedup.stage import DedupSpec
@@ -96,21 +96,11 @@ def llp(data_root: str = _L.out + "/data",
 
 
 def arguments(cfg: LLPRunConfig, out: str, local: bool = True, profile: str = "cpu") -> dict:
-    """Pipeline arguments from a validated LLPRunConfig (as teacher_student.arguments)."""
-    def absolute(p: str) -> str:
-        return os.path.abspath(p) if local and p and storage.is_local(p) else p
-
-    return dict(data_root=storage.join(out, "data"),
-                workdir=storage.join(out, f"seed-{cfg.seed}", "work"),
-                fashion_mnist=absolute(cfg.fashion_mnist),
-                mnist=absolute(cfg.mnist) if cfg.distractors else "",
-                labels_per_class=cfg.labels_per_class, seed=cfg.seed,
+    """Pipeline arguments from a validated LLPRunConfig (``common.demo_arguments``)."""
+    return dict(demo_arguments(cfg, out, local),
                 baseline=cfg.baseline.model_dump(mode="json", exclude_none=True),
                 recipe=cfg.llp.model_dump(mode="json", exclude_none=True),
-                dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
-                dedup_threshold=cfg.dedup.threshold, warm_start=cfg.warm_start,
-                launcher=cfg.launcher.model_dump(mode="json"),
-                **PROFILES[profile].parameters())
+                warm_start=cfg.warm_start, **PROFILES[profile].parameters())
 
 
 def finish(cfg: LLPRunConfig, out: str, run_dir: str, artifacts: list[str], seconds: float) -> dict:

@@ -25,7 +25,7 @@ from components.select.component import select
 from components.train.component import train
 from components.workers.component import worker_indices
 from pipelines import compile_main, on_platform, with_resource_docs
-from pipelines.common import demo_data
+from pipelines.common import demo_arguments, demo_data
 from pipelines.resources import DEFAULT as _R, PROFILES
 from semisup_core import storage
 from semisup_core.dedup.stage import DedupSpec
@@ -184,29 +184,17 @@ def teacher_student(
     on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values(), locals())
 
 def arguments(cfg: DemoConfig, out: str, local: bool = True, profile: str = "cpu") -> dict:
-    """Pipeline arguments from a validated DemoConfig; ``out`` is its output dir (absolute
-    for local runs, where relative raw-data paths are made absolute too; on a cluster every
-    location must be a store URI the pods can read); ``profile`` sets the resource
-    parameters (pipelines/resources.py)."""
-    def absolute(p: str) -> str:
-        return os.path.abspath(p) if local and p and storage.is_local(p) else p
-
+    """Pipeline arguments from a validated DemoConfig (``common.demo_arguments``);
+    ``profile`` sets the resource parameters (pipelines/resources.py)."""
     sel = cfg.selection
-    return dict(data_root=storage.join(out, "data"),
-                workdir=storage.join(out, f"seed-{cfg.seed}", "work"),
-                fashion_mnist=absolute(cfg.fashion_mnist),
-                mnist=absolute(cfg.mnist) if cfg.distractors else "",
-                labels_per_class=cfg.labels_per_class, seed=cfg.seed,
+    return dict(demo_arguments(cfg, out, local),
                 teacher=cfg.teacher.model_dump(mode="json", exclude_none=True),
                 student=cfg.student.model_dump(mode="json", exclude_none=True),
                 baseline=cfg.baseline.model_dump(mode="json", exclude_none=True),
                 finetune=cfg.finetune.model_dump(mode="json", exclude_none=True),
                 top_p=sel.top_p, k=sel.k, strategy=sel.strategy, k_law=sel.k_law,
                 threshold=sel.threshold, use_logits=sel.use_logits, score_workers=sel.workers,
-                dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
-                dedup_threshold=cfg.dedup.threshold,
                 self_training=cfg.self_training, rounds=cfg.rounds, k_sweep=list(cfg.k_sweep),
-                launcher=cfg.launcher.model_dump(mode="json"),
                 **PROFILES[profile].parameters())
 
 
