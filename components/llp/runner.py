@@ -7,7 +7,6 @@ import hashlib
 
 from semisup_core import storage
 from semisup_core.data.manifest import without_keys
-from semisup_core.dedup.stage import removed_keys
 from semisup_core.errors import ConfigError
 from semisup_core.llp import stage  # noqa: F401  (fails at once without faiss, as the stage does)
 
@@ -23,6 +22,8 @@ def _pool(pool, where: str) -> str:
     uri, exclude = dataset_uri(pool), dataset_exclude(pool)
     if not exclude:
         return uri
+    # here, not at the top: dedup's module loads embed, whose efficientnet path imports timm
+    from semisup_core.dedup.stage import removed_keys
     key = hashlib.sha256(f"{uri}|{exclude}".encode()).hexdigest()[:12]
     return without_keys(uri, removed_keys(exclude), storage.join(where, f"pool-deduped-{key}"))
 
