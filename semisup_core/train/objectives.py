@@ -93,7 +93,10 @@ def freeze_unreached(model: nn.Module, sample: torch.Tensor) -> list[str]:
     contrastive objective does not train them, and DDP refuses parameters without gradients.
     Returns their names."""
     params = dict(model.named_parameters())
+    was_training = model.training
+    model.eval()  # the dry run must not move BatchNorm's running statistics
     out = model.forward_features(sample).float().sum()
+    model.train(was_training)
     grads = torch.autograd.grad(out, list(params.values()), allow_unused=True)
     frozen = [n for (n, p), g in zip(params.items(), grads) if g is None]
     for name in frozen:

@@ -145,8 +145,11 @@ def test_crop_photometric_and_the_clean_view():
 
 def test_freeze_unreached_freezes_the_classifier_only():
     model = create_model("small_resnet8", 10, 1, width=4, pool="gem", embed_dim=16)
-    frozen = freeze_unreached(model, torch.zeros(2, 1, 28, 28))
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    frozen = freeze_unreached(model, torch.ones(2, 1, 28, 28))
     assert sorted(frozen) == ["fc.bias", "fc.weight"]
+    # the dry run left BatchNorm's statistics alone (and the model in training mode)
+    assert model.training and all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
     assert model.forward_features(torch.zeros(3, 1, 28, 28)).shape == (3, 16)
 
 
