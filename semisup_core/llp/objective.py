@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from typing import Literal
 
 import torch
@@ -108,6 +109,8 @@ class LLPState:
         self.labelled = torch.zeros(n, dtype=torch.bool, device=device)  # a true label is known
         self.rho_rows = torch.zeros(0, dtype=torch.long)  # labelled rows at the last density pass
         self.log_rho = torch.zeros(0, dtype=torch.float64)
+        self.row_keys: list[str] = []  # bank row -> sample key (index_rows)
+        self.rows: dict[str, int] = {}
 
     def targets(self, rows: torch.Tensor, labels: torch.Tensor, warm: bool
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,15 +176,44 @@ class LLPState:
         self.labels[rows[unl][known]] = y[known]
         self.conf[rows[unl][known]] = conf[known]
 
+    def index_rows(self, shards: list[str], cache: dict | None, beat=lambda msg: None) -> None:
+        """Every training sample's key, shard by shard: the bank's rows (from the decoded
+        ``cache`` when there is one, else the shards' indexes)."""
+        from semisup_core.data.shards import shard_keys
+        keys: list[str] = []
+        for i, uri in enumerate(shards):
+            keys += [r.key for r in cache[uri]] if cache else shard_keys(uri)
+            beat(f"listing the keys of shard {i + 1} of {len(shards)}")
+        if len(keys) != len(self.bank):
+            raise ConfigError(f"the shards hold {len(keys)} samples, their dataset.json files "
+                              f"{len(self.bank)}")
+        self.row_keys, self.rows = keys, {k: i for i, k in enumerate(keys)}
+        if len(self.rows) != len(keys):
+            raise ConfigError("objective llp: a sample key occurs twice in data.train (its "
+                              "memory bank is addressed by key)")
+
+    def rows_of(self, keys: list[str]) -> torch.Tensor:
+        return torch.tensor([self.rows[k] for k in keys], device=self.device)
+
     @torch.no_grad()
-    def fill(self, embed, batches) -> None:
-        """``bank_init: forward``: each image's embedding by ``embed`` (eval mode, no
-        augmentation) from ``batches`` of (images, labels, rows); labelled rows get their label."""
-        for images, labels, rows in batches:
-            rows, labels = rows.to(self.device), labels.to(self.device)
+    def fill(self, embed, shards: list[str], channels: int, cache: dict | None,
+             beat=lambda msg: None) -> None:
+        """``bank_init: forward``: every image's embedding by ``embed`` (the starting network,
+        eval mode, no augmentation); labelled rows get their label."""
+        from torch.utils.data import DataLoader
+
+        from semisup_core.data.stream import ShardStream
+        t0 = time.time()
+        stream = ShardStream(shards, local_batch=1024, shuffle=False, channels=channels,
+                             cache=cache)
+        for images, labels, keys in DataLoader(stream, batch_size=1024):
+            beat("filling the memory bank")
+            rows, labels = self.rows_of(keys), labels.to(self.device)
             self.bank[rows] = embed(images).float()
             lab = labels >= 0
             self.labels[rows[lab]], self.labelled[rows[lab]] = labels[lab], True
+        log.info("memory bank filled by a forward pass (%d images, %.1f s)", len(self.rows),
+                 time.time() - t0)
 
     @torch.no_grad()
     def refresh_density(self) -> None:
@@ -210,12 +242,12 @@ class LLPState:
         self.labelled = tensors["llp.labelled"].to(self.device)
         self.rho_rows, self.log_rho = tensors["llp.rho_rows"], tensors["llp.log_rho"]
 
-    def write_labels(self, uri: str, keys: list[str]) -> None:
+    def write_labels(self, uri: str) -> None:
         """The label store as a table: key, label (-1: none), confidence, labelled (a true
         label) -- what the oracle analysis reads."""
         import pyarrow as pa
 
         from semisup_core.tables import write_table
-        write_table(uri, pa.table({"key": keys, "label": self.labels.cpu().numpy(),
+        write_table(uri, pa.table({"key": self.row_keys, "label": self.labels.cpu().numpy(),
                                    "confidence": self.conf.cpu().numpy(),
                                    "labelled": self.labelled.cpu().numpy()}))

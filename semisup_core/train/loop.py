@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from semisup_core import checkpoint, config, storage
 from semisup_core.data.dataset import read_meta, require_same_classes, shard_uris
-from semisup_core.data.shards import shard_keys
 from semisup_core.data.stream import ShardStream, decode_shards
 from semisup_core.errors import ConfigError
 from semisup_core.llp.objective import LLPNet, LLPState
@@ -206,18 +205,6 @@ def _loader(cfg: TrainConfig, meta: TrainSet, dist: DistInfo, local_batch: int,
                       pin_memory=dist.device.type == "cuda", drop_last=False)
 
 
-def _sample_keys(meta: TrainSet, cache: dict | None, watchdog: Watchdog) -> list[str]:
-    """Every training sample's key, shard by shard: the rows of LLP's memory bank."""
-    keys: list[str] = []
-    for i, uri in enumerate(meta.shards):
-        keys += [r.key for r in cache[uri]] if cache else shard_keys(uri)
-        watchdog.beat(f"listing the keys of shard {i + 1} of {len(meta.shards)}")
-    if len(keys) != meta.num_samples:
-        raise ConfigError(f"the shards hold {len(keys)} samples, their dataset.json files "
-                          f"{meta.num_samples}")
-    return keys
-
-
 def _model_spec(cfg: TrainConfig, meta: TrainSet) -> dict:
     return {"model": {"name": cfg.model, "num_classes": head_classes(cfg, meta),
                       "in_chans": meta.channels, "kwargs": cfg.model_kwargs},
@@ -268,7 +255,7 @@ class Trainer:
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
         self.step, self.history, self._checked, self.cache = 0, [], False, None
         self.stats: dict = {}  # the objective's diagnostics at the last step
-        self.memory, self.llp, self.rows, self.row_keys = None, None, None, None
+        self.memory, self.llp = None, None
         if cfg.objective == "llp":
             self.llp = LLPState(cfg.llp, self.meta.num_samples, self.meta.num_classes, cfg.seed,
                                 self.dist.device)
@@ -317,7 +304,7 @@ class Trainer:
                     self.model(x), cfg.contrastive, self.dist.rank, self.memory,
                     self.step >= cfg.contrastive.memory_after_epochs * self.steps_per_epoch)
             elif cfg.objective == "llp":
-                rows = torch.tensor([self.rows[k] for k in keys], device=dev)
+                rows = self.llp.rows_of(keys)
                 labels, warm = labels.to(dev), self.step < cfg.llp.warm_epochs * self.steps_per_epoch
                 v, logits = self.model(x)
                 loss, self.stats = self.llp.loss(v, logits, rows, labels, warm, self.step)
@@ -339,26 +326,11 @@ class Trainer:
         if self.dist.device.type == "cpu" and self.cfg.check_kernels:
             kernels.check_gradients(self._exported(), x[:8], labels[:8])
 
-    def _fill_bank(self, watchdog: Watchdog) -> None:
-        """LLP's ``bank_init: forward``: one pass of the starting network over every image."""
-        cfg, dev, t0 = self.cfg, self.dist.device, time.time()
-        model = self.model
-        model.eval()
-
-        def batches():
-            stream = ShardStream(self.meta.shards, local_batch=1024, shuffle=False,
-                                 channels=self.meta.channels, cache=self.cache)
-            for images, labels, keys in DataLoader(stream, batch_size=1024):
-                watchdog.beat("filling the memory bank")
-                yield images, labels, torch.tensor([self.rows[k] for k in keys])
-
-        def embed(images):
-            x = augment.normalize(images.to(dev), cfg.data.mean, cfg.data.std, self.memory_format)
-            return model(augment.to_layout(x, self.memory_format))[0]
-        self.llp.fill(embed, batches())
-        model.train()
-        log.info("memory bank filled by a forward pass (%d images, %.1f s)", len(self.row_keys),
-                 time.time() - t0)
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """LLP's embedding of a uint8 batch as inference sees it (no augmentation)."""
+        cfg, dev = self.cfg, self.dist.device
+        x = augment.normalize(images.to(dev), cfg.data.mean, cfg.data.std, self.memory_format)
+        return self.model(augment.to_layout(x, self.memory_format))[0]
 
     def _exported(self) -> torch.nn.Module:
         """The registry model the final model.safetensors holds (LLP's without its embedding
@@ -418,7 +390,7 @@ class Trainer:
                 break
         if self.llp is not None and self.dist.is_main:  # one propagation round's labels
             self.llp.write_labels(storage.join(self.cfg.out, "pseudo_labels",
-                                               f"epoch-{epoch + 1:03d}.parquet"), self.row_keys)
+                                               f"epoch-{epoch + 1:03d}.parquet"))
 
     def run(self) -> dict:
         cfg, t0 = self.cfg, time.time()
@@ -431,13 +403,12 @@ class Trainer:
             if self.step < self.total_steps:
                 self.cache = _cache(cfg, self.meta, watchdog)
             if self.llp is not None:
-                self.row_keys = _sample_keys(self.meta, self.cache, watchdog)
-                self.rows = {k: i for i, k in enumerate(self.row_keys)}
-                if len(self.rows) != len(self.row_keys):
-                    raise ConfigError("objective llp: a sample key occurs twice in data.train "
-                                      "(its memory bank is addressed by key)")
+                self.llp.index_rows(self.meta.shards, self.cache, watchdog.beat)
                 if self.step == 0 and cfg.llp.bank_init == "forward":
-                    self._fill_bank(watchdog)
+                    self.model.eval()
+                    self.llp.fill(self._embed, self.meta.shards, self.meta.channels, self.cache,
+                                  watchdog.beat)
+                    self.model.train()
             watchdog.beat(f"step {self.step + 1} of {self.total_steps} (loading data)")
             while self.step < self.total_steps:
                 self._run_epoch(self.step // self.steps_per_epoch, bar, watchdog)
@@ -454,7 +425,7 @@ class Trainer:
         if self.dist.is_main:
             checkpoint.save_final(cfg.out, self._exported(), self._state())
             if self.llp is not None:
-                self.llp.write_labels(storage.join(cfg.out, "pseudo_labels.parquet"), self.row_keys)
+                self.llp.write_labels(storage.join(cfg.out, "pseudo_labels.parquet"))
             storage.write_json(storage.join(cfg.out, "metrics.json"),
                                dict(result, history=self.history))
         return result
