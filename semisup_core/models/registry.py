@@ -44,8 +44,16 @@ def model_info(name: str) -> ModelInfo:
 
 
 def create_model(name: str, num_classes: int, in_chans: int | None = None, **kwargs) -> nn.Module:
-    """Build a registered model with a fresh ``num_classes``-way head."""
+    """Build a registered model with a fresh ``num_classes``-way head; ``head_mlp=k`` adds k
+    hidden layers before the classifier (``heads.WithHeadLayers``, any model)."""
     info = model_info(name)
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
-    return info.factory(num_classes=num_classes, in_chans=in_chans or info.in_chans, **kwargs)
+    layers = kwargs.pop("head_mlp", 0)
+    if not isinstance(layers, int) or layers < 0:
+        raise ConfigError(f"head_mlp must be a whole number >= 0, got {layers!r}")
+    model = info.factory(num_classes=num_classes, in_chans=in_chans or info.in_chans, **kwargs)
+    if layers:
+        from semisup_core.models.heads import WithHeadLayers
+        model = WithHeadLayers(model, layers)
+    return model

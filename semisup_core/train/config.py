@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from semisup_core.config import StageConfig
 from semisup_core.llp.objective import LLPConfig
+from semisup_core.train.distill import DistillConfig
 from semisup_core.train.objectives import ContrastiveConfig, Objective
 
 
@@ -36,10 +37,18 @@ class AugmentConfig(StageConfig):
 
 
 class OptimConfig(StageConfig):
-    lr: float = Field(0.1, gt=0, description="learning rate per 256 images; scaled linearly "
-                                             "with the global batch (Goyal et al. 2017)")
+    optimizer: Literal["sgd", "lars"] = Field(
+        "sgd", description="sgd (momentum, Nesterov) | lars (timm's Lars: layer-wise trust "
+                           "ratio, SimCLR's optimiser for batches of thousands)")
+    lr: float = Field(0.1, gt=0, description="learning rate per 256 images, scaled linearly "
+                                             "with the global batch (Goyal et al. 2017); with "
+                                             "lr_scaling sqrt: times sqrt(global batch)")
+    lr_scaling: Literal["linear", "sqrt"] = Field(
+        "linear", description="linear: lr x batch/256 | sqrt: lr x sqrt(batch) (SimCLR's "
+                              "0.075 x sqrt(B) for small batches / short runs)")
+    trust_coeff: float = Field(0.001, gt=0, description="LARS: eta of the trust ratio")
     momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
+    nesterov: bool = Field(True, description="SGD only (LARS runs classic momentum)")
     weight_decay: float = Field(5e-4, ge=0, description="1e-4 for ImageNet ResNets, 5e-4 small data")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up from 0 (Goyal et al.)")
     schedule: Literal["cosine", "step"] = "cosine"
@@ -68,6 +77,13 @@ class TrainRecipe(StageConfig):
         None, description="the contrastive objective's settings (null: its defaults)")
     llp: LLPConfig | None = Field(None, description="the llp objective's settings (null: the "
                                                     "paper's defaults)")
+    distill: DistillConfig | None = Field(None, description="the distill objective's settings "
+                                                            "(its teacher is required)")
+    zero_init_head: bool = Field(False, description="start the classifier at zero (fine-tuning "
+                                                    "a pre-trained network, SimCLRv2)")
+    snapshot_every_epochs: int = Field(0, ge=0, description="also save the model every N epochs "
+                                       "under out/snapshots/epoch-NNN (e.g. for a linear probe "
+                                       "per pre-training epoch; 0 = off)")
     epochs: float = Field(10, gt=0, description="passes over the training set")
     batch_size: int = Field(128, ge=1, description="GLOBAL batch, split evenly across ranks")
     seed: int = 0
@@ -91,6 +107,8 @@ class TrainRecipe(StageConfig):
             self.contrastive = ContrastiveConfig()
         if self.objective == "llp" and self.llp is None:
             self.llp = LLPConfig()
+        if self.objective == "distill" and self.distill is None:
+            raise ValueError("objective distill needs distill.teacher (the teacher's model dir)")
         if self.optim.schedule == "step" and any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError("optim.milestones must be fractions in (0, 1)")
         return self

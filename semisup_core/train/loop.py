@@ -1,8 +1,8 @@
 """The one training loop every training stage uses.
 
-SGD + Nesterov, warm-up then cosine/step decay, LR scaled with the global batch, an
-objective per run (``objectives.py``: supervised cross-entropy, contrastive; LLP in
-``semisup_core/llp``), AMP on GPU,
+SGD + Nesterov or LARS, warm-up then cosine/step decay, LR scaled with the global batch, an
+objective per run (``objective.py``: supervised cross-entropy, contrastive, LLP,
+distillation), AMP on GPU,
 DDP under torchrun (gloo on CPU, NCCL on GPU), checkpoints to the store every N steps, and
 exact resume from the newest one: the data order and the augmentation of step ``s`` depend
 only on ``(seed, s)``, so a run that crashed and resumed ends with the same weights as one
@@ -28,13 +28,12 @@ from semisup_core import checkpoint, config, storage
 from semisup_core.data.dataset import read_meta, require_same_classes, shard_uris
 from semisup_core.data.stream import ShardStream, decode_shards
 from semisup_core.errors import ConfigError
-from semisup_core.llp.objective import LLPNet, LLPState
 from semisup_core.models import create_model
-from semisup_core.train import augment, kernels, views
+from semisup_core.models.heads import strip_wrapper
+from semisup_core.train import augment, kernels
 from semisup_core.train.config import TrainConfig
 from semisup_core.train.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
-from semisup_core.train.objectives import (Features, NegativeMemory, contrastive_loss,
-                                           freeze_unreached)
+from semisup_core.train.objective import OBJECTIVES, Objective
 from semisup_core.train.schedule import lr_factor, scaled_lr
 from semisup_core.watchdog import Watchdog
 
@@ -71,7 +70,7 @@ def training_set(train: str | list[str], need_labels: bool = True) -> TrainSet:
     for uri, meta in zip(uris, metas):
         if need_labels and not meta.labelled:
             raise ConfigError(f"data.train {uri} is unlabelled; the supervised objective needs "
-                              "labels (objective=contrastive trains without)")
+                              "labels (objective contrastive, llp or distill trains without)")
         require_same_classes(metas[0], meta)
         if meta.channels != metas[0].channels:
             raise ConfigError(f"data.train {uri} has {meta.channels} channels, "
@@ -93,28 +92,21 @@ def _plan(cfg: TrainConfig, meta: TrainSet, world: int) -> tuple[int, int, int]:
     return cfg.batch_size // world, steps_per_epoch, math.ceil(cfg.epochs * steps_per_epoch)
 
 
-def head_classes(cfg: TrainConfig, meta: TrainSet) -> int:
-    """Classes of the model's head (a contrastive run keeps one it does not train)."""
-    return max(1, meta.num_classes) if cfg.objective == "contrastive" else meta.num_classes
-
-
-def build_model(cfg: TrainConfig, meta: TrainSet, dist: DistInfo) -> torch.nn.Module:
-    """The model as training calls it: on its device and layout, for a contrastive objective
-    its normalised features (``objectives.Features``), under DDP when there are ranks."""
+def build_model(cfg: TrainConfig, meta: TrainSet, dist: DistInfo,
+                objective: Objective) -> torch.nn.Module:
+    """The model as training calls it: on its device and layout, wrapped by its objective
+    (``objective.wrap``), under DDP when there are ranks."""
+    kwargs = objective.model_kwargs()
     try:
-        model = create_model(cfg.model, head_classes(cfg, meta), meta.channels,
-                             **cfg.model_kwargs)
+        model = create_model(cfg.model, objective.head_classes(), meta.channels, **kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"model {cfg.model} with model_kwargs {cfg.model_kwargs}: {err}") from None
+        raise ConfigError(f"model {cfg.model} with model_kwargs {kwargs}: {err}") from None
     if cfg.init_from:
         _init_from(model, cfg.init_from)
-    if cfg.objective == "contrastive":
-        side = (meta.height or 32, meta.width or 32)
-        frozen = freeze_unreached(model, torch.zeros(2, meta.channels, *side))
-        log.info("contrastive: %d tensors not trained (%s)", len(frozen), ", ".join(frozen))
-        model = Features(model)
-    elif cfg.objective == "llp":
-        model = LLPNet(model, cfg.llp.embed_dim)
+    if cfg.zero_init_head:  # fine-tuning starts from a zero classifier (SimCLRv2's choice)
+        torch.nn.init.zeros_(model.fc.weight)
+        torch.nn.init.zeros_(model.fc.bias)
+    model = objective.wrap(model)
     fmt = kernels.memory_format(cfg.memory_format, dist.device)
     if cfg.sync_bn and dist.world_size > 1:
         if dist.device.type != "cuda":
@@ -132,6 +124,7 @@ def _init_from(model: torch.nn.Module, src: str) -> None:
     """Start from another run's weights; a head of another shape is re-initialised."""
     weights = checkpoint.load_weights(storage.join(src, "model.safetensors"))
     own = model.state_dict()
+    weights = strip_wrapper(weights, own)  # a pre-trained projection head's layers, unused
     keep = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     dropped = sorted(set(own) - set(keep))
     # only the classifier (weight + bias) may differ: anything else means another architecture
@@ -144,15 +137,23 @@ def _init_from(model: torch.nn.Module, src: str) -> None:
     log.info("initialised from %s (%d tensors; fresh: %s)", src, len(keep), dropped or "none")
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with Nesterov momentum; no weight decay on biases and BN parameters."""
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or LARS (timm's ``Lars``, SimCLR's large-batch optimiser);
+    no weight decay on biases and BN parameters, and under LARS no trust ratio for them either
+    (SimCLR excludes both from adaptation), while the weights always adapt (also at
+    weight_decay 0, as in fine-tuning: timm adapts only decayed groups unless told)."""
     trained = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in trained if p.ndim > 1]
     no_decay = [p for p in trained if p.ndim <= 1]
-    o = cfg.optim
+    o, lr = cfg.optim, scaled_lr(cfg.optim, cfg.batch_size)
+    if o.optimizer == "lars":
+        from timm.optim import Lars
+        return Lars([{"params": decay, "weight_decay": o.weight_decay, "always_adapt": True},
+                     {"params": no_decay, "weight_decay": 0.0, "always_adapt": False}],
+                    lr=lr, momentum=o.momentum, nesterov=False, trust_coeff=o.trust_coeff)
     return torch.optim.SGD([{"params": decay, "weight_decay": o.weight_decay},
                             {"params": no_decay, "weight_decay": 0.0}],
-                           lr=scaled_lr(o, cfg.batch_size), momentum=o.momentum, nesterov=o.nesterov)
+                           lr=lr, momentum=o.momentum, nesterov=o.nesterov)
 
 
 def _autocast(cfg: TrainConfig, device: torch.device):
@@ -205,9 +206,9 @@ def _loader(cfg: TrainConfig, meta: TrainSet, dist: DistInfo, local_batch: int,
                       pin_memory=dist.device.type == "cuda", drop_last=False)
 
 
-def _model_spec(cfg: TrainConfig, meta: TrainSet) -> dict:
-    return {"model": {"name": cfg.model, "num_classes": head_classes(cfg, meta),
-                      "in_chans": meta.channels, "kwargs": cfg.model_kwargs},
+def _model_spec(cfg: TrainConfig, meta: TrainSet, objective: Objective) -> dict:
+    return {"model": {"name": cfg.model, "num_classes": objective.head_classes(),
+                      "in_chans": meta.channels, "kwargs": objective.model_kwargs()},
             "classes": meta.classes, "mean": cfg.data.mean, "std": cfg.data.std,
             "image_size": [meta.height, meta.width]}
 
@@ -241,28 +242,19 @@ class Trainer:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
         torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local_world))
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.meta = training_set(cfg.data.train, need_labels=cfg.objective == "supervised")
-        if cfg.objective == "llp" and not self.meta.labelled:
-            raise ConfigError("objective llp needs a labelled dataset among data.train (the "
-                              "labels to propagate) besides the unlabelled pool")
+        self.meta = training_set(cfg.data.train, OBJECTIVES[cfg.objective].needs_labels)
         self.local_batch, self.steps_per_epoch, self.total_steps = _plan(
             cfg, self.meta, self.dist.world_size)
         self.memory_format = kernels.memory_format(cfg.memory_format, self.dist.device)
-        self.model = build_model(cfg, self.meta, self.dist)
+        self.objective = OBJECTIVES[cfg.objective](cfg, self.meta, self.dist)
+        self.objective.steps_per_epoch = self.steps_per_epoch
+        self.model = build_model(cfg, self.meta, self.dist, self.objective)
         self.optimizer = build_optimizer(self.model, cfg)
         self.peak_lr = scaled_lr(cfg.optim, cfg.batch_size)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
         self.step, self.history, self._checked, self.cache = 0, [], False, None
-        self.stats: dict = {}  # the objective's diagnostics at the last step
-        self.memory, self.llp = None, None
-        if cfg.objective == "llp":
-            self.llp = LLPState(cfg.llp, self.meta.num_samples, self.meta.num_classes, cfg.seed,
-                                self.dist.device)
-        if cfg.objective == "contrastive" and cfg.contrastive.memory:
-            self.memory = NegativeMemory(cfg.contrastive.memory,
-                                         checkpoint.unwrap(self.model).feature_dim,
-                                         self.dist.device)
+        self.beat = lambda msg: None  # the watchdog's, while run() runs
         _check_same_run(cfg)
         if cfg.checkpoint.resume:
             self._resume()
@@ -271,10 +263,7 @@ class Trainer:
         found = checkpoint.latest(self.cfg.out)
         if found:
             state = checkpoint.restore(found[1], self.model, self.optimizer)
-            if self.memory is not None:
-                self.memory.load(checkpoint.load_extra(found[1]))
-            if self.llp is not None:
-                self.llp.load(checkpoint.load_extra(found[1]))
+            self.objective.load(checkpoint.load_extra(found[1]))
             self.step, self.history = state["step"], state.get("history", [])
             log.info("resumed from %s at step %d", found[1], self.step)
 
@@ -286,38 +275,19 @@ class Trainer:
                 cfg.optim, self.step, self.total_steps, self.steps_per_epoch)
         gen = augment.step_generator(cfg.seed, self.step)
         images, offset = images.to(dev, non_blocking=True), self.dist.rank * self.local_batch
-        if cfg.objective == "contrastive":  # both views in one forward pass: 2L x C x H x W
-            images = torch.cat(views.two_views(images.float(), cfg.contrastive.views,
-                                               cfg.contrastive.copy_views, gen, cfg.batch_size,
-                                               offset))
-        x = augment.normalize(images, cfg.data.mean, cfg.data.std, self.memory_format)
-        if cfg.objective in ("supervised", "llp"):
-            x = augment.random_crop_flip(x, cfg.augment.crop_padding, cfg.augment.hflip, gen,
-                                         cfg.batch_size, offset)
-        x = augment.to_layout(x, self.memory_format)
+        x = augment.to_layout(self.objective.inputs(images, gen, offset, self.memory_format),
+                              self.memory_format)
+        labels = labels.to(dev)
         if not self._checked:  # the first batch, exactly as training sees it (layout included)
-            self._check_kernels(x, labels.to(dev).clamp_min(0))
+            self._check_kernels(x, labels.clamp_min(0))
         torch.manual_seed(cfg.seed * 7919 + self.step * 31 + self.dist.rank)  # dropout
         with _autocast(cfg, dev):
-            if cfg.objective == "contrastive":
-                loss, self.stats = contrastive_loss(
-                    self.model(x), cfg.contrastive, self.dist.rank, self.memory,
-                    self.step >= cfg.contrastive.memory_after_epochs * self.steps_per_epoch)
-            elif cfg.objective == "llp":
-                rows = self.llp.rows_of(keys)
-                labels, warm = labels.to(dev), self.step < cfg.llp.warm_epochs * self.steps_per_epoch
-                v, logits = self.model(x)
-                loss, self.stats = self.llp.loss(v, logits, rows, labels, warm, self.step)
-            else:
-                loss = F.cross_entropy(self.model(x), labels.to(dev),
-                                       label_smoothing=cfg.optim.label_smoothing)
+            loss = self.objective.loss(self.model, x, labels, keys, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if cfg.objective == "llp":  # the bank and the labels, after the step (objective.py)
-            self.llp.update(rows, v, logits, labels, propagate=not warm)
-            self.stats.update(self.llp.stats())
+        self.objective.after_step()  # e.g. LLP's bank and labels, after the step
         return loss.detach()
 
     def _check_kernels(self, x: torch.Tensor, labels: torch.Tensor) -> None:
@@ -326,17 +296,16 @@ class Trainer:
         if self.dist.device.type == "cpu" and self.cfg.check_kernels:
             kernels.check_gradients(self._exported(), x[:8], labels[:8])
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         """LLP's embedding of a uint8 batch as inference sees it (no augmentation)."""
         cfg, dev = self.cfg, self.dist.device
         x = augment.normalize(images.to(dev), cfg.data.mean, cfg.data.std, self.memory_format)
         return self.model(augment.to_layout(x, self.memory_format))[0]
 
     def _exported(self) -> torch.nn.Module:
-        """The registry model the final model.safetensors holds (LLP's without its embedding
-        head, which its checkpoints keep)."""
-        model = checkpoint.unwrap(self.model)
-        return model.net if isinstance(model, LLPNet) else model
+        """The registry model the final model.safetensors holds (without the objective's heads,
+        which its checkpoints keep)."""
+        return self.objective.exported(checkpoint.unwrap(self.model))
 
     def _after_step(self, loss_sum: torch.Tensor, n: int, bar) -> None:
         every = max(1, min(50, self.steps_per_epoch))
@@ -344,7 +313,7 @@ class Trainer:
             loss = all_reduce_mean(loss_sum / n).item()
             self.history.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                                  "loss": round(loss, 5), "lr": self.optimizer.param_groups[0]["lr"],
-                                 **{k: round(v, 4) for k, v in self.stats.items()}})
+                                 **{k: round(v, 4) for k, v in self.objective.stats.items()}})
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}")
         if self.dist.is_main and self.step % self.cfg.checkpoint.every_steps == 0:
@@ -356,12 +325,10 @@ class Trainer:
 
     def _extra(self) -> dict:
         """The objective's tensors a checkpoint must hold for an exact resume."""
-        if self.llp is not None:
-            return self.llp.state()
-        return self.memory.state() if self.memory is not None else {}
+        return self.objective.state()
 
     def _state(self) -> dict:
-        return dict(_model_spec(self.cfg, self.meta), history=self.history,
+        return dict(_model_spec(self.cfg, self.meta, self.objective), history=self.history,
                     total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
                     config=self.cfg.model_dump(mode="json"))
 
@@ -370,9 +337,7 @@ class Trainer:
         loader = _loader(self.cfg, self.meta, self.dist, self.local_batch,
                          self.steps_per_epoch, epoch, self.cache)
         self.model.train()
-        if self.llp is not None and start_in_epoch == 0:  # a resumed epoch has its densities
-            watchdog.beat(f"epoch {epoch}: local densities of the labelled bank entries")
-            self.llp.refresh_density()
+        self.objective.start_epoch(epoch, start_in_epoch > 0, watchdog.beat)
         loss_sum, n = torch.zeros((), device=self.dist.device), 0
         for i, (images, labels, keys) in enumerate(loader):
             if i < start_in_epoch:  # resuming mid-epoch: replay the order, skip the work
@@ -388,9 +353,12 @@ class Trainer:
                 loss_sum, n = torch.zeros((), device=self.dist.device), 0
             if self.step >= self.total_steps:
                 break
-        if self.llp is not None and self.dist.is_main:  # one propagation round's labels
-            self.llp.write_labels(storage.join(self.cfg.out, "pseudo_labels",
-                                               f"epoch-{epoch + 1:03d}.parquet"))
+        self.objective.end_epoch(epoch, self.cfg.out)
+        every = self.cfg.snapshot_every_epochs
+        if every and self.dist.is_main and self.step % self.steps_per_epoch == 0 and (
+                (epoch + 1) % every == 0):  # the model after this epoch, e.g. for a probe
+            checkpoint.save_final(storage.join(self.cfg.out, "snapshots", f"epoch-{epoch + 1:03d}"),
+                                  self._exported(), self._state())
 
     def run(self) -> dict:
         cfg, t0 = self.cfg, time.time()
@@ -402,13 +370,8 @@ class Trainer:
                       "raise stall_timeout_s if one step really takes this long") as watchdog:
             if self.step < self.total_steps:
                 self.cache = _cache(cfg, self.meta, watchdog)
-            if self.llp is not None:
-                self.llp.index_rows(self.meta.shards, self.cache, watchdog.beat)
-                if self.step == 0 and cfg.llp.bank_init == "forward":
-                    self.model.eval()
-                    self.llp.fill(self._embed, self.meta.shards, self.meta.channels, self.cache,
-                                  watchdog.beat)
-                    self.model.train()
+            self.beat = watchdog.beat
+            self.objective.start(self)
             watchdog.beat(f"step {self.step + 1} of {self.total_steps} (loading data)")
             while self.step < self.total_steps:
                 self._run_epoch(self.step // self.steps_per_epoch, bar, watchdog)
@@ -424,8 +387,7 @@ class Trainer:
                   "seconds": round(time.time() - t0, 1), "world_size": self.dist.world_size}
         if self.dist.is_main:
             checkpoint.save_final(cfg.out, self._exported(), self._state())
-            if self.llp is not None:
-                self.llp.write_labels(storage.join(cfg.out, "pseudo_labels.parquet"))
+            self.objective.finish(cfg.out)
             storage.write_json(storage.join(cfg.out, "metrics.json"),
                                dict(result, history=self.history))
         return result

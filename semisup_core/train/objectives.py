@@ -27,9 +27,9 @@ from pydantic import Field
 
 from semisup_core.config import StageConfig
 from semisup_core.train.distributed import all_gather_with_grad
-from semisup_core.train.views import CopyViews
+from semisup_core.train.views import CopyViews, SimCLRViews
 
-Objective = Literal["supervised", "contrastive", "llp"]
+Objective = Literal["supervised", "contrastive", "llp", "distill"]
 
 
 class ContrastiveConfig(StageConfig):
@@ -38,9 +38,16 @@ class ContrastiveConfig(StageConfig):
     koleo_weight: float = Field(10.0, ge=0, description="KoLeo regulariser weight (SSCD's "
                                                          "lambda: 30 in the paper, ~10 advised "
                                                          "for new setups; 0 = off)")
-    views: Literal["copy"] = Field("copy", description="augmentation recipe of the two views "
-                                                       "(train/views.py)")
+    views: Literal["copy", "simclr"] = Field(
+        "copy", description="augmentation recipe of the two views (train/views.py): copy "
+                            "(SSCD's copy edits) | simclr (SimCLR's crops and colour)")
     copy_views: CopyViews = Field(default_factory=CopyViews)
+    simclr_views: SimCLRViews = Field(default_factory=SimCLRViews)
+    proj_layers: int = Field(0, ge=0, le=4, description="projection head layers on the pooled "
+                             "features (0: none, the descriptor is the features, SSCD; SimCLRv2: "
+                             "3, SimCLR v1: 2); the hidden ones stay in the final model as "
+                             "model_kwargs.head_mlp, for fine-tuning from the head's middle")
+    proj_dim: int = Field(128, ge=2, description="the projection head's output width")
     align_weight: float = Field(0.0, ge=0, description="weight of an alignment term, the mean "
                                 "squared distance of matching views (Wang & Isola 2020): "
                                 "InfoNCE only ranks a match above the negatives, this also "
@@ -88,14 +95,14 @@ class Features(nn.Module):
         return F.normalize(self.module.forward_features(x).float(), dim=1)  # N x d, unit norm
 
 
-def freeze_unreached(model: nn.Module, sample: torch.Tensor) -> list[str]:
-    """Freeze the parameters ``forward_features`` does not reach (the classifier): a
-    contrastive objective does not train them, and DDP refuses parameters without gradients.
-    Returns their names."""
+def freeze_unreached(model: nn.Module, sample: torch.Tensor, forward=None) -> list[str]:
+    """Freeze the parameters ``forward`` (default ``model.forward_features``) does not reach
+    (the classifier): a contrastive objective does not train them, and DDP refuses parameters
+    without gradients. Returns their names."""
     params = dict(model.named_parameters())
     was_training = model.training
     model.eval()  # the dry run must not move BatchNorm's running statistics
-    out = model.forward_features(sample).float().sum()
+    out = (forward or model.forward_features)(sample).float().sum()
     model.train(was_training)
     grads = torch.autograd.grad(out, list(params.values()), allow_unused=True)
     frozen = [n for (n, p), g in zip(params.items(), grads) if g is None]

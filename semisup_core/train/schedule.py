@@ -8,7 +8,10 @@ from semisup_core.train.config import OptimConfig
 
 
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
-    """Linear scaling rule (Goyal et al. 2017): ``lr`` is given per 256 images."""
+    """Linear scaling rule (Goyal et al. 2017): ``lr`` is given per 256 images; or SimCLR's
+    square-root rule, ``lr * sqrt(global_batch)``."""
+    if cfg.lr_scaling == "sqrt":
+        return cfg.lr * math.sqrt(global_batch)
     return cfg.lr * global_batch / 256
 
 

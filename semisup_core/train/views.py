@@ -27,6 +27,8 @@ the same image the same way.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -127,9 +129,107 @@ def copy_view(x: torch.Tensor, cfg: CopyViews, gen: torch.Generator, global_batc
     return torch.where((u_clean < clean_p).view(n, 1, 1, 1), x, out)
 
 
+class SimCLRViews(StageConfig):
+    """SimCLR's augmentation (Chen et al. 2020, v1 App. A; the reference code's order): random
+    resized crop, horizontal flip, colour jitter in random order, grey-scale, Gaussian blur.
+
+    The defaults are the 28x28 grey-scale recipe of the demo (docs/simclr.md): crops of 20-100%
+    of the area (MoCo v2's floor; the paper's 8% of 28x28 is a 8x8 patch, too little to tell a
+    shirt from a pullover), brightness and contrast at the CIFAR strength 0.5 (hue, saturation
+    and grey-scale do nothing to one channel), no blur (at 28 px it erases the texture, as the
+    paper turns it off for CIFAR). ImageNet: ``crop_scale_min: 0.08``, ``strength: 1.0``,
+    ``saturation``/``hue`` as below, ``p_blur: 0.5``."""
+
+    crop_scale_min: float = Field(0.2, gt=0, le=1, description="smallest crop area fraction "
+                                                             "(the paper: 0.08)")
+    crop_ratio: float = Field(4 / 3, ge=1, description="aspect ratios in [1/r, r]")
+    p_flip: float = Field(0.5, ge=0, le=1)
+    p_jitter: float = Field(0.8, ge=0, le=1, description="colour jitter probability")
+    strength: float = Field(0.5, ge=0, description="jitter strength s: brightness and contrast "
+                                                   "0.8 s, saturation 0.8 s, hue 0.2 s")
+    p_gray: float = Field(0.2, ge=0, le=1, description="grey-scale (colour images only)")
+    p_blur: float = Field(0.0, ge=0, le=1, description="Gaussian blur, sigma U[0.1, 2] (px at "
+                                                       "224; scaled with the side), kernel side/10")
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """Luminance (ITU-R 601), broadcast back to x's channels."""
+    if x.shape[1] != 3:
+        return x
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True).expand_as(x)
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur, one sigma per image (px), kernel side = side//10 made odd (>= 3)."""
+    n, c, h, w = x.shape
+    k = max(3, (h // 10) | 1)
+    t = torch.arange(k, dtype=x.dtype, device=x.device) - k // 2
+    ker = torch.exp(-t[None, :] ** 2 / (2 * sigma[:, None] ** 2))
+    ker = (ker / ker.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N*C) x k
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), ker.view(n * c, 1, 1, k),
+                 groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), ker.view(n * c, 1, k, 1),
+                 groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def simclr_view(x: torch.Tensor, cfg: SimCLRViews, gen: torch.Generator, global_batch: int,
+                offset: int) -> torch.Tensor:
+    """One SimCLR view of ``x`` (local batch N x C x H x W, float in [0, 255]); the parameters
+    are drawn for the global batch, this rank takes its slice."""
+    n, c, h, w = x.shape
+
+    def draw(*shape):
+        return torch.rand(global_batch, *shape, generator=gen)[offset:offset + n].to(x.device, x.dtype)
+
+    area, ratio, centre, u_flip = draw(), draw(), draw(2), draw()
+    u_jit, bright, contrast, order, u_gray, u_blur, sigma = (draw() for _ in range(7))
+    # random resized crop: area fraction s, log-uniform aspect r; sides sqrt(s r), sqrt(s / r)
+    # (clipped to the image: torchvision redraws instead, a slightly different law at s near 1)
+    s = cfg.crop_scale_min + area * (1 - cfg.crop_scale_min)
+    r = torch.exp((2 * ratio - 1) * math.log(cfg.crop_ratio))
+    side = torch.stack([torch.sqrt(s * r), torch.sqrt(s / r)], 1).clamp(max=1.0)  # x, y
+    shift = (2 * centre - 1) * (1 - side)  # the crop's centre, inside the image
+    flip = torch.where(u_flip < cfg.p_flip, -1.0, 1.0).to(x.dtype)
+    out = _affine(x, side * torch.stack([flip, torch.ones_like(flip)], 1), shift)
+    out = out.clamp(0, 255)
+    # colour jitter (p_jitter): brightness x U[1-0.8s, 1+0.8s] and contrast around the image's
+    # mean, in random order; saturation towards the grey image for colour data
+    b = 1 + 0.8 * cfg.strength * (2 * bright - 1)
+    k = 1 + 0.8 * cfg.strength * (2 * contrast - 1)
+
+    def brightness(y):
+        return (y * b.view(n, 1, 1, 1)).clamp(0, 255)
+
+    def contrast_(y):
+        mean = _grey(y).mean(dim=(1, 2, 3), keepdim=True)
+        return (mean + k.view(n, 1, 1, 1) * (y - mean)).clamp(0, 255)
+
+    bc = torch.where((order < 0.5).view(n, 1, 1, 1), contrast_(brightness(out)),
+                     brightness(contrast_(out)))
+    if c == 3:
+        sat = 1 + 0.8 * cfg.strength * (2 * draw() - 1)
+        bc = (_grey(bc) + sat.view(n, 1, 1, 1) * (bc - _grey(bc))).clamp(0, 255)
+    out = torch.where((u_jit < cfg.p_jitter).view(n, 1, 1, 1), bc, out)
+    if c == 3:
+        out = torch.where((u_gray < cfg.p_gray).view(n, 1, 1, 1), _grey(out), out)
+    if cfg.p_blur:
+        sig = (0.1 + 1.9 * sigma) * h / 224
+        out = torch.where((u_blur < cfg.p_blur).view(n, 1, 1, 1), _blur(out, sig.clamp_min(0.05)),
+                          out)
+    return out
+
+
 def two_views(x: torch.Tensor, recipe: str, cfg: CopyViews, gen: torch.Generator,
-              global_batch: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+              global_batch: int, offset: int, simclr: SimCLRViews | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two views of every image of ``x`` (N x C x H x W float in [0, 255])."""
+    if recipe == "simclr":  # two independent draws from one distribution (symmetric views)
+        simclr = simclr or SimCLRViews()
+        return (simclr_view(x, simclr, gen, global_batch, offset),
+                simclr_view(x, simclr, gen, global_batch, offset))
     if recipe != "copy":
         raise ValueError(f"unknown views recipe {recipe!r}")
     first = copy_view(x, cfg, gen, global_batch, offset, clean_p=cfg.p_clean)
