@@ -35,6 +35,9 @@ _STAGES = {
                         "semisup_core.teacher_student.run:run_teacher_student"),
     "llp": ("semisup_core.train:TrainConfig", "semisup_core.llp.stage:train_llp"),
     "llp-run": ("semisup_core.llp.run:LLPRunConfig", "semisup_core.llp.run:run_llp"),
+    "contrastive": ("semisup_core.train:TrainConfig", "semisup_core.simclr.stage:train_contrastive"),
+    "distill": ("semisup_core.train:TrainConfig", "semisup_core.simclr.stage:train_distill"),
+    "simclr-run": ("semisup_core.simclr.run:SimCLRRunConfig", "semisup_core.simclr.run:run_simclr"),
     "pytorchjob": ("semisup.pytorchjob:JobSpec", "semisup.pytorchjob:launch"),
 }
 _DATA_STAGES = ("import", "split")
@@ -58,6 +61,9 @@ _HELP = {
     "teacher-student": "the whole Yalniz et al. pipeline in one process (variants as config)",
     "llp": "train with Local Label Propagation (the train stage, objective llp; DDP under torchrun)",
     "llp-run": "LLP end to end in one process: data, dedup, baseline, LLP, evaluate, report",
+    "contrastive": "contrastive pre-training (the train stage, objective contrastive: SimCLR)",
+    "distill": "distil a teacher into a student (the train stage, objective distill)",
+    "simclr-run": "SimCLRv2 end to end in one process: pre-train, fine-tune, distil, report",
     "pytorchjob": "train on several nodes: create a PyTorchJob (Master + Workers), wait for it",
 }
 

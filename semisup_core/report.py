@@ -96,6 +96,20 @@ def plot_rounds(rounds: list[dict], uri: str) -> str:
     return _save(fig, uri)
 
 
+def plot_probe(probe: list[dict], baseline: float | None, uri: str) -> str:
+    """Linear-probe top-1 of the frozen encoder after each pre-training epoch (SimCLR)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot([r["epoch"] for r in probe], [100 * r["linear_probe_top1"] for r in probe],
+            marker="o", label="linear probe on the labels")
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="grey", ls="--", label="supervised baseline")
+    ax.set(xlabel="pre-training epoch", ylabel="test top-1 (%)",
+           title="Representation quality during pre-training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, uri)
+
+
 def _wanted_images(manifest: pa.Table, per_class: int) -> dict[int, list[str]]:
     rows = manifest.filter(pa.compute.less(manifest["rank"], per_class))
     out: dict[int, list[str]] = defaultdict(list)

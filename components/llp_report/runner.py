@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from semisup_core import storage
 from semisup_core.data.dataset import read_meta
-from semisup_core.llp.analysis import pseudo_label_analysis, rounds
+from semisup_core.analysis import pseudo_label_analysis
+from semisup_core.llp.analysis import rounds
 from semisup_core.llp.report import BASELINE, LLP, ROWS, write_report
 from semisup_core.report import dedup_summary, format_table
 

@@ -68,7 +68,7 @@ def contact_sheet(near: pa.Table, threshold: float, cfg, cell: int = 64) -> byte
     w_pair, h_row = 2 * cell + 8, cell + 16
     sheet = Image.new("RGB", (2 * w_pair + 24, rows * h_row + 22), "white")
     draw = ImageDraw.Draw(sheet)
-    draw.text((4, 4), f"closest pairs (pool | eval)", fill="black")
+    draw.text((4, 4), "closest pairs (pool | eval)", fill="black")
     draw.text((w_pair + 24, 4), f"around the threshold {threshold:.4f}", fill="black")
     for col, part in enumerate((closest, around)):
         for row, r in enumerate(part):

@@ -30,8 +30,6 @@ recognition, the warm start). The image's own entry is in A and in the partition
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from semisup_core import knn

@@ -18,11 +18,11 @@ from semisup_core import config, storage
 from semisup_core.data.dataset import read_meta
 from semisup_core.data.demo_data import DemoData, prepare_data
 from semisup_core.dedup.stage import DedupSpec, dedup_pool
-from semisup_core.evaluate import EvaluateConfig, evaluate
-from semisup_core.llp.analysis import pseudo_label_analysis, rounds
+from semisup_core.analysis import pseudo_label_analysis
+from semisup_core.llp.analysis import rounds
 from semisup_core.llp.report import BASELINE, LLP, ROWS, write_report
 from semisup_core.report import format_table
-from semisup_core.train import TrainConfig, train
+from semisup_core.steps import evaluate_once, train_once
 from semisup_core.train.config import LauncherSpec, TrainRecipe
 
 log = logging.getLogger(__name__)
@@ -59,35 +59,17 @@ class LLPRunConfig(DemoData):
             raise ValueError(f"llp.objective must be llp, got {self.llp.objective!r}")
 
 
-def _train(recipe: TrainRecipe, data: list[str], out: str, seed: int,
-           init_from: str | None = None) -> str:
-    cfg = config.build(TrainConfig, dict(recipe.model_dump(mode="json", exclude_none=True),
-                                         out=out, seed=seed, data={"train": data},
-                                         init_from=init_from))
-    if not storage.exists(storage.join(out, "model.safetensors")):
-        train(cfg)
-    return out
-
-
-def _evaluate(model: str, test: str, out: str, name: str) -> dict:
-    uri = storage.join(out, "metrics.json")
-    m = storage.read_json(uri) if storage.exists(uri) else evaluate(
-        EvaluateConfig(model=model, data=test, out=out))
-    return {"model": name, "arch": m["arch"], "top1": m["top1"], "top5": m["top5"],
-            "per_class_recall": m["per_class_recall"], "selection": None}
-
-
 def run_llp(cfg: LLPRunConfig) -> dict:
     """Run LLP and its baseline end to end; returns what the report's metrics.json holds."""
     data = prepare_data(cfg)
     run = storage.join(cfg.out, f"seed-{cfg.seed}")
     config.save(cfg, run, "llp-config.yaml")
     pool, dd = dedup_pool(cfg.dedup, data["pool"], data["test"], storage.join(run, "dedup"))
-    base = _train(cfg.baseline, [data["labelled"]], storage.join(run, "models", "baseline"), cfg.seed)
-    llp = _train(cfg.llp, [data["labelled"], pool], storage.join(run, "models", "llp"), cfg.seed,
+    base = train_once(cfg.baseline, [data["labelled"]], storage.join(run, "models", "baseline"), cfg.seed)
+    llp = train_once(cfg.llp, [data["labelled"], pool], storage.join(run, "models", "llp"), cfg.seed,
                  init_from=base if cfg.warm_start == "baseline" else None)
-    entries = [_evaluate(base, data["test"], storage.join(run, "eval", "baseline"), BASELINE),
-               _evaluate(llp, data["test"], storage.join(run, "eval", "llp"), LLP)]
+    entries = [evaluate_once(base, data["test"], storage.join(run, "eval", "baseline"), BASELINE),
+               evaluate_once(llp, data["test"], storage.join(run, "eval", "llp"), LLP)]
     entries[1]["selection"] = pseudo_label_analysis(storage.join(llp, "pseudo_labels.parquet"),
                                                     data["oracle"])
     per_round = rounds(llp, data["oracle"])

@@ -65,7 +65,9 @@ class ProjectionHead(nn.Module):
 def strip_wrapper(weights: dict[str, torch.Tensor], own: dict[str, torch.Tensor]
                   ) -> dict[str, torch.Tensor]:
     """Weights of a ``WithHeadLayers`` model renamed for the bare model when ``own`` (the model
-    to load into) has no head layers: ``net.X`` -> ``X``; the head's layers are left out."""
+    to load into) has no head layers: ``net.X`` -> ``X``, the classifier ``fc`` kept (its shape
+    decides whether it loads), the head's layers left out."""
     if not any(k.startswith("mlp.") for k in weights) or any(k.startswith("mlp.") for k in own):
         return weights
-    return {k[len("net."):]: v for k, v in weights.items() if k.startswith("net.")}
+    return {k[len("net."):] if k.startswith("net.") else k: v for k, v in weights.items()
+            if not k.startswith("mlp.")}

@@ -107,8 +107,6 @@ class TrainRecipe(StageConfig):
             self.contrastive = ContrastiveConfig()
         if self.objective == "llp" and self.llp is None:
             self.llp = LLPConfig()
-        if self.objective == "distill" and self.distill is None:
-            raise ValueError("objective distill needs distill.teacher (the teacher's model dir)")
         if self.optim.schedule == "step" and any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError("optim.milestones must be fractions in (0, 1)")
         return self
@@ -123,6 +121,12 @@ class TrainConfig(TrainRecipe):
                                                     "a head of another shape starts fresh")
     fail_at_step: int | None = Field(
         None, description="testing aid: raise after this step to simulate a crash")
+
+    @model_validator(mode="after")
+    def _teacher(self):
+        if self.objective == "distill" and not (self.distill and self.distill.teacher):
+            raise ValueError("objective distill needs distill.teacher (the teacher's model dir)")
+        return self
 
 
 class LauncherSpec(StageConfig):

@@ -25,8 +25,8 @@ from semisup_core.config import StageConfig
 
 
 class DistillConfig(StageConfig):
-    teacher: str = Field(description="the teacher's model directory (a training run's out: "
-                                     "model.safetensors + state.json)")
+    teacher: str = Field("", description="the teacher's model directory (a training run's out: "
+                                         "model.safetensors + state.json); required to train")
     temperature: float = Field(1.0, gt=0, description="τ of both softmaxes (SimCLRv2: 1.0 on "
                                                       "ImageNet; 0.1 in some of its ablations)")
     label_weight: float = Field(0.0, ge=0, description="α: weight of the labels' cross-entropy "
