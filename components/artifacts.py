@@ -70,3 +70,18 @@ def integral(value):
     if isinstance(value, list):
         return [integral(v) for v in value]
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def pool_for_training(pool, where: str) -> str:
+    """The pool's URI for a step that trains on every pool image (LLP, SimCLR's pre-training and
+    distillation): a deduplicated pool (a reference with ``exclude``) is copied once under
+    ``where`` without its removed images (score skips them instead)."""
+    import hashlib
+    uri, exclude = dataset_uri(pool), dataset_exclude(pool)
+    if not exclude:
+        return uri
+    # here, not at the top: dedup's module loads embed, whose efficientnet path imports timm
+    from semisup_core.data.manifest import without_keys
+    from semisup_core.dedup.stage import removed_keys
+    key = hashlib.sha256(f"{uri}|{exclude}".encode()).hexdigest()[:12]
+    return without_keys(uri, removed_keys(exclude), storage.join(where, f"pool-deduped-{key}"))

@@ -7,7 +7,8 @@ import os
 import re
 
 #: pipeline module name -> pipeline function name
-PIPELINES = {"teacher_student": "teacher_student", "dedup": "dedup_pipeline", "llp": "llp"}
+PIPELINES = {"teacher_student": "teacher_student", "dedup": "dedup_pipeline", "llp": "llp",
+             "simclr": "simclr"}
 
 
 #: the Secret with the platform MinIO's endpoint and credentials (k8s/base; README "Going to a

@@ -5,7 +5,7 @@ Tasks fall into three kinds by their component:
 
 | kind | components | what it needs |
 |---|---|---|
-| ``train`` | train, llp | the most CPU/memory, the GPUs, a large ``/dev/shm`` for DataLoader workers |
+| ``train`` | train, llp, contrastive, distill | the most CPU/memory, the GPUs, a large ``/dev/shm`` for DataLoader workers |
 | ``infer`` | score, embed | GPUs for the forward pass (DALI ``mixed`` decoding, faiss-gpu) |
 | ``light`` | everything else (import, split, dedup, select, evaluate, report, the launcher that only waits on a PyTorchJob) | a little CPU and memory |
 
@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 #: the extended resource GPUs are requested as (the NVIDIA device plugin's)
 GPU = "nvidia.com/gpu"
-KINDS = {"train": "train", "llp": "train", "score": "infer", "embed": "infer"}
+KINDS = {"train": "train", "llp": "train", "contrastive": "train", "distill": "train",
+         "score": "infer", "embed": "infer"}
 NOT_CACHED = {"report", "pytorchjob"}
 SHM = "dshm"
 

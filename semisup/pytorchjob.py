@@ -50,7 +50,7 @@ class JobSpec(StageConfig):
                       description="job name (DNS-1035 label, <= 52 chars: pods add suffixes)")
     namespace: str = Field("semisup", description="namespace of the job")
     image: str = Field(TRAIN_IMAGE, description="the pods' image: images/train (for objective "
-                       "llp this default means images/llp, whose kNN core has faiss)")
+                       "llp, contrastive or distill this default means that stage's image)")
     train: dict = Field(description="the TrainConfig of the run (out, data, model, epochs, ...); "
                                     "out and data should be s3:// or minio:// URIs on a cluster")
     config_uri: str | None = Field(None, description="where the launcher writes the TrainConfig "
@@ -89,8 +89,10 @@ class JobSpec(StageConfig):
 
     @property
     def stage(self) -> str:
-        """The stage the pods run: ``llp`` for that objective (its own image), else ``train``."""
-        return "llp" if self.train.get("objective") == "llp" else "train"
+        """The stage the pods run: the objective's own stage and image (``llp``, whose kNN core
+        needs faiss; ``contrastive``, ``distill``), else ``train``."""
+        objective = self.train.get("objective")
+        return objective if objective in ("llp", "contrastive", "distill") else "train"
 
     @property
     def pod_image(self) -> str:

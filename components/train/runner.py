@@ -56,7 +56,9 @@ def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
         outputs: tuple[str, ...] = ()) -> dict:
     """Train on ``data`` with ``recipe`` (a TrainRecipe, or a FinetuneSpec with ``init_from``).
 
-    Fine-tuning takes the architecture of ``init_from``; ``enabled: false`` passes that model
+    Fine-tuning takes the architecture of ``init_from`` (but ``model_kwargs.head_mlp`` of the
+    recipe, when given: the pre-trained projection head's layers to keep, SimCLRv2's fine-tuning
+    from the head's middle); ``enabled: false`` passes that model
     through unchanged (the paper's no-fine-tuning ablation) and ``labels: inferred`` adds the
     selected set ``inferred`` to the training data. ``launcher`` (a LauncherSpec) says where
     it trains: in this process (``pod``) or through the PyTorchJob launcher. ``extra_data``:
@@ -75,7 +77,10 @@ def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
         return {"skipped": True}
     fields = dict(recipe, seed=seed)
     if spec is not None:
-        fields = spec.model_dump(exclude={"enabled", "labels"}) | _arch(init) | {"seed": seed}
+        arch = _arch(init)
+        if "head_mlp" in recipe["model_kwargs"]:  # from which projection-head layer (SimCLRv2)
+            arch["model_kwargs"] = dict(arch["model_kwargs"], head_mlp=recipe["model_kwargs"]["head_mlp"])
+        fields = spec.model_dump(exclude={"enabled", "labels"}) | arch | {"seed": seed}
         if spec.labels == "inferred":
             if inferred is None:
                 raise ConfigError("recipe.labels is 'inferred' but no selected set was given")

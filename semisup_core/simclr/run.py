@@ -13,8 +13,6 @@ Every step is skipped or resumed when its output exists.
 from __future__ import annotations
 
 import logging
-from typing import Literal
-
 from pydantic import Field
 
 from semisup_core import config, storage
@@ -72,15 +70,14 @@ class SimCLRRunConfig(DemoData):
                                   "pre-training (objective contrastive, views simclr)")
     finetune: TrainRecipe = Field(default_factory=_finetune, description="fine-tuning on the "
                                   "labels; model_kwargs.head_mlp: from which projection-head "
-                                  "layer (1: SimCLRv2's choice, 0: the encoder)")
-    from_encoder: bool = Field(True, description="also fine-tune from the encoder (head_mlp 0), "
-                                                 "the paper's §3.3 comparison")
+                                  "layer (1: SimCLRv2's choice); a second fine-tuning starts "
+                                  "from the encoder (head_mlp 0), the paper's §3.3 comparison")
     distill: TrainRecipe = Field(default_factory=_distill, description="distillation into the "
                                  "student (its model: the same as the encoder = self-"
                                  "distillation, a smaller one = big-to-small)")
-    distill_temperature: float = Field(1.0, gt=0, description="τ of the distillation")
-    distill_data: Literal["pool", "pool+labelled"] = Field(
-        "pool+labelled", description="the images the student distils on")
+    distill_temperature: float = Field(1.0, gt=0, description="τ of the distillation (the "
+                                       "student distils on the pool and the labelled images; "
+                                       "distill.distill.label_weight adds their labels)")
     launcher: LauncherSpec = Field(default_factory=LauncherSpec, description="where the "
                                    "pipeline's training tasks train (`semisup run simclr`; the "
                                    "in-process run trains in its own process)")
@@ -112,14 +109,12 @@ def run_simclr(cfg: SimCLRRunConfig) -> dict:
     pre = train_once(cfg.pretrain, [labelled, pool], storage.join(models, "pretrain"), cfg.seed)
     ft = train_once(cfg.finetune, [labelled], storage.join(models, "finetune"), cfg.seed,
                     init_from=pre)
-    trained = [(base, BASELINE), (ft, FINETUNED)]
-    if cfg.from_encoder:
-        enc = cfg.finetune.model_copy(update={"model_kwargs": {
-            **cfg.finetune.model_kwargs, "head_mlp": 0}})
-        trained.append((train_once(enc, [labelled], storage.join(models, "finetune-encoder"),
-                                   cfg.seed, init_from=pre), FROM_ENCODER))
-    students = [pool] if cfg.distill_data == "pool" else [labelled, pool]
-    dist = train_once(cfg.distill, students, storage.join(models, "distill"), cfg.seed,
+    enc = cfg.finetune.model_copy(update={"model_kwargs": {**cfg.finetune.model_kwargs,
+                                                           "head_mlp": 0}})
+    trained = [(base, BASELINE), (ft, FINETUNED),
+               (train_once(enc, [labelled], storage.join(models, "finetune-encoder"), cfg.seed,
+                           init_from=pre), FROM_ENCODER)]
+    dist = train_once(cfg.distill, [labelled, pool], storage.join(models, "distill"), cfg.seed,
                       distill={"teacher": ft, "temperature": cfg.distill_temperature})
     trained.append((dist, DISTILLED))
     entries = [evaluate_once(m, data["test"], storage.join(evals, m.rsplit("/", 1)[-1]), name)

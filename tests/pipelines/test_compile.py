@@ -216,7 +216,7 @@ def test_every_task_requests_what_its_kind_needs(name):
         assert all(m["medium"] == "Memory" for m in shm)
         cached = task["cachingOptions"].get("enableCache", False)
         assert cached == (stage not in resources.NOT_CACHED), tname
-    want = {"train", "infer", "light"} if name in ("teacher_student", "llp") else {"infer", "light"}
+    want = {"train", "infer", "light"} if name != "dedup" else {"infer", "light"}
     assert kinds_seen == want
 
 

@@ -59,3 +59,13 @@ def test_simclr_in_process_run(tmp_path, tiny_raw, capsys):
     assert state["model"]["kwargs"] == {**W, "head_mlp": 1}
     pre = json.load(open(run / "models" / "pretrain" / "state.json"))
     assert pre["model"]["kwargs"] == {**W, "head_mlp": 2}
+
+
+def test_simclr_pipeline_runs_end_to_end_locally(tmp_path, tiny_raw, capsys):
+    """Under kfp.local every component is a subprocess: the contrastive, train (fine-tuning
+    from the head's first layer and from the encoder), distill and report components."""
+    assert main(["run", "simclr", "--config", _cfg(tmp_path, tiny_raw, "kfp")]) == 0
+    m = _check(tmp_path / "kfp" / "seed-0" / "report", capsys.readouterr().out)
+    assert "Dedup: " in open(tmp_path / "kfp" / "seed-0" / "report" / "report.md").read()
+    assert m["entries"][1]["arch"] == "small_resnet8 head_mlp=1 width=4"
+    assert m["entries"][2]["arch"] == "small_resnet8 head_mlp=0 width=4"
