@@ -142,6 +142,21 @@ def search(index, queries: np.ndarray, k: int, nprobe: int | None = None,
     return sims, ids
 
 
+def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product kNN of ``queries`` over the rows of ``base`` with no index: faiss's
+    brute-force kernel on the arrays as they are (nothing copied when they are C-contiguous
+    float32), on the GPU when faiss-gpu sees one. For a base that changes between calls (LLP's
+    labelled bank entries move every step), where building an index would copy it each time.
+    (similarities Q x k, ids Q x k; -1 where fewer than k exist), best first."""
+    faiss = _faiss()
+    xb = _as_f32(base)
+    xq = _as_f32(queries, xb.shape[1])
+    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        return faiss.knn_gpu(faiss.StandardGpuResources(), xq, xb, k,
+                             metric=faiss.METRIC_INNER_PRODUCT)
+    return faiss.knn(xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
 def _is_ivf(index) -> bool:
     try:
         _faiss().extract_index_ivf(index)

@@ -109,6 +109,7 @@ class LLPState:
         self.labelled = torch.zeros(n, dtype=torch.bool, device=device)  # a true label is known
         self.rho_rows = torch.zeros(0, dtype=torch.long)  # labelled rows at the last density pass
         self.log_rho = torch.zeros(0, dtype=torch.float64)
+        self._keys()
         self.row_keys: list[str] = []  # bank row -> sample key (index_rows)
         self.rows: dict[str, int] = {}
 
@@ -157,6 +158,10 @@ class LLPState:
                                                         logits.detach().float(), labels))
         m = self.cfg.bank_momentum
         self.bank[rows] = F.normalize(m * self.bank[rows] + (1 - m) * v, dim=1)
+        pos = self.key_pos[rows.cpu()]  # the moved entries among the propagation's keys
+        hit = pos >= 0
+        if hit.any():
+            self.scored[pos[hit], :-1] = self.bank[rows[hit.to(rows.device)]].float().cpu()
         lab = labels >= 0
         self.labels[rows[lab]] = labels[lab]
         self.conf[rows[lab]] = 1.0
@@ -167,10 +172,9 @@ class LLPState:
         if self.cfg.pseudo_labels == "classifier":
             conf, y = logits[unl].softmax(1).max(1)
         else:
-            keys = self.rho_rows.to(self.device)
-            y, conf = self._math().propagate(v[unl], self.bank[keys], self.labels[keys],
-                                            self.log_rho, self.cfg.temperature, self.cfg.k,
-                                            self.num_classes)
+            y, conf = self._math().propagate_scored(v[unl], self.scored, self.key_labels,
+                                                   self.cfg.temperature, self.cfg.k,
+                                                   self.num_classes)
         y, conf = y.to(self.device), conf.to(self.device)
         known = y >= 0
         self.labels[rows[unl][known]] = y[known]
@@ -221,6 +225,18 @@ class LLPState:
         self.rho_rows = self.labelled.nonzero().flatten().cpu()
         self.log_rho = self._math().log_density(self.bank, self.rho_rows, self.cfg.temperature,
                                                self.cfg.density_k, self.cfg.density)
+        self._keys()
+
+    def _keys(self) -> None:
+        """The propagation's keys in ``propagation.score_keys`` form, kept current: rebuilt
+        here (per epoch, after a resume), then only the rows a step moves (``update``)."""
+        from semisup_core.llp.propagation import score_keys
+        rows = self.rho_rows
+        self.scored = score_keys(self.bank[rows.to(self.device)], self.log_rho,
+                                 self.cfg.temperature).contiguous()
+        self.key_labels = self.labels[rows.to(self.device)].cpu()
+        self.key_pos = torch.full((len(self.bank),), -1, dtype=torch.long)
+        self.key_pos[rows] = torch.arange(len(rows))
 
     def stats(self) -> dict:
         unl = ~self.labelled
@@ -241,6 +257,7 @@ class LLPState:
         self.conf = tensors["llp.conf"].to(self.device)
         self.labelled = tensors["llp.labelled"].to(self.device)
         self.rho_rows, self.log_rho = tensors["llp.rho_rows"], tensors["llp.log_rho"]
+        self._keys()
 
     def write_labels(self, uri: str) -> None:
         """The label store as a table: key, label (-1: none), confidence, labelled (a true

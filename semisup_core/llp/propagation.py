@@ -59,21 +59,39 @@ def propagate(v: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor,
               num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels and confidences (Eq. 8 and 6) of the queries ``v`` (B x d) from the
     labelled bank entries ``keys`` (M x d) with labels ``key_labels`` and ``log ρ``."""
-    if len(keys) == 0:
+    return propagate_scored(v, score_keys(keys, key_log_rho, temperature), key_labels,
+                            temperature, k, num_classes)
+
+
+def score_keys(keys: torch.Tensor, key_log_rho: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The keys of the density-weighted search: [v̄_i, -τ log ρ_i] (M x (d+1), float32, CPU,
+    contiguous), so that [v̄_i, -τ log ρ_i] . [v, 1] = v̄_iᵀv - τ log ρ_i."""
+    return torch.cat([keys.float().cpu(), (-temperature * key_log_rho.float().cpu())[:, None]], 1)
+
+
+def propagate_scored(v: torch.Tensor, scored_keys: torch.Tensor, key_labels: torch.Tensor,
+                     temperature: float, k: int, num_classes: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``propagate`` with the keys already in ``score_keys`` form (LLPState keeps them so, and
+    moves only the rows a step changes: no M x d copy per step). The search is the kNN core's
+    exact inner product on the arrays as they are (``knn.exact_search``)."""
+    if len(scored_keys) == 0:
         return (torch.full((len(v),), -1, dtype=torch.long),
                 torch.zeros(len(v), dtype=torch.float32))
-    k = min(k, len(keys))
-    # [v̄_i, -τ log ρ_i] . [v, 1] = v̄_iᵀv - τ log ρ_i: the kNN core's inner product
-    aug_keys = torch.cat([keys.float().cpu(), (-temperature * key_log_rho.float().cpu())[:, None]], 1)
+    k = min(k, len(scored_keys))
     aug_q = torch.cat([v.float().cpu(), torch.ones(len(v), 1)], 1)
-    index = knn.build(aug_keys.numpy(), knn.IndexSpec("flat"))
-    sims, ids = knn.search(index, aug_q.numpy(), k)
+    sims, ids = knn.exact_search(scored_keys.numpy(), aug_q.numpy(), k)
     logw = torch.from_numpy(sims).double() / temperature  # log of exp(v̄_iᵀv/τ)/ρ_i
     w = torch.exp(logw - logw[:, :1])  # the best first: Z(v) and the max cancel in p_j
-    votes = torch.zeros(len(v), num_classes, dtype=torch.float64)
-    votes.scatter_add_(1, key_labels.cpu()[torch.from_numpy(ids)], w)
-    p = votes / votes.sum(1, keepdim=True)
-    conf, label = p.max(1)
+    # w_j over the K neighbours' classes only (not a B x C table: C may be 10^4): each
+    # neighbour's class total, the best class (the smallest id among equal totals, as an
+    # argmax over classes gives), p = its total over all K weights
+    lab = key_labels.cpu()[torch.from_numpy(ids)]  # B x K
+    class_w = ((lab[:, :, None] == lab[:, None, :]) * w[:, None, :]).sum(2)  # B x K
+    best = class_w.max(1, keepdim=True).values
+    tie_break = torch.where(class_w == best, lab, torch.iinfo(lab.dtype).max)
+    label = tie_break.min(1).values
+    conf = best[:, 0] / w.sum(1)
     return label, conf.float()
 
 
