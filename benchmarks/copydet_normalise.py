@@ -20,7 +20,6 @@ sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 from benchmarks.copydet_probe import FPR, copies, embed_model, threshold_at
 from benchmarks.dedup_probes import idx
 from semisup_core import checkpoint
-from semisup_core.calibration import TRANSFORMS
 torch.set_num_threads(2)
 run_dir, seed = sys.argv[1], int(sys.argv[2])
 train_all, test = idx("train-images-idx3-ubyte.gz"), idx("t10k-images-idx3-ubyte.gz")

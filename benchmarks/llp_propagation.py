@@ -28,17 +28,10 @@ import faiss
 import numpy as np
 import torch
 
+from knn import D, clustered  # benchmarks/knn.py (this script's folder): the same bank law
 from semisup_core.llp.objective import LLPConfig, LLPState
 
-D, CLASSES, TAU, K = 128, 1000, 0.07, 10
-
-
-def clustered(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c = np.random.default_rng(12345).normal(size=(CLASSES, D)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    x = c[rng.integers(0, CLASSES, n)] + 0.08 * rng.normal(size=(n, D)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+CLASSES, TAU, K = 1000, 0.07, 10
 
 
 def median_time(fn, repeat: int) -> float:

@@ -24,21 +24,27 @@ import yaml
 BIN = os.path.dirname(sys.executable)
 
 
-def run(procs: int, model: str, width: int, batch: int, images: int, data: str, tmp: str) -> float:
+def images_per_second(procs: int, stage: str, cfg: dict, batch: int, tmp: str) -> float:
+    """Run ``semisup stage <stage>`` on ``cfg`` (a TrainConfig without ``out``) in ``procs``
+    processes (torchrun when > 1), one thread each; images/s from its metrics.json."""
     out = tempfile.mkdtemp(dir=tmp)
-    cfg = {"out": out, "data": {"train": data, "num_workers": 1}, "model": model,
-           "model_kwargs": {"width": width}, "epochs": images / 60000, "batch_size": batch,
-           "threads": 1, "optim": {"lr": 0.4}, "checkpoint": {"every_steps": 10**6}}
     path = os.path.join(out, "bench.yaml")
     with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
+        yaml.safe_dump(dict(cfg, out=out, batch_size=batch, threads=1), f)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = ([os.path.join(BIN, "torchrun"), "--standalone", f"--nproc_per_node={procs}", "-m", "semisup"]
-           if procs > 1 else [os.path.join(BIN, "semisup")]) + ["stage", "train", "-c", path]
+           if procs > 1 else [os.path.join(BIN, "semisup")]) + ["stage", stage, "-c", path]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(out, "metrics.json")) as f:
         m = json.load(f)
     return m["steps"] * batch / m["seconds"]
+
+
+def run(procs: int, model: str, width: int, batch: int, images: int, data: str, tmp: str) -> float:
+    cfg = {"data": {"train": data, "num_workers": 1}, "model": model,
+           "model_kwargs": {"width": width}, "epochs": images / 60000, "optim": {"lr": 0.4},
+           "checkpoint": {"every_steps": 10**6}}
+    return images_per_second(procs, "train", cfg, batch, tmp)
 
 
 def main() -> None:

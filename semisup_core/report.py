@@ -183,6 +183,22 @@ def html_page(title: str, table_md: str, plots: dict[str, str]) -> str:
             + "".join(cells) + "</table>" + "".join(imgs) + "</body></html>\n")
 
 
+def write_report_files(out: str, title: str, table: str, notes: list[str],
+                       plots: dict[str, str], metrics: dict) -> dict:
+    """A method's report under ``out``: report.md (title, table, notes, the plots as images),
+    report.html (the same, PNGs inlined) and metrics.json (``metrics`` plus the plots' file
+    names). Returns what metrics.json holds."""
+    import os
+    md = [f"# {title}", "", table, "", *notes, ""]
+    md += [f"![{name}]({os.path.basename(uri)})" for name, uri in plots.items()]
+    storage.put_bytes(storage.join(out, "report.md"), ("\n".join(md) + "\n").encode())
+    storage.put_bytes(storage.join(out, "report.html"), html_page(
+        title, table + "".join(f"\n\n{n}" for n in notes), plots).encode())
+    metrics = dict(metrics, plots={k: os.path.basename(v) for k, v in plots.items()})
+    storage.write_json(storage.join(out, "metrics.json"), metrics)
+    return metrics
+
+
 def dedup_summary(dd: dict) -> str:
     """One line on what dedup removed (or that it was off)."""
     if not dd.get("enabled", True):

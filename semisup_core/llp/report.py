@@ -3,11 +3,9 @@ oracle's view of the pseudo-labels, and their precision and coverage per propaga
 
 from __future__ import annotations
 
-import os
-
 from semisup_core import storage
-from semisup_core.report import (dedup_summary, format_table, html_page, plot_precision_by_rank,
-                                 plot_recall, plot_rounds)
+from semisup_core.report import (dedup_summary, format_table, plot_precision_by_rank,
+                                 plot_recall, plot_rounds, write_report_files)
 
 BASELINE, LLP = "supervised baseline", "LLP"
 ROWS = (BASELINE, LLP)
@@ -35,12 +33,5 @@ def write_report(entries: list[dict], per_round: list[dict], classes: list[str],
                      f"{100 * (sel['precision'] or 0):.1f}% ({100 * sel['weighted_precision']:.1f}% "
                      f"weighted by confidence), {100 * (sel['distractor_share'] or 0):.2f}% of "
                      "them distractors; rows ranked by confidence within their class.")
-    md = ["# semisup LLP report", "", table, "", *notes, ""]
-    md += [f"![{name}]({os.path.basename(uri)})" for name, uri in plots.items()]
-    storage.put_bytes(storage.join(out, "report.md"), ("\n".join(md) + "\n").encode())
-    storage.put_bytes(storage.join(out, "report.html"), html_page(
-        "semisup LLP report", table + "".join(f"\n\n{n}" for n in notes), plots).encode())
-    metrics = {"entries": entries, "rounds": per_round, "dedup": dedup,
-               "plots": {k: os.path.basename(v) for k, v in plots.items()}}
-    storage.write_json(storage.join(out, "metrics.json"), metrics)
-    return metrics
+    return write_report_files(out, "semisup LLP report", table, notes, plots,
+                              {"entries": entries, "rounds": per_round, "dedup": dedup})

@@ -4,11 +4,9 @@ linear probe per pre-training epoch, the oracle's view of the teacher's labels o
 
 from __future__ import annotations
 
-import os
-
 from semisup_core import storage
-from semisup_core.report import (dedup_summary, format_table, html_page, plot_precision_by_rank,
-                                 plot_probe, plot_recall)
+from semisup_core.report import (dedup_summary, format_table, plot_precision_by_rank,
+                                 plot_probe, plot_recall, write_report_files)
 
 BASELINE = "supervised baseline"
 FINETUNED = "SimCLR pre-trained + fine-tuned"
@@ -46,12 +44,5 @@ def write_report(entries: list[dict], probe: list[dict], classes: list[str], out
                      f"in-distribution ones; {100 * (sel['distractor_share'] or 0):.2f}% of the "
                      "pool are distractors, all of them distilled (the selection columns read "
                      "the teacher's labels; distillation selects nothing).")
-    md = ["# semisup SimCLRv2 report", "", table, "", *notes, ""]
-    md += [f"![{name}]({os.path.basename(uri)})" for name, uri in plots.items()]
-    storage.put_bytes(storage.join(out, "report.md"), ("\n".join(md) + "\n").encode())
-    storage.put_bytes(storage.join(out, "report.html"), html_page(
-        "semisup SimCLRv2 report", table + "".join(f"\n\n{n}" for n in notes), plots).encode())
-    metrics = {"entries": entries, "probe": probe, "dedup": dedup,
-               "plots": {k: os.path.basename(v) for k, v in plots.items()}}
-    storage.write_json(storage.join(out, "metrics.json"), metrics)
-    return metrics
+    return write_report_files(out, "semisup SimCLRv2 report", table, notes, plots,
+                              {"entries": entries, "probe": probe, "dedup": dedup})
