@@ -85,7 +85,7 @@ def main() -> None:
                 state.update(unl, v, logits, labels, propagate=True)
 
             def step():
-                state._math().propagate_scored(v, state.scored, state.key_labels, TAU, K, CLASSES)
+                state._math().propagate_scored(v, state.scored, state.key_labels, TAU, K)
 
             keys = state.rho_rows
             aug = np.ascontiguousarray(np.concatenate(

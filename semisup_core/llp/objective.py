@@ -173,8 +173,7 @@ class LLPState:
             conf, y = logits[unl].softmax(1).max(1)
         else:
             y, conf = self._math().propagate_scored(v[unl], self.scored, self.key_labels,
-                                                   self.cfg.temperature, self.cfg.k,
-                                                   self.num_classes)
+                                                   self.cfg.temperature, self.cfg.k)
         y, conf = y.to(self.device), conf.to(self.device)
         known = y >= 0
         self.labels[rows[unl][known]] = y[known]

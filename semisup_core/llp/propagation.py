@@ -58,9 +58,12 @@ def propagate(v: torch.Tensor, keys: torch.Tensor, key_labels: torch.Tensor,
               key_log_rho: torch.Tensor, temperature: float, k: int,
               num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo-labels and confidences (Eq. 8 and 6) of the queries ``v`` (B x d) from the
-    labelled bank entries ``keys`` (M x d) with labels ``key_labels`` and ``log ρ``."""
+    labelled bank entries ``keys`` (M x d) with labels ``key_labels`` (< ``num_classes``)
+    and ``log ρ``."""
+    if len(key_labels) and not 0 <= int(key_labels.min()) <= int(key_labels.max()) < num_classes:
+        raise ValueError(f"key labels must be in [0, {num_classes})")
     return propagate_scored(v, score_keys(keys, key_log_rho, temperature), key_labels,
-                            temperature, k, num_classes)
+                            temperature, k)
 
 
 def score_keys(keys: torch.Tensor, key_log_rho: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -70,8 +73,7 @@ def score_keys(keys: torch.Tensor, key_log_rho: torch.Tensor, temperature: float
 
 
 def propagate_scored(v: torch.Tensor, scored_keys: torch.Tensor, key_labels: torch.Tensor,
-                     temperature: float, k: int, num_classes: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     temperature: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``propagate`` with the keys already in ``score_keys`` form (LLPState keeps them so, and
     moves only the rows a step changes: no M x d copy per step). The search is the kNN core's
     exact inner product on the arrays as they are (``knn.exact_search``)."""

@@ -126,3 +126,31 @@ def test_aggregation_loss_over_a_sampled_support_is_the_ratio_estimate():
         den = s * sum(e[j] for j in others) + e[own[n]]
         num = s * sum(e[j] for j in others if labels[n] >= 0 and bank_labels[j] == labels[n]) + e[own[n]]
         assert float(got[n]) == pytest.approx(math.log(den / num), rel=1e-4, abs=1e-4)
+
+
+def test_the_keys_llpstate_keeps_current_equal_a_fresh_build():
+    """LLPState moves only the rows a step changes in its propagation keys; after several steps
+    (labelled rows among them) they equal [bank rows, -τ log ρ] built anew, and so do the
+    pseudo-labels they give."""
+    from semisup_core.llp.objective import LLPConfig, LLPState
+    from semisup_core.llp.propagation import score_keys
+    cfg = LLPConfig(embed_dim=8, k=3, density="kernel", density_k=5)
+    state = LLPState(cfg, 60, 4, 0, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    lab_rows = torch.arange(0, 60, 5)
+    state.labels[lab_rows] = lab_rows % 4
+    state.labelled[lab_rows] = True
+    state.refresh_density()
+    for step in range(6):
+        rows = torch.randperm(60, generator=g)[:16]
+        v = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
+        labels = torch.where(state.labelled[rows], state.labels[rows], -1)
+        state.update(rows, v, torch.zeros(16, 4), labels, propagate=True)
+    fresh = score_keys(state.bank[state.rho_rows], state.log_rho, cfg.temperature)
+    assert torch.equal(state.scored, fresh)
+    q = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=1)
+    kept = propagate(q, state.bank[state.rho_rows], state.labels[state.rho_rows], state.log_rho,
+                     cfg.temperature, cfg.k, 4)
+    from semisup_core.llp.propagation import propagate_scored
+    assert all(torch.equal(a, b) for a, b in zip(
+        kept, propagate_scored(q, state.scored, state.key_labels, cfg.temperature, cfg.k)))
