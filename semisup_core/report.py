@@ -97,7 +97,7 @@ def plot_rounds(rounds: list[dict], uri: str) -> str:
 
 
 def plot_probe(probe: list[dict], baseline: float | None, uri: str) -> str:
-    """Linear-probe top-1 of the frozen encoder after each pre-training epoch (SimCLR)."""
+    """Linear-probe top-1 of the frozen pre-trained network after each pre-training epoch."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     ax.plot([r["epoch"] for r in probe], [100 * r["linear_probe_top1"] for r in probe],
             marker="o", label="linear probe on the labels")

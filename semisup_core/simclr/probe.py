@@ -1,7 +1,11 @@
-"""Linear evaluation of a representation (SimCLR's protocol, scaled down): the frozen encoder's
-pooled features of the labelled images train a multinomial logistic regression, whose top-1
-on the test set measures the representation. Run on every pre-training snapshot
+"""Linear evaluation of a representation (SimCLR's protocol, scaled down): the frozen model's
+``forward_features`` of the labelled images train a multinomial logistic regression, whose
+top-1 on the test set measures the representation. Run on every pre-training snapshot
 (``snapshot_every_epochs``), it gives the linear-probe accuracy per pre-training epoch.
+
+A SimCLRv2 snapshot's ``forward_features`` are the encoder's pooled features *through the
+projection head's hidden layers* (``model_kwargs.head_mlp``, what fine-tuning from the head
+starts from), not the encoder's own output h that SimCLR's linear evaluation reads.
 
 The regression is full-batch L-BFGS on standardised features with an L2 penalty (a few
 hundred labelled images: exact and seconds long), deterministic given the features.

@@ -34,7 +34,8 @@ def write_report(entries: list[dict], probe: list[dict], classes: list[str], out
     table = format_table(entries, ROWS)
     notes = [dedup_summary(dedup)] if dedup else []
     if probe:
-        notes.append("Linear probe (frozen encoder, logistic regression on the labels) after "
+        notes.append("Linear probe (the frozen pre-trained network's features, logistic "
+                     "regression on the labels) after "
                      "pre-training epochs " + ", ".join(
                          f"{r['epoch']}: {100 * r['linear_probe_top1']:.1f}%" for r in probe) + ".")
     if sel:
