@@ -315,12 +315,18 @@ class Trainer:
                                  **{k: round(v, 4) for k, v in self.objective.stats.items()}})
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.4f}")
-        every, epoch = self.cfg.snapshot_every_epochs, self.step // self.steps_per_epoch
-        if (every and self.dist.is_main and self.step % self.steps_per_epoch == 0
-                and epoch % every == 0):  # the model after this epoch (e.g. for a probe),
-            # before any checkpoint of this step: a run killed in between redoes both
-            checkpoint.save_final(storage.join(self.cfg.out, "snapshots", f"epoch-{epoch:03d}"),
-                                  self._exported(), self._state())
+        ended = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+        if ended:  # what the objective writes per epoch (LLP's round of pseudo-labels) and
+            # the snapshot, before any checkpoint of this step: a run killed in between redoes
+            # them from the previous checkpoint, never skips them
+            epoch = math.ceil(self.step / self.steps_per_epoch)
+            self.objective.end_epoch(epoch - 1, self.cfg.out)
+            every = self.cfg.snapshot_every_epochs
+            if every and self.dist.is_main and self.step % self.steps_per_epoch == 0 and (
+                    epoch % every == 0):  # the model after this epoch (e.g. for a probe)
+                checkpoint.save_final(storage.join(self.cfg.out, "snapshots",
+                                                   f"epoch-{epoch:03d}"),
+                                      self._exported(), self._state())
         if self.dist.is_main and self.step % self.cfg.checkpoint.every_steps == 0:
             checkpoint.save_checkpoint(self.cfg.out, self.step, self.model, self.optimizer,
                                        self._state(), keep=self.cfg.checkpoint.keep,
@@ -358,7 +364,6 @@ class Trainer:
                 loss_sum, n = torch.zeros((), device=self.dist.device), 0
             if self.step >= self.total_steps:
                 break
-        self.objective.end_epoch(epoch, self.cfg.out)
 
     def run(self) -> dict:
         cfg, t0 = self.cfg, time.time()

@@ -76,6 +76,18 @@ def test_llp_resumes_exactly_with_its_bank_and_labels(tmp_path, llp_data):
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "crashed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _pseudo(tmp_path / "straight") == _pseudo(tmp_path / "crashed")
+    # killed right after the checkpoint that ends epoch 1 (step 8): the resumed run starts at
+    # epoch 2 and still has epoch 1's round of pseudo-labels, written before that checkpoint
+    edge = straight.model_copy(update={"out": str(tmp_path / "edge"), "fail_at_step": 8})
+    with pytest.raises(InjectedFailure):
+        train(edge)
+    assert checkpoint.latest(edge.out)[0] == 8
+    train(edge.model_copy(update={"fail_at_step": None}))
+    rounds = sorted(os.listdir(tmp_path / "straight" / "pseudo_labels"))
+    assert rounds == sorted(os.listdir(tmp_path / "edge" / "pseudo_labels")) and len(rounds) == 8
+    for name in rounds:
+        assert (read_table(str(tmp_path / "straight" / "pseudo_labels" / name)).to_pydict()
+                == read_table(str(tmp_path / "edge" / "pseudo_labels" / name)).to_pydict()), name
     # without its state in the checkpoint the resumed run differs: the test can fail
     lost = straight.model_copy(update={"out": str(tmp_path / "lost"), "fail_at_step": 13})
     with pytest.raises(InjectedFailure):
