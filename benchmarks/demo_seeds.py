@@ -5,6 +5,8 @@ Run the demo for several seeds, then aggregate:
     .venv/bin/python benchmarks/demo_seeds.py runs/demo > benchmarks/results/demo_seeds.md
     for s in 0 1 2; do .venv/bin/semisup stage llp-run -c configs/llp_demo.yaml --set seed=$s; done
     .venv/bin/python benchmarks/demo_seeds.py runs/llp > benchmarks/results/llp_seeds.md
+    for s in 0 1 2; do .venv/bin/semisup stage simclr-run -c configs/simclr_demo.yaml --set seed=$s; done
+    .venv/bin/python benchmarks/demo_seeds.py runs/simclr > benchmarks/results/simclr_seeds.md
 """
 
 from __future__ import annotations
