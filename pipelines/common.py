@@ -54,3 +54,26 @@ def demo_arguments(cfg, out: str, local: bool = True) -> dict:
                 dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
                 dedup_threshold=cfg.dedup.threshold,
                 launcher=cfg.launcher.model_dump(mode="json"))
+
+
+def finish_report(seed: int, out: str, run_dir: str, artifacts: list[str], seconds: float,
+                  task: str, rows: tuple[str, ...], also: str) -> dict:
+    """After a local run of a method's pipeline: copy its report task's ``report`` artifact
+    (``task``: the report component's name) to ``out/seed-N/report``, print the comparison
+    table (``rows``) and the dedup line; ``also``: the other files named in the last line."""
+    from semisup.local_run import copy_tree
+    from semisup_core import storage
+    from semisup_core.report import dedup_summary, format_table
+    found = [a for a in artifacts if os.path.basename(os.path.dirname(a)).startswith(task)
+             and os.path.basename(a) == "report"]
+    if not found:
+        raise RuntimeError(f"no report under {run_dir}: did the pipeline finish?")
+    seed_dir = os.path.join(out, f"seed-{seed}")
+    copy_tree(found[0], os.path.join(seed_dir, "report"))
+    metrics = storage.read_json(os.path.join(seed_dir, "report", "metrics.json"))
+    print("\n" + format_table(metrics["entries"], rows))
+    if metrics.get("dedup"):
+        print("\n" + dedup_summary(metrics["dedup"]))
+    print(f"\nFinished in {seconds / 60:.1f} min. Report: "
+          f"{os.path.join(seed_dir, 'report', 'report.md')} (and {also})")
+    return metrics

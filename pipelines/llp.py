@@ -10,8 +10,6 @@ K, T, tau) and dedup's (DedupSpec). ``semisup run llp --config configs/llp_demo.
 under kfp.local. Recompile after any change: ``.venv/bin/semisup pipelines compile``.
 """
 
-import os
-
 from kfp import dsl
 from kfp.dsl import pipeline_context
 
@@ -20,9 +18,8 @@ from components.llp.component import llp as llp_step
 from components.llp_report.component import llp_report
 from components.train.component import train
 from pipelines import compile_main, on_platform, with_resource_docs
-from pipelines.common import demo_arguments, demo_data
+from pipelines.common import demo_arguments, demo_data, finish_report
 from pipelines.resources import DEFAULT as _R, PROFILES
-from semisup_core import storage
 from semisup_core.dedup.stage import DedupSpec
 from semisup_core.llp.run import LLPRunConfig
 from semisup_core.train.config import LauncherSpec
@@ -105,22 +102,9 @@ def arguments(cfg: LLPRunConfig, out: str, local: bool = True, profile: str = "c
 
 def finish(cfg: LLPRunConfig, out: str, run_dir: str, artifacts: list[str], seconds: float) -> dict:
     """After a local run: copy the report next to the run and print the table."""
-    from semisup.local_run import copy_tree
     from semisup_core.llp.report import ROWS
-    from semisup_core.report import dedup_summary, format_table
-    found = [a for a in artifacts if os.path.basename(os.path.dirname(a)).startswith("llp-report")
-             and os.path.basename(a) == "report"]
-    if not found:
-        raise RuntimeError(f"no report under {run_dir}: did the pipeline finish?")
-    seed_dir = os.path.join(out, f"seed-{cfg.seed}")
-    copy_tree(found[0], os.path.join(seed_dir, "report"))
-    metrics = storage.read_json(os.path.join(seed_dir, "report", "metrics.json"))
-    print("\n" + format_table(metrics["entries"], ROWS))
-    if metrics.get("dedup"):
-        print("\n" + dedup_summary(metrics["dedup"]))
-    print(f"\nFinished in {seconds / 60:.1f} min. Report: "
-          f"{os.path.join(seed_dir, 'report', 'report.md')} (and report.html, rounds.png)")
-    return metrics
+    return finish_report(cfg.seed, out, run_dir, artifacts, seconds, "llp-report", ROWS,
+                         "report.html, rounds.png")
 
 
 if __name__ == "__main__":
