@@ -152,9 +152,14 @@ def exact_search(base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
     xb = _as_f32(base)
     xq = _as_f32(queries, xb.shape[1])
     if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        return faiss.knn_gpu(faiss.StandardGpuResources(), xq, xb, k,
-                             metric=faiss.METRIC_INNER_PRODUCT)
+        global _GPU_RESOURCES
+        if _GPU_RESOURCES is None:  # one set per process: creating them costs a cudaMalloc pool
+            _GPU_RESOURCES = faiss.StandardGpuResources()
+        return faiss.knn_gpu(_GPU_RESOURCES, xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
     return faiss.knn(xq, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+_GPU_RESOURCES = None  # exact_search's faiss-gpu resources, made on first use
 
 
 def _is_ivf(index) -> bool:
