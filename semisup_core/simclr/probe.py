@@ -31,10 +31,9 @@ class _Features(nn.Module):
         return self.model.forward_features(x)
 
 
-def features(model_dir: str, data: str) -> tuple[np.ndarray, np.ndarray]:
+def features(model, state: dict, data: str) -> tuple[np.ndarray, np.ndarray]:
     """The pooled features (N x d; ``forward_features``: with head layers, after them) and
-    labels of every image of ``data``."""
-    model, state = checkpoint.load_model(model_dir)
+    labels of every image of ``data``, from a model ``checkpoint.load_model`` gave."""
     meta = read_meta(data)
     feats, labels, _ = predict(_Features(model), shard_uris(data, meta), state["mean"],
                                state["std"], state["model"]["in_chans"], desc="features")
@@ -66,8 +65,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-
 def linear_probe(model_dir: str, labelled: str, test: str, l2: float = 1e-3) -> float:
     """Top-1 on ``test`` of a linear classifier on ``model_dir``'s frozen features, fitted on
     ``labelled``."""
-    xtr, ytr = features(model_dir, labelled)
-    xte, yte = features(model_dir, test)
+    model, state = checkpoint.load_model(model_dir)  # once for both sets
+    xtr, ytr = features(model, state, labelled)
+    xte, yte = features(model, state, test)
     w, b, mu, sd = fit_logistic(xtr, ytr, len(read_meta(labelled).classes), l2)
     pred = (((torch.from_numpy(xte).double() - mu) / sd) @ w + b).argmax(1).numpy()
     return float((pred == yte).mean())
