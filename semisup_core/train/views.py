@@ -138,7 +138,8 @@ class SimCLRViews(StageConfig):
     shirt from a pullover), brightness and contrast at the CIFAR strength 0.5 (hue, saturation
     and grey-scale do nothing to one channel), no blur (at 28 px it erases the texture, as the
     paper turns it off for CIFAR). ImageNet: ``crop_scale_min: 0.08``, ``strength: 1.0``,
-    ``saturation``/``hue`` as below, ``p_blur: 0.5``."""
+    ``p_blur: 0.5``. Not built: the hue jitter (0.2 s) of colour data; saturation, grey-scale
+    and the jitter's random order are (brightness/contrast order only: saturation comes last)."""
 
     crop_scale_min: float = Field(0.2, gt=0, le=1, description="smallest crop area fraction "
                                                              "(the paper: 0.08)")
@@ -146,7 +147,7 @@ class SimCLRViews(StageConfig):
     p_flip: float = Field(0.5, ge=0, le=1)
     p_jitter: float = Field(0.8, ge=0, le=1, description="colour jitter probability")
     strength: float = Field(0.5, ge=0, description="jitter strength s: brightness and contrast "
-                                                   "0.8 s, saturation 0.8 s, hue 0.2 s")
+                                                   "0.8 s, saturation 0.8 s (no hue jitter)")
     p_gray: float = Field(0.2, ge=0, le=1, description="grey-scale (colour images only)")
     p_blur: float = Field(0.0, ge=0, le=1, description="Gaussian blur, sigma U[0.1, 2] (px at "
                                                        "224; scaled with the side), kernel side/10")
