@@ -10,6 +10,7 @@ from semisup_core.config import StageConfig
 from semisup_core.llp.objective import LLPConfig
 from semisup_core.train.distill import DistillConfig
 from semisup_core.train.objectives import ContrastiveConfig, Objective
+from semisup_core.wsl.objective import WeakConfig
 
 
 class DataConfig(StageConfig):
@@ -72,13 +73,17 @@ class TrainRecipe(StageConfig):
     model_kwargs: dict = Field(default_factory=dict, description="extra model args, e.g. width")
     objective: Objective = Field("supervised", description="supervised (cross-entropy on labels) "
                                  "| contrastive (two views per image, train/objectives.py) | llp "
-                                 "(Local Label Propagation: labelled + unlabelled data, llp/)")
+                                 "(Local Label Propagation: labelled + unlabelled data, llp/) | "
+                                 "distill (a teacher's soft labels) | weak (1/k soft targets "
+                                 "of weak tags' synsets, wsl/)")
     contrastive: ContrastiveConfig | None = Field(
         None, description="the contrastive objective's settings (null: its defaults)")
     llp: LLPConfig | None = Field(None, description="the llp objective's settings (null: the "
                                                     "paper's defaults)")
     distill: DistillConfig | None = Field(None, description="the distill objective's settings "
                                                             "(its teacher is required)")
+    weak: WeakConfig | None = Field(None, description="the weak objective's settings (null: "
+                                                      "targets beside data.train)")
     zero_init_head: bool = Field(False, description="start the classifier at zero (fine-tuning "
                                                     "a pre-trained network, SimCLRv2)")
     snapshot_every_epochs: int = Field(0, ge=0, description="also save the model every N epochs "
@@ -107,6 +112,8 @@ class TrainRecipe(StageConfig):
             self.contrastive = ContrastiveConfig()
         if self.objective == "llp" and self.llp is None:
             self.llp = LLPConfig()
+        if self.objective == "weak" and self.weak is None:
+            self.weak = WeakConfig()
         if self.optim.schedule == "step" and any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError("optim.milestones must be fractions in (0, 1)")
         return self

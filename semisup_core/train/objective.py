@@ -10,6 +10,7 @@ exports. ``OBJECTIVES`` maps ``TrainRecipe.objective`` to its class.
   ``proj_layers: 3``).
 - ``llp``: Local Label Propagation's memory bank, pseudo-labels and losses (``llp/``).
 - ``distill``: a fixed teacher's soft labels (``distill.py``; SimCLRv2's third step).
+- ``weak``: 1/k soft targets of every image's weak labels (``wsl/objective.py``; Mahajan et al.).
 """
 
 from __future__ import annotations
@@ -248,8 +249,28 @@ class Distill(Objective):
         return loss
 
 
+class Weak(Objective):
+    """Mahajan et al.'s weak pre-training: softmax cross-entropy against 1/k on each of an
+    image's k labels (``wsl/objective.py``), the supervised crop and flip. data.train is the
+    synsets stage's resampled set (its classes: the vocabulary)."""
+
+    def start(self, trainer):
+        from semisup_core import storage
+        from semisup_core.wsl.objective import WeakTargets
+        train = self.cfg.data.train
+        uri = self.cfg.weak.targets or storage.join(train if isinstance(train, str) else train[0],
+                                                    "targets.parquet")
+        self.targets = WeakTargets(uri, self.meta.num_classes)
+
+    def loss(self, model, x, labels, keys, step):
+        from semisup_core.wsl.objective import soft_target_loss
+        flat, offsets = self.targets.batch(list(keys), x.device)
+        return soft_target_loss(model(x), flat, offsets)
+
+
 OBJECTIVES: dict[str, type[Objective]] = {
-    "supervised": Objective, "contrastive": Contrastive, "llp": LLP, "distill": Distill}
+    "supervised": Objective, "contrastive": Contrastive, "llp": LLP, "distill": Distill,
+    "weak": Weak}
 
 
 def make_objective(cfg, meta, dist) -> Objective:

@@ -29,7 +29,7 @@ from semisup_core.config import StageConfig
 from semisup_core.train.distributed import all_gather_with_grad
 from semisup_core.train.views import CopyViews, SimCLRViews
 
-Objective = Literal["supervised", "contrastive", "llp", "distill"]
+Objective = Literal["supervised", "contrastive", "llp", "distill", "weak"]
 
 
 class ContrastiveConfig(StageConfig):
