@@ -3,6 +3,7 @@
 - precision of the selected set, per class and as a function of rank;
 - the share of out-of-distribution distractors that were selected;
 - per-class recall of two models side by side;
+- the tag candidates' precision and recall (issue 20: how good the pool's tags are as labels);
 - pseudo-labels (LLP's, a distillation teacher's) read as a selection: every pool image with a
   label is a (key, class) row ranked within its class by confidence, so the comparison table
   reads the same for every method.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from semisup_core.data.split import read_oracle
 from semisup_core.errors import DataError
@@ -45,8 +47,10 @@ def precision_by_rank(correct: np.ndarray, rank: np.ndarray, bins: int = 10) -> 
     return out
 
 
-def selection_analysis(manifest: pa.Table, oracle_uri: str, bins: int = 10) -> dict:
-    """Precision overall / per class / by rank, and the distractor share, of a manifest."""
+def selection_analysis(manifest: pa.Table, oracle_uri: str, bins: int = 10,
+                       candidates: str | None = None) -> dict:
+    """Precision overall / per class / by rank, and the distractor share, of a manifest (and
+    ``candidate_analysis`` of the tag candidates under ``candidates``, when given)."""
     cls, rank, truth = _join_oracle(manifest, oracle_uri)
     correct = cls == truth
     num_classes = int(max(cls.max(initial=-1), truth.max(initial=-1)) + 1)
@@ -58,7 +62,28 @@ def selection_analysis(manifest: pa.Table, oracle_uri: str, bins: int = 10) -> d
             "per_class_precision": per_class,
             "precision_by_rank": precision_by_rank(correct, rank, bins),
             "distractor_share": float((truth == -1).mean()) if len(truth) else None,
-            "rows": int(len(truth))}
+            "rows": int(len(truth)),
+            **({"candidates": candidate_analysis(candidates, oracle_uri)} if candidates else {})}
+
+
+def candidate_analysis(candidates_uri: str, oracle_uri: str) -> dict:
+    """How good tag candidates are as labels, over the images in the oracle: precision = the
+    share of distinct (key, class) candidate pairs whose class is the image's true class;
+    recall (per class) = the share of in-distribution images (of that class) whose true class
+    is among their candidates; distractor_share = the share of pairs on distractor images."""
+    from semisup_core.teacher_student.select import read_candidates  # here: select loads numba
+    oracle = read_oracle(oracle_uri).select(["key", "true_class"])
+    pairs = read_candidates(candidates_uri).join(oracle, keys="key", join_type="inner")
+    cls, truth = pairs["class_id"].to_numpy(), pairs["true_class"].to_numpy()
+    true_all = oracle["true_class"].to_numpy()
+    num_classes = int(max(cls.max(initial=-1), true_all.max(initial=-1)) + 1)
+    hits = np.bincount(truth[cls == truth], minlength=num_classes)  # pairs are distinct
+    images = np.bincount(true_all[true_all >= 0], minlength=num_classes)
+    return {"precision": float((cls == truth).mean()) if len(cls) else None,
+            "pairs": int(len(cls)), "images": int(pc.count_distinct(pairs["key"]).as_py()),
+            "distractor_share": float((truth == -1).mean()) if len(cls) else None,
+            "recall": float(hits.sum() / images.sum()) if images.sum() else None,
+            "per_class_recall": [float(h / n) if n else None for h, n in zip(hits, images)]}
 
 
 def recall_comparison(a: dict, b: dict, classes: list[str]) -> list[dict]:

@@ -16,15 +16,19 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from semisup_core import config, storage
 from semisup_core.analysis import selection_analysis
 from semisup_core.config import StageConfig
+from semisup_core.errors import ConfigError
+from semisup_core.data.dataset import read_meta
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.evaluate import EvaluateConfig, evaluate
 from semisup_core.teacher_student.score import ScoreConfig, score
-from semisup_core.teacher_student.select import SelectConfig, read_manifest, select
+from semisup_core.teacher_student.select import (CANDIDATES_HELP, RESTRICT_HELP, Restrict,
+                                                 SelectConfig, needs_candidates, read_manifest,
+                                                 select)
 from semisup_core.train import TrainConfig, train
 from semisup_core.train.config import DataConfig, TrainRecipe
 
@@ -41,6 +45,11 @@ class SelectionSpec(StageConfig):
     threshold: float = 0.5
     use_logits: bool = Field(False, description="rank by logits (ablation) instead of softmax")
     workers: int = Field(1, ge=1, description="scoring workers (shards i::N each)")
+    restrict: Restrict = Field("none", description=RESTRICT_HELP + " (with tags: set top_p to "
+                               "the class count)")
+    candidates: str | None = Field(None, validate_default=True, description=CANDIDATES_HELP)
+
+    _candidates = field_validator("candidates")(classmethod(needs_candidates))
 
 
 class FinetuneSpec(TrainRecipe):
@@ -107,7 +116,8 @@ class Runner:
                               partial_k=s.k, use_logits=s.use_logits, worker=w, num_workers=s.workers))
         sel = self._path(f"round-{r}", "select")
         summary = select(SelectConfig(scores=scores, out=sel, strategy=s.strategy, k=s.k,
-                                      k_law=s.k_law, threshold=s.threshold, seed=self.cfg.seed))
+                                      k_law=s.k_law, threshold=s.threshold, seed=self.cfg.seed,
+                                      restrict=s.restrict, candidates=s.candidates))
         selected = self._path(f"round-{r}", "selected")
         if not storage.exists(storage.join(selected, "dataset.json")):
             manifest_dataset(read_manifest(storage.join(sel, "manifest.parquet")), self.cfg.pool, selected)
@@ -118,7 +128,8 @@ class Runner:
         info = {"round": r, "teacher": teacher, "selection": summary}
         if self.cfg.oracle:
             info["analysis"] = selection_analysis(
-                read_manifest(self._path(f"round-{r}", "select", "manifest.parquet")), self.cfg.oracle)
+                read_manifest(self._path(f"round-{r}", "select", "manifest.parquet")), self.cfg.oracle,
+                candidates=self.cfg.selection.candidates)
         pre = self.train_eval(f"student-r{r}-pretrain", self.cfg.student, selected)
         student = pre
         ft = self.cfg.finetune
@@ -129,8 +140,18 @@ class Runner:
         self.results["rounds"].append(info)
         return student
 
+    def check(self) -> None:
+        """Refuse before any training what select would refuse after scoring."""
+        s = self.cfg.selection
+        num_classes = read_meta(self.cfg.labelled).num_classes if s.restrict == "tags" else 0
+        if s.top_p < num_classes:
+            raise ConfigError(f"selection.top_p={s.top_p} keeps {s.top_p} of {num_classes} classes "
+                              "per image, but restrict=tags needs all (a candidate class outside "
+                              f"an image's top-P would be lost): set selection.top_p={num_classes}")
+
     def run(self) -> dict:
         cfg = self.cfg
+        self.check()
         config.save(cfg, cfg.out)
         if cfg.baseline:
             self.train_eval("baseline", cfg.student, cfg.labelled)
