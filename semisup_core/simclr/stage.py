@@ -4,21 +4,12 @@ another objective with one line."""
 
 from __future__ import annotations
 
-from semisup_core.errors import ConfigError
-from semisup_core.train import TrainConfig, train
-
-
-def _only(cfg: TrainConfig, objective: str) -> None:
-    if cfg.objective != objective:
-        raise ConfigError(f"semisup stage {objective} trains objective {objective}; the config "
-                          f"says {cfg.objective!r} (use semisup stage train for it)")
+from semisup_core.train import TrainConfig, train_objective
 
 
 def train_contrastive(cfg: TrainConfig) -> dict:
-    _only(cfg, "contrastive")
-    return train(cfg)
+    return train_objective(cfg, "contrastive")
 
 
 def train_distill(cfg: TrainConfig) -> dict:
-    _only(cfg, "distill")
-    return train(cfg)
+    return train_objective(cfg, "distill")

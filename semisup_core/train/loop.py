@@ -398,6 +398,15 @@ class Trainer:
         return result
 
 
+def train_objective(cfg: TrainConfig, objective: str, stage: str | None = None) -> dict:
+    """``train`` for a method's own stage (``semisup stage llp|contrastive|distill|weak-train``),
+    refusing a config of another objective with one line."""
+    if cfg.objective != objective:
+        raise ConfigError(f"semisup stage {stage or objective} trains objective {objective}; the "
+                          f"config says {cfg.objective!r} (use semisup stage train for it)")
+    return train(cfg)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train to the end (resuming if a checkpoint exists); returns summary metrics."""
     try:
