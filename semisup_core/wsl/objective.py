@@ -33,7 +33,7 @@ def soft_target_loss(logits: torch.Tensor, labels: torch.Tensor, offsets: torch.
         labels: the batch's label indices, concatenated (CSR values).
         offsets: [B + 1], image b's labels are ``labels[offsets[b]:offsets[b + 1]]`` (k >= 1).
     """
-    z = logits.float()
+    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     k = (offsets[1:] - offsets[:-1])
     row = torch.repeat_interleave(torch.arange(len(k), device=z.device), k)
     picked = z[row, labels].div(k[row].to(z.dtype))
@@ -65,10 +65,10 @@ class WeakTargets:
     def batch(self, keys: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
         """(labels, offsets) of ``keys``' images, for ``soft_target_loss``."""
         from semisup_core.wsl.resample import source_key
-        try:
-            rows = [self.row[source_key(k)] for k in keys]
-        except KeyError as err:
-            raise DataError(f"weak.targets {self.uri}: no labels for sample {err.args[0]}") from None
+        rows = [self.row.get(source_key(k), -1) for k in keys]
+        if -1 in rows:
+            raise DataError(f"weak.targets {self.uri}: no labels for sample "
+                            f"{keys[rows.index(-1)]!r}")
         starts, ends = self.offsets[rows], self.offsets[[r + 1 for r in rows]]
         k = ends - starts
         labels = torch.cat([self.values[s:e] for s, e in zip(starts.tolist(), ends.tolist())])

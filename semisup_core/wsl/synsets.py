@@ -143,7 +143,7 @@ class Canonicaliser:
             res = Resolution(t, t, "exact", found)
         elif "_" in t and (found := self.senses(t.replace("_", "-"))):  # t-shirt, work-shirt
             res = Resolution(t, t.replace("_", "-"), "exact", found)
-        elif self.split_compounds and "_" not in t and t.isalpha():
+        elif self.split_compounds and "_" not in t and t.replace("'", "").isalpha():
             form, found = self._split(t)
             res = Resolution(t, form, "split" if found else "none", found)
         else:
