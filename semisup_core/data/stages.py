@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from semisup_core import config
-from semisup_core.data.config import ImportConfig, SplitConfig
+from semisup_core.data.config import SOURCE_FIELDS, ImportConfig, SplitConfig
 from semisup_core.data.importers import import_dataset
 from semisup_core.data.split import split_labelled
 
 
 def run_import(cfg: ImportConfig) -> dict:
-    """Import ``cfg.src`` into shards under ``cfg.out``; returns a summary."""
+    """Import ``cfg.src`` into shards under ``cfg.out``; returns a summary (with the tag
+    report for the tagged sources)."""
     kw = {"samples_per_shard": cfg.samples_per_shard}
-    if cfg.source != "image-folder":
-        kw["split"] = cfg.split
+    kw.update({f: getattr(cfg, f) for f in SOURCE_FIELDS[cfg.source]})
     meta = import_dataset(cfg.source, cfg.src, cfg.out, **kw)
     config.save(cfg, cfg.out, "import-config.yaml")
-    return {"out": cfg.out, "name": meta.name, "num_samples": meta.num_samples,
-            "num_classes": meta.num_classes, "shards": len(meta.shards)}
+    summary = {"out": cfg.out, "name": meta.name, "num_samples": meta.num_samples,
+               "num_classes": meta.num_classes, "shards": len(meta.shards)}
+    if "tags" in meta.extra:
+        summary["tags"] = meta.extra["tags"]
+    return summary
 
 
 def run_split(cfg: SplitConfig) -> dict:

@@ -39,7 +39,7 @@ def test_bad_split_and_missing_files(tmp_path):
         import_mnist(str(tmp_path), str(tmp_path / "x"), split="test")
     with pytest.raises(ConfigError, match="unknown dataset source 'cifar'"):
         import_dataset("cifar", None, str(tmp_path / "x"))
-    assert set(IMPORTERS) == {"fashion-mnist", "mnist", "image-folder"}
+    assert set(IMPORTERS) == {"fashion-mnist", "mnist", "image-folder", "tagged", "openclipart"}
 
 
 def test_mnist_test_split(tmp_path, mnist_src):

@@ -10,7 +10,7 @@ from semisup_core.data.dataset import make_meta, write_meta
 from semisup_core.data.decode import encode_png
 from semisup_core.data.shards import ShardWriter
 from semisup_core.wsl.wordnet import load_wordnet
-from tests.train.conftest import CLASSES, _texture, blocks_dataset, blocks_test_dataset  # noqa: F401
+from tests.train.conftest import _texture
 
 
 @pytest.fixture(scope="session")

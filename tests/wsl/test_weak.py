@@ -100,7 +100,7 @@ def test_drawn_labels_follow_the_configured_law(power):
 TAGS = [["shirt"], ["shirts", "dog"], ["dog"], ["coat"], ["coat", "dog"], ["shirt", "coat"]] * 8
 
 
-def test_resampled_set_and_weak_training_learns_the_tags(tmp_path, blocks_test_dataset):
+def test_resampled_set_and_weak_training_learns_the_tags(tmp_path):
     data, keys = write_tagged(str(tmp_path / "tagged"), TAGS)
     syn = run_synsets(SynsetsConfig(data=data, out=str(tmp_path / "syn"), draws=4, seed=1))
     train_uri = syn["train"]["uri"]
