@@ -75,6 +75,10 @@ class TeacherStudentConfig(StageConfig):
     self_training: bool = Field(False, description="teacher uses the student's recipe")
     teacher_model: str | None = Field(None, description="use this trained model as the first "
                                                         "teacher instead of training one")
+    teacher_init: str | None = Field(None, description="semi-weakly supervised (Yalniz et al. "
+                                     "§3.3): the teacher starts from this (weak-)pre-trained model "
+                                     "and is fine-tuned on the labels with the teacher recipe "
+                                     "(its head starts fresh when the shapes differ)")
     scores_from: str | None = Field(None, description="round 1 reuses this finished score output "
                                                       "of the same teacher (e.g. for a K sweep)")
     rounds: int = Field(1, ge=0, description="student of round r is the teacher of round r+1; "
@@ -142,6 +146,9 @@ class Runner:
 
     def check(self) -> None:
         """Refuse before any training what select would refuse after scoring."""
+        if self.cfg.teacher_model and self.cfg.teacher_init:
+            raise ConfigError("teacher_model (a finished teacher) and teacher_init (a teacher to "
+                              "fine-tune from it) exclude each other: set one")
         s = self.cfg.selection
         num_classes = read_meta(self.cfg.labelled).num_classes if s.restrict == "tags" else 0
         if s.top_p < num_classes:
@@ -159,7 +166,7 @@ class Runner:
             teacher = cfg.teacher_model
         else:
             teacher = self.train_eval("teacher", cfg.student if cfg.self_training else cfg.teacher,
-                                      cfg.labelled)
+                                      cfg.labelled, init_from=cfg.teacher_init)
         for r in range(1, cfg.rounds + 1):
             teacher = self.round(teacher, r)
         self.results["final"] = teacher

@@ -103,12 +103,13 @@ class WSLRunConfig(DemoData):
             raise ValueError(f"finetune.objective must be supervised, got {self.finetune.objective!r}")
 
 
-def _ts(cfg: WSLRunConfig, data: dict, pool: str, out: str, teacher: str, **selection) -> dict:
+def _ts(cfg: WSLRunConfig, data: dict, pool: str, out: str, teacher: str,
+        scores_from: str | None = None, **selection) -> dict:
     return run_teacher_student(TeacherStudentConfig(
         out=out, labelled=data["labelled"], pool=pool, test=data["test"], oracle=data["oracle"],
         student=cfg.student, finetune=cfg.student_finetune, teacher_model=teacher,
         selection=cfg.selection.model_copy(update=selection), baseline=False, rounds=1,
-        seed=cfg.seed))
+        seed=cfg.seed, scores_from=scores_from))
 
 
 def run_wsl(cfg: WSLRunConfig) -> dict:
@@ -141,12 +142,16 @@ def run_wsl(cfg: WSLRunConfig) -> dict:
     probe = storage.read_json(probe_uri)["linear_probe_top1"]
     if cfg.semi_weak:
         cand = storage.join(syn_out, "candidates.parquet")
+        ts = storage.join(run, "teacher-student")
+        semi_scores = storage.join(ts, "semi-weak", "round-1", "scores")  # one teacher, one scoring
         variants = {"plain": (base, {}), "semi-weak": (ft, {}),
-                    "semi-weak-tags": (ft, {"restrict": "tags", "candidates": cand}),
+                    "semi-weak-tags": (ft, {"restrict": "tags", "candidates": cand,
+                                            "scores_from": semi_scores}),
                     "semi-weak-tags-random": (ft, {"restrict": "tags", "candidates": cand,
-                                                   "strategy": "random"})}
+                                                   "strategy": "random",
+                                                   "scores_from": semi_scores})}
         for (name, (teacher, sel)), row in zip(variants.items(), TS_ROWS):
-            res = _ts(cfg, data, tagged, storage.join(run, "teacher-student", name), teacher, **sel)
+            res = _ts(cfg, data, tagged, storage.join(ts, name), teacher, **sel)
             student = [e for e in entries_from_results(res, {"models": {}, "rounds": []})
                        if e["model"] == "student, fine-tuned"]
             entries += [dict(e, model=row) for e in student]
