@@ -311,6 +311,7 @@ def run_synsets(cfg: SynsetsConfig) -> dict:
                         "occurrences": occurrences[raw], "images": images[raw],
                         "dropped_reason": dropped.get(raw)})
     write_table(storage.join(out, "mapping.parquet"), pa.Table.from_pylist(mapping, schema=MAPPING_SCHEMA))
+    storage.put_bytes(storage.join(out, "mapping.md"), audit_markdown(mapping).encode())
     write_table(storage.join(out, "vocabulary.parquet"), pa.Table.from_pylist(vocab_rows))
     write_table(storage.join(out, "targets.parquet"), pa.table(
         {"key": pa.array(target_keys, pa.string()),
@@ -348,6 +349,25 @@ MAPPING_SCHEMA = pa.schema([
     ("rule", pa.string()), ("synset", pa.string()), ("wnid", pa.string()),
     ("labels", pa.list_(pa.int32())), ("classes", pa.list_(pa.int32())),
     ("occurrences", pa.int64()), ("images", pa.int64()), ("dropped_reason", pa.string())])
+
+
+def audit_markdown(mapping: list[dict], top: int = 20, per_rule: int = 8) -> str:
+    """The audit table a person reads: the ``top`` most frequent tags, then the first
+    ``per_rule`` of each matching rule other than exact and of each drop reason."""
+    def row(m):
+        return (f"| {m['raw_tag']} | {m['form'] or ''} | {m['rule']} | {m['synset'] or ''} | "
+                f"{m['wnid'] or ''} | {m['images']:,} | {m['dropped_reason'] or ''} |")
+    head = ["| tag | WordNet form | rule | synset | wnid | images | dropped |",
+            "|---|---|---|---|---|---:|---|"]
+    lines = ["The most frequent tags:", "", *head, *map(row, mapping[:top])]
+    groups = [("split", lambda m: m["rule"] == "split"), ("override", lambda m: m["rule"] == "override")]
+    groups += [(f"dropped: {why}", lambda m, w=why: m["dropped_reason"] == w)
+               for why in ("no_synset", "out_of_vocabulary", "sense_rank")]
+    for title, keep in groups:
+        rows = [m for m in mapping if keep(m)][:per_rule]
+        if rows:
+            lines += ["", f"{title} (most images first):", "", *head, *map(row, rows)]
+    return "\n".join(lines) + "\n"
 
 
 def _sum_by(dropped: dict[str, str], occurrences: Counter) -> Counter:

@@ -192,6 +192,9 @@ def test_top_vocabulary_targets_and_counts_against_brute_force(tmp_path, wn):
     dog = index.get(wn.synset("dog.n.01"))
     assert dog is not None and {m["raw_tag"] for m in mapped if m["labels"] == [dog]} >= {"dog", "Dog"}
     assert summary["merged"] >= 1 and summary["images"] == len(TAGS)
+    audit = open(f"{cfg.out}/mapping.md").read()  # the table a person reads
+    assert "| #brownbear | brown_bear | split | brown_bear.n.01 | n02132136 | 1 |  |" in audit
+    assert "| magick |  | none |  |  | 1 | no_synset |" in audit
     assert summary["images_with_labels"] == len(got)
 
 
