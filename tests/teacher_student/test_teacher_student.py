@@ -60,3 +60,34 @@ def test_variants(tmp_path, data):
     skip = run_teacher_student(_cfg(tmp_path / "b", data, baseline=False,
                                     finetune=dict(TINY, enabled=False)))
     assert "student-r1" not in skip["models"] and skip["final"].endswith("student-r1-pretrain")
+
+
+def test_semi_weak_teacher_starts_from_a_pre_trained_model(tmp_path, data):
+    """``teacher_init``: the teacher is fine-tuned from a (weak-)pre-trained network (here one
+    trained on the labels for an epoch); it excludes ``teacher_model``."""
+    import torch
+
+    from semisup_core import checkpoint
+    from semisup_core.errors import ConfigError
+    from semisup_core.train import TrainConfig, train
+    pre = str(tmp_path / "pre")
+    train(TrainConfig.model_validate(dict(TINY, out=pre, epochs=1,
+                                          data={"train": data["labelled"]})))
+    res = run_teacher_student(_cfg(tmp_path, data, teacher=dict(TINY, epochs=0.25),
+                                   teacher_init=pre, baseline=False, rounds=0))
+    cfg_yaml = storage.get_bytes(str(tmp_path / "run" / "models" / "teacher" / "config.yaml")).decode()
+    assert f"init_from: {pre}" in cfg_yaml
+    start, _ = checkpoint.load_model(pre, "cpu")
+    fresh = run_teacher_student(_cfg(tmp_path / "scratch", data, teacher=dict(TINY, epochs=0.25),
+                                     baseline=False, rounds=0))
+    t_init, _ = checkpoint.load_model(res["final"], "cpu")
+    t_fresh, _ = checkpoint.load_model(fresh["final"], "cpu")
+    d_init = sum((a - b).abs().sum() for a, b in zip(t_init.state_dict().values(),
+                                                     start.state_dict().values())
+                 if a.dtype == torch.float32)
+    d_fresh = sum((a - b).abs().sum() for a, b in zip(t_fresh.state_dict().values(),
+                                                      start.state_dict().values())
+                  if a.dtype == torch.float32)
+    assert d_init < d_fresh  # a few steps from the pre-trained weights stay near them
+    with pytest.raises(ConfigError, match="teacher_model .* and teacher_init .* exclude each other"):
+        run_teacher_student(_cfg(tmp_path / "both", data, teacher_model=pre, teacher_init=pre))
