@@ -10,12 +10,13 @@ from semisup_core.report import dedup_summary, format_table, plot_recall, write_
 
 BASELINE = "supervised baseline"
 FINETUNED = "WSL pre-trained + fine-tuned"
+EXTERNAL = "WSL on another collection's tags + fine-tuned"
 TS_PLAIN = "teacher/student (supervised teacher)"
 TS_SEMI = "semi-weak teacher/student"
 TS_TAGS = "semi-weak, tag candidates ranked"
 TS_TAGS_RANDOM = "semi-weak, balanced-with-tags (random)"
 TS_ROWS = (TS_PLAIN, TS_SEMI, TS_TAGS, TS_TAGS_RANDOM)
-ROWS = (BASELINE, FINETUNED) + TS_ROWS
+ROWS = (BASELINE, FINETUNED, EXTERNAL) + TS_ROWS
 
 
 def banner(simulated: dict | None) -> str | None:

@@ -30,7 +30,7 @@ from semisup_core.teacher_student.report import entries_from_results
 from semisup_core.teacher_student.run import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
                                               run_teacher_student)
 from semisup_core.train.config import LauncherSpec, TrainRecipe
-from semisup_core.wsl.report import BASELINE, FINETUNED, ROWS, TS_ROWS, write_report
+from semisup_core.wsl.report import BASELINE, EXTERNAL, FINETUNED, ROWS, TS_ROWS, write_report
 from semisup_core.wsl.simulate import CLASS_SYNSETS, SimulatedTags, simulate_tags
 from semisup_core.wsl.synsets import SynsetsConfig, run_synsets
 
@@ -93,6 +93,11 @@ class WSLRunConfig(DemoData):
                                      description="teacher/student selection (top_p = all 10 "
                                                  "classes: the tag restriction needs them)")
     semi_weak: bool = Field(True, description="also run the teacher/student variants")
+    external: str | None = Field(None, description="also pre-train on this tagged dataset's "
+                                 "own tags (real ones, e.g. the OpenClipart import at 28 px grey) "
+                                 "and fine-tune on the labels: transfer from another collection")
+    external_draws: float = Field(20.0, gt=0, description="external: resampled samples per "
+                                                          "image (a small collection needs more)")
     launcher: LauncherSpec = Field(default_factory=LauncherSpec, description="where the "
                                    "pipeline's training tasks train (`semisup run wsl`)")
 
@@ -136,6 +141,18 @@ def run_wsl(cfg: WSLRunConfig) -> dict:
                     init_from=pre)
     entries = [evaluate_once(base, data["test"], storage.join(evals, "baseline"), BASELINE),
                evaluate_once(ft, data["test"], storage.join(evals, "finetune"), FINETUNED)]
+    if cfg.external:
+        ext = storage.join(run, "external-synsets")
+        if not storage.exists(storage.join(ext, "summary.json")):
+            run_synsets(cfg.synsets.model_copy(update={
+                "data": cfg.external, "out": ext, "seed": cfg.seed, "draws": cfg.external_draws,
+                "target_synsets": {}}))
+        ext_pre = train_once(cfg.pretrain, [storage.join(ext, "train")],
+                             storage.join(models, "external-pretrain"), cfg.seed)
+        ext_ft = train_once(cfg.finetune, [labelled], storage.join(models, "external-finetune"),
+                            cfg.seed, init_from=ext_pre)
+        entries.append(evaluate_once(ext_ft, data["test"], storage.join(evals, "external-finetune"),
+                                     EXTERNAL))
     probe_uri = storage.join(run, "analysis", "probe.json")
     if not storage.exists(probe_uri):
         storage.write_json(probe_uri, {"linear_probe_top1": linear_probe(pre, labelled, data["test"])})
