@@ -55,7 +55,7 @@ class SynsetsSpec(SynsetsConfig):
 
     data: str = ""
     out: str = ""
-    draws: float = Field(4.0, ge=0, description="resampled samples per image: the weak "
+    draws: float = Field(2.0, ge=0, description="resampled samples per image: the weak "
                                                 "pre-training's passes (it runs one epoch)")
     target_synsets: dict[str, list[str]] = Field(
         default_factory=lambda: dict(CLASS_SYNSETS), description="the target classes' synsets "
@@ -84,9 +84,10 @@ class WSLRunConfig(DemoData):
     finetune: TrainRecipe = Field(default_factory=_finetune, description="transfer: fine-tuning "
                                   "the weak-pre-trained network on the labels")
     student: TrainRecipe = Field(default_factory=lambda: TrainRecipe(
-        model="small_resnet8", model_kwargs={"width": 4}, epochs=20, batch_size=128,
+        model="small_resnet8", model_kwargs={"width": 4}, epochs=10, batch_size=128,
         optim={"lr": 0.4}), description="teacher/student: the student pre-trained on the "
-                                        "selected set (the teacher/student demo's)")
+                                        "selected set (the teacher/student demo's, 10 epochs "
+                                        "instead of 20: four students per seed)")
     student_finetune: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(
         epochs=100, batch_size=64, optim={"lr": 0.1, "warmup_epochs": 0}))
     selection: SelectionSpec = Field(default_factory=lambda: SelectionSpec(top_p=10, k=2000),
