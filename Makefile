@@ -28,7 +28,8 @@ REGISTRY ?= ghcr.io/semisup
 VERSION ?= $(shell sed -n '/^\[project\]/,/^\[/s/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOCKER ?= docker
 DOCKER_BUILD_ARGS ?=
-STAGES := data select launcher evaluate train score embed dedup llp contrastive distill
+STAGES := data select launcher evaluate train score embed dedup llp contrastive distill synsets \
+          weak-train
 COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null)
 LABELS = --label org.opencontainers.image.version=$(VERSION) \
          --label org.opencontainers.image.revision=$(COMMIT)

@@ -8,7 +8,7 @@ import re
 
 #: pipeline module name -> pipeline function name
 PIPELINES = {"teacher_student": "teacher_student", "dedup": "dedup_pipeline", "llp": "llp",
-             "simclr": "simclr"}
+             "simclr": "simclr", "wsl": "wsl"}
 
 
 #: the Secret with the platform MinIO's endpoint and credentials (k8s/base; README "Going to a

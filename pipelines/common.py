@@ -1,10 +1,18 @@
-"""Pipeline pieces every method's pipeline shares, so that their tables compare on one split."""
+"""Pipeline pieces every method's pipeline shares, so that their tables compare on one split
+(the data and dedup steps) and their teacher/student rounds are one definition."""
 
 import os
+
+from kfp import dsl
 
 from components.data.component import import_data, split_data
 from components.dedup.component import dedup as dedup_step
 from components.embed.component import embed
+from components.evaluate.component import evaluate
+from components.score.component import score
+from components.select.component import select
+from components.train.component import train
+from components.workers.component import worker_indices
 
 
 def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, dedup_embedder,
@@ -34,6 +42,42 @@ def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, de
                     seed=seed, enabled=dedup).set_display_name("dedup: pool vs test set")
     data["pool"] = dd.outputs["deduped"]  # what the methods read: the deduplicated pool
     return data, dd
+
+
+def score_pool(label: str, teacher, data: dict, p: dict):
+    """Score the pool with ``teacher``, split over ``p["score_workers"]`` parallel tasks (a
+    teacher/student round's first half; ``p``: the run's selection and training parameters)."""
+    idx = worker_indices(n=p["score_workers"]).set_display_name(f"{label}: shard groups")
+    with dsl.ParallelFor(items=idx.output) as w:
+        scored = score(teacher=teacher, pool=data["pool"], top_p=p["top_p"], partial_k=p["k"],
+                       use_logits=p["use_logits"], worker=w, num_workers=p["score_workers"])
+        scored.set_display_name(f"{label}: score")
+    return scored
+
+
+def student_from(label: str, scores: dict, data: dict, p: dict, k):
+    """Select top-K -> pre-train -> fine-tune -> evaluate both, from one teacher's scores
+    (``scores``: select's ``scores`` or ``reuse``). ``p["restrict"]`` and ``p["candidates"]``
+    (an artifact, or absent) restrict the selection to tag candidates."""
+    tags = {"candidates": p["candidates"]} if p.get("candidates") is not None else {}
+    sel = select(**scores, pool=data["pool"],
+                 strategy=p["strategy"], k=k, k_law=p["k_law"], threshold=p["threshold"],
+                 seed=p["seed"], oracle=data["oracle"], restrict=p.get("restrict", "none"),
+                 **tags).set_display_name(f"{label}: select")
+    pre = train(data=sel.outputs["selected"], recipe=p["student"], seed=p["seed"],
+                checkpoints=p["workdir"], launcher=p["launcher"])
+    pre.set_display_name(f"{label}: pre-train student")
+    pre_eval = evaluate(model=pre.outputs["model"], data=data["test"],
+                        name="student, pre-trained only", selection=sel.outputs["metrics"])
+    ft = train(data=data["labelled"], recipe=p["finetune"], seed=p["seed"],
+               init_from=pre.outputs["model"], inferred=sel.outputs["selected"],
+               checkpoints=p["workdir"], launcher=p["launcher"])
+    ft.set_display_name(f"{label}: fine-tune student")
+    ft_eval = evaluate(model=ft.outputs["model"], data=data["test"], name="student, fine-tuned",
+                       selection=sel.outputs["metrics"])
+    pre_eval.set_display_name(f"{label}: evaluate pre-trained student")
+    ft_eval.set_display_name(f"{label}: evaluate fine-tuned student")
+    return {"select": sel, "pretrain": pre_eval, "student": ft, "eval": ft_eval}
 
 
 def demo_arguments(cfg, out: str, local: bool = True) -> dict:

@@ -5,9 +5,9 @@ Tasks fall into three kinds by their component:
 
 | kind | components | what it needs |
 |---|---|---|
-| ``train`` | train, llp, contrastive, distill | the most CPU/memory, the GPUs, a large ``/dev/shm`` for DataLoader workers |
+| ``train`` | train, llp, contrastive, distill, weak-train | the most CPU/memory, the GPUs, a large ``/dev/shm`` for DataLoader workers |
 | ``infer`` | score, embed | GPUs for the forward pass (DALI ``mixed`` decoding, faiss-gpu) |
-| ``light`` | everything else (import, split, dedup, select, evaluate, report, the launcher that only waits on a PyTorchJob) | a little CPU and memory |
+| ``light`` | everything else (import, split, dedup, synsets, select, evaluate, report, the launcher that only waits on a PyTorchJob) | a little CPU and memory |
 
 Every amount is a pipeline parameter (``train_cpu``, ``infer_gpus``, ...: KFP resolves them when
 the run starts), so one compiled YAML serves a CPU and a GPU cluster; :data:`PROFILES` holds
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 #: the extended resource GPUs are requested as (the NVIDIA device plugin's)
 GPU = "nvidia.com/gpu"
 KINDS = {"train": "train", "llp": "train", "contrastive": "train", "distill": "train",
-         "score": "infer", "embed": "infer"}
+         "weak-train": "train", "score": "infer", "embed": "infer"}
 NOT_CACHED = {"report", "pytorchjob"}
 SHM = "dshm"
 

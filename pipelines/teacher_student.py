@@ -5,7 +5,10 @@ supervised baseline + teacher -> score the pool (ParallelFor over worker indices
 select (dsl.Collected) -> pre-train the student -> fine-tune -> evaluate every model -> report.
 Variants are parameters: ``self_training`` (also run the student architecture as its own
 teacher: the baseline scores the pool), ``strategy``, ``k``, ``top_p``, ``rounds`` (1-3: the
-student becomes the next teacher) and ``k_sweep`` (extra K values for accuracy vs K).
+student becomes the next teacher), ``k_sweep`` (extra K values for accuracy vs K) and the
+semi-weakly supervised variant (Yalniz et al. §3.3): ``teacher_init`` (the teacher fine-tuned
+from a weak-pre-trained model) and ``restrict`` + ``candidates`` (the selection restricted to
+the pool's tag candidates).
 
 Defaults are the demo's (semisup_core.teacher_student.demo.DemoConfig), so a run started from the KFP UI with
 no changes is the demo. Recompile after any change (a test fails on a stale YAML):
@@ -19,13 +22,11 @@ from kfp import dsl
 from kfp.dsl import pipeline_context
 
 from components.evaluate.component import evaluate, gather_metrics
+from components.reference.component import reference
 from components.report.component import report
-from components.score.component import score
-from components.select.component import select
 from components.train.component import train
-from components.workers.component import worker_indices
 from pipelines import compile_main, on_platform, with_resource_docs
-from pipelines.common import demo_arguments, demo_data
+from pipelines.common import demo_arguments, demo_data, score_pool, student_from
 from pipelines.resources import DEFAULT as _R, PROFILES
 from semisup_core import storage
 from semisup_core.dedup.stage import DedupSpec
@@ -42,40 +43,9 @@ MAX_ROUNDS = 3
 _D = DemoConfig()
 _DD = DedupSpec()  # the dedup step's defaults are the stage's own
 
-def _score(label: str, teacher, data: dict, p: dict):
-    """Score the pool with ``teacher``, split over ``score_workers`` parallel tasks."""
-    idx = worker_indices(n=p["score_workers"]).set_display_name(f"{label}: shard groups")
-    with dsl.ParallelFor(items=idx.output) as w:
-        scored = score(teacher=teacher, pool=data["pool"], top_p=p["top_p"], partial_k=p["k"],
-                       use_logits=p["use_logits"], worker=w, num_workers=p["score_workers"])
-        scored.set_display_name(f"{label}: score")
-    return scored
-
-
-def _student(label: str, scores: dict, data: dict, p: dict, k):
-    """Select top-K -> pre-train -> fine-tune -> evaluate both, from one teacher's scores."""
-    sel = select(**scores, pool=data["pool"],
-                 strategy=p["strategy"], k=k, k_law=p["k_law"], threshold=p["threshold"],
-                 seed=p["seed"], oracle=data["oracle"]).set_display_name(f"{label}: select")
-    pre = train(data=sel.outputs["selected"], recipe=p["student"], seed=p["seed"],
-                checkpoints=p["workdir"], launcher=p["launcher"])
-    pre.set_display_name(f"{label}: pre-train student")
-    pre_eval = evaluate(model=pre.outputs["model"], data=data["test"],
-                        name="student, pre-trained only", selection=sel.outputs["metrics"])
-    ft = train(data=data["labelled"], recipe=p["finetune"], seed=p["seed"],
-               init_from=pre.outputs["model"], inferred=sel.outputs["selected"],
-               checkpoints=p["workdir"], launcher=p["launcher"])
-    ft.set_display_name(f"{label}: fine-tune student")
-    ft_eval = evaluate(model=ft.outputs["model"], data=data["test"], name="student, fine-tuned",
-                       selection=sel.outputs["metrics"])
-    pre_eval.set_display_name(f"{label}: evaluate pre-trained student")
-    ft_eval.set_display_name(f"{label}: evaluate fine-tuned student")
-    return {"select": sel, "pretrain": pre_eval, "student": ft, "eval": ft_eval}
-
-
 def _round(label: str, teacher, data: dict, p: dict):
-    scored = _score(label, teacher, data, p)
-    return _student(label, {"scores": dsl.Collected(scored.outputs["scores"])}, data, p, p["k"])
+    scored = score_pool(label, teacher, data, p)
+    return student_from(label, {"scores": dsl.Collected(scored.outputs["scores"])}, data, p, p["k"])
 
 
 @dsl.pipeline(name=NAME, description="Billion-scale semi-supervised learning (Yalniz et al. "
@@ -105,6 +75,9 @@ def teacher_student(
         self_training: bool = _D.self_training,
         rounds: int = _D.rounds,
         k_sweep: list = _D.k_sweep,
+        teacher_init: str = "",
+        restrict: str = _D.selection.restrict,
+        candidates: str = _D.selection.candidates or "",
         launcher: dict = LauncherSpec().model_dump(mode="json"),
         train_cpu: str = _R.train.cpu,
         train_memory: str = _R.train.memory,
@@ -143,26 +116,35 @@ def teacher_student(
         self_training: also run the self-training variant (teacher = the baseline, same architecture as the student).
         rounds: teacher/student rounds, 1-3; the student of a round is the next round's teacher.
         k_sweep: extra K values, each pre-training and fine-tuning another student (accuracy vs K).
+        teacher_init: semi-weakly supervised (Yalniz et al. 3.3): a (weak-)pre-trained model directory URI the teacher starts from, fine-tuned on the labels with the teacher recipe in that model's architecture (e.g. the wsl pipeline's weak-train model; '' = from scratch).
+        restrict: none, tags (an image stays a candidate for class c only if its tags map to c: with strategy random the paper's balanced-with-tags; set top_p to the class count) or targeted (only images with any candidate class); every selection of the run.
+        candidates: the tag candidates, a Parquet table URI (key, class_id; the synsets stage's candidates.parquet); '' = none; required unless restrict is none.
         launcher: where every training task trains (LauncherSpec): backend pod (its own pod), pytorchjob (a PyTorchJob: workers, nproc_per_node, gpus_per_node, cpu, memory, elastic_min/max, namespace; needs workdir on the store) or torchrun (the launcher's local backend, what kfp.local runs).
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
                          dedup_embedder, dedup_threshold)
+    # the optional artifacts from their URIs ('' = a reference to none: KFP's importer refuses
+    # an empty URI)
+    tags = reference(uri=candidates).set_display_name("tag candidates")
+    init = reference(uri=teacher_init).set_display_name("teacher init")
     p = dict(seed=seed, student=student, finetune=finetune, top_p=top_p, k=k, strategy=strategy,
              k_law=k_law, threshold=threshold, use_logits=use_logits, workdir=workdir,
-             score_workers=score_workers, launcher=launcher)
+             score_workers=score_workers, launcher=launcher, restrict=restrict,
+             candidates=tags.outputs["artifact"])
 
     base = train(data=data["labelled"], recipe=baseline, seed=seed,
                  checkpoints=workdir, launcher=launcher).set_display_name("train supervised baseline")
     base_eval = evaluate(model=base.outputs["model"], data=data["test"],
                          name="supervised baseline").set_display_name("evaluate baseline")
     teach = train(data=data["labelled"], recipe=teacher, seed=seed,
-                  checkpoints=workdir, launcher=launcher).set_display_name("train teacher")
+                  init_from=init.outputs["artifact"], checkpoints=workdir,
+                  launcher=launcher).set_display_name("train teacher")
     teach_eval = evaluate(model=teach.outputs["model"], data=data["test"],
                           name="teacher").set_display_name("evaluate teacher")
     r1 = _round("round 1", teach.outputs["model"], data, p)
 
     with dsl.ParallelFor(items=k_sweep) as kk:
-        sweep = _student("K sweep", {"reuse": r1["select"].outputs["manifest"]}, data, p, kk)
+        sweep = student_from("K sweep", {"reuse": r1["select"].outputs["manifest"]}, data, p, kk)
     gathered = gather_metrics(items=dsl.Collected(sweep["eval"].outputs["metrics"]))
     gathered.set_display_name("K sweep: gather")
     inputs = dict(baseline=base_eval.outputs["metrics"], teacher=teach_eval.outputs["metrics"],
@@ -195,6 +177,8 @@ def arguments(cfg: DemoConfig, out: str, local: bool = True, profile: str = "cpu
                 top_p=sel.top_p, k=sel.k, strategy=sel.strategy, k_law=sel.k_law,
                 threshold=sel.threshold, use_logits=sel.use_logits, score_workers=sel.workers,
                 self_training=cfg.self_training, rounds=cfg.rounds, k_sweep=list(cfg.k_sweep),
+                restrict=sel.restrict, candidates=sel.candidates or "",
+                teacher_init=cfg.teacher_init or "",
                 **PROFILES[profile].parameters())
 
 

@@ -41,6 +41,9 @@ class JobFailed(SemisupError):
 
 
 TRAIN_IMAGE = f"ghcr.io/semisup/semisup-train:{__version__}"
+#: objective -> the stage (and image, semisup-<stage>) its pods run, where not ``train``
+OBJECTIVE_STAGES = {"llp": "llp", "contrastive": "contrastive", "distill": "distill",
+                    "weak": "weak-train"}
 
 
 class JobSpec(StageConfig):
@@ -50,7 +53,7 @@ class JobSpec(StageConfig):
                       description="job name (DNS-1035 label, <= 52 chars: pods add suffixes)")
     namespace: str = Field("semisup", description="namespace of the job")
     image: str = Field(TRAIN_IMAGE, description="the pods' image: images/train (for objective "
-                       "llp, contrastive or distill this default means that stage's image)")
+                       "llp, contrastive, distill or weak this default means that stage's image)")
     train: dict = Field(description="the TrainConfig of the run (out, data, model, epochs, ...); "
                                     "out and data should be s3:// or minio:// URIs on a cluster")
     config_uri: str | None = Field(None, description="where the launcher writes the TrainConfig "
@@ -90,9 +93,10 @@ class JobSpec(StageConfig):
     @property
     def stage(self) -> str:
         """The stage the pods run: the objective's own stage and image (``llp``, whose kNN core
-        needs faiss; ``contrastive``, ``distill``), else ``train``."""
+        needs faiss; ``contrastive``, ``distill``; ``weak-train`` for objective ``weak``), else
+        ``train``."""
         objective = self.train.get("objective")
-        return objective if objective in ("llp", "contrastive", "distill") else "train"
+        return OBJECTIVE_STAGES.get(objective, "train")
 
     @property
     def pod_image(self) -> str:

@@ -184,11 +184,13 @@ def html_page(title: str, table_md: str, plots: dict[str, str]) -> str:
 
 
 def write_report_files(out: str, title: str, table: str, notes: list[str],
-                       plots: dict[str, str], metrics: dict) -> dict:
-    """A method's report under ``out``: report.md (title, table, notes, the plots as images),
-    report.html (the same, PNGs inlined) and metrics.json (``metrics`` plus the plots' file
-    names). Returns what metrics.json holds."""
+                       plots: dict[str, str], metrics: dict, banner: str | None = None) -> dict:
+    """A method's report under ``out``: report.md (title, ``banner`` above everything, table,
+    notes, the plots as images), report.html (the same, PNGs inlined) and metrics.json
+    (``metrics`` plus the plots' file names). Returns what metrics.json holds."""
     import os
+    if banner:
+        table = f"{banner}\n\n{table}"
     md = [f"# {title}", "", table, "", *notes, ""]
     md += [f"![{name}]({os.path.basename(uri)})" for name, uri in plots.items()]
     storage.put_bytes(storage.join(out, "report.md"), ("\n".join(md) + "\n").encode())

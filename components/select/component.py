@@ -13,7 +13,8 @@ def select(pool: Input[Dataset], manifest: Output[Dataset], selected: Output[Dat
            metrics: Output[Metrics], scores: Input[List[Dataset]] = None,
            reuse: Input[Dataset] = None, strategy: str = "balanced", k: int = 16000,
            k_law: str = "frequency", threshold: float = 0.5, seed: int = 0,
-           oracle: Input[Dataset] = None):
+           oracle: Input[Dataset] = None, restrict: str = "none",
+           candidates: Input[Dataset] = None):
     """Merge every scoring worker's output into the top-K images per class.
 
     Args:
@@ -27,6 +28,13 @@ def select(pool: Input[Dataset], manifest: Output[Dataset], selected: Output[Dat
         threshold: threshold strategy: minimum score kept.
         seed: random strategy: seed of the draw.
         oracle: the pool's hidden labels (oracle.parquet) for precision analysis (optional).
+        restrict: none, tags (an image stays a candidate for class c only if candidates pairs
+            it with c: with strategy random the paper's balanced-with-tags; needs the scores of
+            every class, score top_p >= the class count) or targeted (only images with any
+            candidate class: the paper's IG-1B-Targeted pool).
+        candidates: the tag candidates (a synsets step's candidates output, or a reference to
+            a Parquet table key, class_id); required unless restrict is none; with the oracle
+            their precision and recall are analysed too.
 
     Returns:
         manifest: manifest.parquet (class_id, rank, score, shard, key), summary.json and
@@ -37,4 +45,4 @@ def select(pool: Input[Dataset], manifest: Output[Dataset], selected: Output[Dat
     from components.select.runner import run
     run(scores=scores, pool=pool, manifest=manifest, selected=selected, metrics=metrics,
         strategy=strategy, k=k, k_law=k_law, threshold=threshold, seed=seed, oracle=oracle,
-        reuse=reuse)
+        reuse=reuse, restrict=restrict, candidates=candidates)

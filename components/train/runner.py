@@ -69,7 +69,8 @@ def run(data, recipe: dict, model, seed: int = 0, init_from=None, inferred=None,
     out = location(model)
     data = [dataset_uri(data), *extra_data]
     recipe = dict(recipe, model_kwargs=integral(recipe.get("model_kwargs", {})))
-    init = location(init_from) if init_from is not None else None
+    # a reference component's artifact stands for its URI, a reference to '' for no model
+    init = (dataset_uri(init_from) or None) if init_from is not None else None
     spec = FinetuneSpec(**recipe) if init else None
     if spec is not None and not spec.enabled:
         _copy_model(init, out)

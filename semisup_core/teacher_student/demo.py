@@ -60,6 +60,9 @@ class DemoConfig(DemoData):
     dedup: DedupSpec = Field(default_factory=DedupSpec, description="near-duplicates of the "
                              "test set removed from the pool before scoring")
     self_training: bool = Field(True, description="also run the self-training variant")
+    teacher_init: str | None = Field(None, description="semi-weakly supervised: the teacher is "
+                                     "fine-tuned from this weak-pre-trained model (semisup stage "
+                                     "weak-train; docs/wsl.md) instead of trained from scratch")
     rounds: int = Field(1, ge=1, le=3, description="teacher/student rounds; the student of a round "
                                                    "teaches the next (the table shows round 1)")
     k_sweep: list[int] = Field(default_factory=lambda: [1000], min_length=1,
@@ -87,7 +90,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     run = storage.join(cfg.out, f"seed-{cfg.seed}")
     save(cfg, run, "demo-config.yaml")
     main = run_teacher_student(_pipeline(cfg, data, storage.join(run, "teacher-student"),
-                                         baseline=False, rounds=cfg.rounds))
+                                         baseline=False, rounds=cfg.rounds,
+                                         teacher_init=cfg.teacher_init))
     # self-training: the teacher is the student architecture trained on the labels, i.e.
     # the supervised baseline itself (rounds=0 trains and evaluates just that model)
     base = run_teacher_student(_pipeline(cfg, data, storage.join(run, "self-training"),

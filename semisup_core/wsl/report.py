@@ -36,7 +36,7 @@ def write_report(entries: list[dict], probe: float | None, synsets: dict, simula
     if len(shown) > 1:
         plots["recall"] = plot_recall(classes, {n: named[n]["per_class_recall"] for n in shown},
                                       storage.join(out, "per_class_recall.png"))
-    notes = [n for n in (banner(simulated),) if n]
+    notes = []
     if dedup:
         notes.append(dedup_summary(dedup))
     notes.append(f"Synsets ({synsets['vocabulary']} vocabulary, {synsets['vocabulary_size']} "
@@ -54,4 +54,5 @@ def write_report(entries: list[dict], probe: float | None, synsets: dict, simula
                      f"regression on the labels): {100 * probe:.2f}%.")
     return write_report_files(out, "semisup WSL report", format_table(entries, ROWS), notes, plots,
                               {"entries": entries, "probe": probe, "synsets": synsets,
-                               "tags_simulated": simulated, "dedup": dedup})
+                               "tags_simulated": simulated, "dedup": dedup},
+                              banner=banner(simulated))

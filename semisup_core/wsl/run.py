@@ -30,7 +30,8 @@ from semisup_core.teacher_student.report import entries_from_results
 from semisup_core.teacher_student.run import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
                                               run_teacher_student)
 from semisup_core.train.config import LauncherSpec, TrainRecipe
-from semisup_core.wsl.report import BASELINE, EXTERNAL, FINETUNED, ROWS, TS_ROWS, write_report
+from semisup_core.wsl.report import (BASELINE, EXTERNAL, FINETUNED, ROWS, TS_ROWS, banner,
+                                     write_report)
 from semisup_core.wsl.simulate import CLASS_SYNSETS, SimulatedTags, simulate_tags
 from semisup_core.wsl.synsets import SynsetsConfig, run_synsets
 
@@ -175,6 +176,6 @@ def run_wsl(cfg: WSLRunConfig) -> dict:
             entries += [dict(e, model=row) for e in student]
     report = write_report(entries, probe, syn, simulated, read_meta(data["test"]).classes,
                           storage.join(run, "report"), dd)
-    print("\n" + format_table(entries, ROWS))
+    print("\n" + "\n\n".join(x for x in (banner(simulated), format_table(entries, ROWS)) if x))
     print(f"\nReport: {storage.join(run, 'report', 'report.md')}")
     return report

@@ -161,8 +161,8 @@ def test_configmap_jobs_are_for_kubectl_not_the_launcher(tmp_path):
 
 def test_an_llp_job_runs_the_llp_stage_in_its_image():
     """objective llp: the pods run `semisup stage llp` in images/llp (faiss for its kNN core);
-    contrastive and distill their stages in their images; supervised the train stage in
-    images/train; an explicit image wins."""
+    contrastive and distill their stages in their images, weak `semisup stage weak-train` in
+    images/weak-train; supervised the train stage in images/train; an explicit image wins."""
     def container(train, **kw):
         job = to_manifest(build_job(JobSpec(name="j", train=train, workers=0, **kw)))
         return job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
@@ -176,4 +176,7 @@ def test_an_llp_job_runs_the_llp_stage_in_its_image():
     assert con["command"][4] == "contrastive"
     dis = container(dict(TRAIN, objective="distill", distill={"teacher": "s3://b/teacher"}))
     assert dis["image"].startswith("ghcr.io/semisup/semisup-distill:") and dis["command"][4] == "distill"
+    weak = container(dict(TRAIN, objective="weak"))
+    assert weak["image"].startswith("ghcr.io/semisup/semisup-weak-train:")
+    assert weak["command"][4] == "weak-train"
     assert container(TRAIN, image="registry.local/x:1")["image"] == "registry.local/x:1"

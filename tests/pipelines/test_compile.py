@@ -11,11 +11,12 @@ import yaml
 
 import components
 from pipelines import PIPELINES, compile_pipeline, yaml_path
+from semisup_core.errors import ConfigError
 from semisup_core.teacher_student.demo import DemoConfig
 from semisup_core.train.config import LauncherSpec
 
 COMPONENT_MODULES = ["data", "train", "evaluate", "score", "select", "report", "workers",
-                     "pytorchjob"]
+                     "pytorchjob", "reference", "synsets", "weak_train", "wsl_report"]
 
 
 def _components():
@@ -88,6 +89,100 @@ def test_demo_config_maps_onto_every_pipeline_parameter():
     assert LauncherSpec(**spec["launcher"]["defaultValue"]) == LauncherSpec(**stage_default)
     assert stage_default["backend"] == "pod"
     assert args["launcher"] == {**stage_default, "backend": "torchrun"}
+
+
+def test_wsl_config_maps_onto_every_pipeline_parameter():
+    """`semisup run wsl --config` fills every parameter of the wsl pipeline, whose defaults are
+    the WSL stage config's (WSLRunConfig: recipes, simulated tags, synsets, selection)."""
+    from pipelines import wsl
+    from semisup_core.wsl.run import WSLRunConfig
+    spec, _ = _ir("wsl")
+    spec = spec["root"]["inputDefinitions"]["parameters"]
+    cfg = WSLRunConfig()
+    args = wsl.arguments(cfg, "/abs/out")
+    assert set(args) == set(spec)
+    for name, value in args.items():
+        if name not in {"data_root", "workdir", "fashion_mnist", "mnist"}:
+            assert spec[name]["defaultValue"] == value, name
+    assert args["pretrain"]["objective"] == "weak" and args["semi_weak"] is True
+    assert args["tag_noise_rate"] == cfg.tags.noise_rate
+    assert args["synsets"]["target_synsets"] and not {"data", "out", "seed"} & set(args["synsets"])
+    small = wsl.arguments(WSLRunConfig(semi_weak=False, tags={"noise_rate": 0.1},
+                                       synsets={"vocabulary": "target", "draws": 2}), "/abs/out")
+    assert small["semi_weak"] is False and small["tag_noise_rate"] == 0.1
+    assert small["synsets"]["vocabulary"] == "target" and small["synsets"]["draws"] == 2
+    with pytest.raises(ConfigError, match="external .* runs in one process only"):
+        wsl.arguments(WSLRunConfig(external="runs/openclipart/data28"), "/abs/out")
+
+
+def test_semi_weak_parameters_of_teacher_student():
+    """The semi-weak variant's parameters: off by default (a teacher from scratch, no tag
+    restriction); each reaches its task through a reference component ('' = none)."""
+    from pipelines import teacher_student as ts
+    spec, _ = _ir("teacher_student")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["teacher_init"]["defaultValue"] == ""
+    assert params["restrict"]["defaultValue"] == "none"
+    assert params["candidates"]["defaultValue"] == ""
+    args = ts.arguments(DemoConfig(selection={"restrict": "tags", "candidates": "/c.parquet",
+                                              "top_p": 10}), "/abs/out")
+    assert args["restrict"] == "tags" and args["candidates"] == "/c.parquet"
+    root = spec["root"]["dag"]["tasks"]
+    refs = {t["inputs"]["parameters"]["uri"]["componentInputParameter"]: name
+            for name, t in root.items()
+            if re.fullmatch(r"comp-reference(-\d+)?", t["componentRef"]["name"])}
+    assert set(refs) == {"teacher_init", "candidates"}
+    teacher = next(t for t in root.values() if t["taskInfo"]["name"] == "train teacher")
+    assert teacher["inputs"]["artifacts"]["init_from"]["taskOutputArtifact"]["producerTask"] == \
+        refs["teacher_init"]
+    selects = [t for _, t, comp in _tasks(spec) if re.fullmatch(r"comp-select(-\d+)?", comp)]
+    assert len(selects) >= 3
+    for task in selects:
+        restrict = task["inputs"]["parameters"]["restrict"]["componentInputParameter"]
+        assert restrict.endswith("restrict")
+        assert "candidates" in task["inputs"]["artifacts"]
+
+
+def test_the_wsl_pipeline_steps():
+    """data -> dedup -> synsets (simulated tags) -> baseline, weak-train -> fine-tune ->
+    evaluate -> the four teacher/student variants (the tag-restricted ones on the semi-weak
+    teacher's scores, with the synsets' candidates) -> report; each branch has its report."""
+    spec, _ = _ir("wsl")
+    tasks = {t["taskInfo"]["name"]: (t, comp) for _, t, comp in _tasks(spec)}
+    syn, _ = tasks["synsets (SIMULATED tags)"]
+    assert syn["inputs"]["parameters"]["simulate_tags"]["runtimeValue"]["constant"] is True
+    pre, comp = tasks["weak pre-train"]
+    assert comp == "comp-weak-train"
+    assert pre["inputs"]["artifacts"]["data"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "train", "producerTask": "synsets"}
+    ft, _ = tasks["fine-tune"]
+    init = ft["inputs"]["artifacts"]["init_from"]["taskOutputArtifact"]
+    assert init["producerTask"] == "weak-train"
+    scores = sorted(n for n in tasks if n.endswith(": score"))
+    assert scores == ["plain: score", "semi-weak: score"]  # one scoring per teacher
+    sel = {n.removesuffix(": select"): t for n, (t, _) in tasks.items() if n.endswith(": select")}
+    assert set(sel) == {"plain", "semi-weak", "semi-weak, tags", "semi-weak, balanced-with-tags"}
+    for name in ("semi-weak, tags", "semi-weak, balanced-with-tags"):
+        assert sel[name]["inputs"]["parameters"]["restrict"]["runtimeValue"]["constant"] == "tags"
+        assert "reuse" in sel[name]["inputs"]["artifacts"]
+        assert "candidates" in sel[name]["inputs"]["artifacts"]
+    assert sel["semi-weak, balanced-with-tags"]["inputs"]["parameters"]["strategy"][
+        "runtimeValue"]["constant"] == "random"
+    assert "candidates" not in sel["plain"]["inputs"]["artifacts"]
+    reports = [t for _, t, comp in _tasks(spec) if comp.startswith("comp-wsl-report")]
+    assert len(reports) == 2
+    assert {len(r["inputs"]["artifacts"]) for r in reports} == {7, 11}
+
+
+def test_synsets_component_defaults_are_the_stage_configs():
+    import inspect
+
+    from components.synsets.component import synsets
+    from semisup_core.wsl.simulate import SimulatedTags
+    params = inspect.signature(synsets.python_func).parameters
+    tags = SimulatedTags()
+    for name in ("noise_rate", "confusion_share", "own_weight"):
+        assert params[name].default == getattr(tags, name), name
 
 
 def test_arguments_follow_the_config():

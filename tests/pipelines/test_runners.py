@@ -47,3 +47,30 @@ def test_score_runner_hands_the_decoder_to_the_stage(tmp_path):
     with pytest.raises(ConfigError, match="decoder"):
         score_run(teacher=art, pool=art, scores=art, top_p=1, partial_k=10, use_logits=False,
                   worker=0, num_workers=1, batch_size=8, decoder="jpeg", decode_threads=2)
+
+
+def test_a_reference_to_nothing_is_no_init_model(tmp_path, tiny_raw):
+    """teacher_student's teacher_init reaches the train runner through the reference component:
+    a reference to '' trains from scratch, a reference to a model directory fine-tunes from it
+    (in its architecture: the semi-weak teacher from a weak-pre-trained model)."""
+    from components.reference.runner import run as reference
+    from components.train.runner import run as train
+    root = str(tmp_path / "data")
+    raw = _artifact(tmp_path / "raw")
+    import_data("fashion-mnist", tiny_raw["fashion_mnist"], root, "train", "train", raw)
+    none = _artifact(tmp_path / "none")
+    import_data("mnist", "", root, "mnist", "train", none)
+    labelled, pool, oracle = (_artifact(tmp_path / n) for n in ("l", "p", "o"))
+    split_data(raw, root, 5, 0, none, labelled, pool, oracle)
+    recipe = {"model": "small_resnet8", "model_kwargs": {"width": 4}, "epochs": 1,
+              "batch_size": 10, "threads": 1}
+    empty, first = _artifact(tmp_path / "ref-empty"), _artifact(tmp_path / "m1")
+    assert reference("", empty) == ""
+    train(data=labelled, recipe=recipe, model=first, init_from=empty)
+    assert first.metadata["fine_tuned"] is False
+    ref, second = _artifact(tmp_path / "ref-model"), _artifact(tmp_path / "m2")
+    reference(str(tmp_path / "m1"), ref)
+    train(data=labelled, recipe=dict(recipe, model_kwargs={"width": 8}), model=second,
+          init_from=ref)
+    assert second.metadata["fine_tuned"] is True
+    assert second.metadata["model_kwargs"] == {"width": 4}  # the init model's architecture

@@ -1,0 +1,1 @@
+"""The synsets stage's component: simulated tags (the demo) and tags -> WordNet synsets."""

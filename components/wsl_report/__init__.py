@@ -1,0 +1,1 @@
+"""The WSL report component."""
