@@ -13,6 +13,17 @@ setup:
 setup-test:
 	scripts/setup-test.sh
 
+# OpenClipart (Debian openclipart-png + openclipart-svg, 156 MB of .debs; opt-in) imported with
+# its real keywords at the demo's 28x28 grey, for WSL's transfer from another collection's tags:
+# semisup stage wsl-run -c configs/wsl_demo.yaml --set external=runs/data/openclipart-28
+.PHONY: openclipart
+openclipart: setup
+	@[ -d /usr/share/openclipart/png ] && [ -d /usr/share/openclipart/svg ] || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openclipart-png openclipart-svg >/dev/null; }
+	[ -f runs/data/openclipart-28/dataset.json ] || .venv/bin/semisup data import \
+	  --set source=openclipart --set size=28 --set channels=1 --set out=runs/data/openclipart-28
+
 # A real Kubernetes control plane on 127.0.0.1 (etcd, kube-apiserver, controller-manager,
 # scheduler, kwok nodes, the training operator) plus a kubectl, all built from pinned Go
 # modules; prints `export KUBECONFIG=...` and runs until Ctrl-C (README "A Kubernetes
