@@ -16,6 +16,7 @@ Every step is skipped or resumed when its output exists.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from pydantic import Field
 
@@ -56,6 +57,10 @@ class SynsetsSpec(SynsetsConfig):
 
     data: str = ""
     out: str = ""
+    vocabulary: Literal["target", "nouns", "top"] = Field(
+        "target", description="pre-training labels: the target classes' synsets (Mahajan et al.'s "
+                              "1.5k ImageNet set; the demo's), all noun synsets, or the top_n "
+                              "most frequent")
     draws: float = Field(2.0, ge=0, description="resampled samples per image: the weak "
                                                 "pre-training's passes (it runs one epoch)")
     target_synsets: dict[str, list[str]] = Field(
@@ -96,8 +101,9 @@ class WSLRunConfig(DemoData):
                                                  "classes: the tag restriction needs them)")
     semi_weak: bool = Field(True, description="also run the teacher/student variants")
     external: str | None = Field(None, description="also pre-train on this tagged dataset's "
-                                 "own tags (real ones, e.g. the OpenClipart import at 28 px grey) "
-                                 "and fine-tune on the labels: transfer from another collection")
+                                 "own tags (real ones, e.g. the OpenClipart import at 28 px grey; "
+                                 "vocabulary top, synsets.top_n) and fine-tune on the labels: "
+                                 "transfer from another collection")
     external_draws: float = Field(20.0, gt=0, description="external: resampled samples per "
                                                           "image (a small collection needs more)")
     launcher: LauncherSpec = Field(default_factory=LauncherSpec, description="where the "
@@ -146,9 +152,9 @@ def run_wsl(cfg: WSLRunConfig) -> dict:
     if cfg.external:
         ext = storage.join(run, "external-synsets")
         if not storage.exists(storage.join(ext, "summary.json")):
-            run_synsets(cfg.synsets.model_copy(update={
+            run_synsets(cfg.synsets.model_copy(update={  # another collection: its own labels
                 "data": cfg.external, "out": ext, "seed": cfg.seed, "draws": cfg.external_draws,
-                "target_synsets": {}}))
+                "target_synsets": {}, "vocabulary": "top"}))
         ext_pre = train_once(cfg.pretrain, [storage.join(ext, "train")],
                              storage.join(models, "external-pretrain"), cfg.seed)
         ext_ft = train_once(cfg.finetune, [labelled], storage.join(models, "external-finetune"),
