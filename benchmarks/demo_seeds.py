@@ -7,6 +7,11 @@ Run the demo for several seeds, then aggregate:
     .venv/bin/python benchmarks/demo_seeds.py runs/llp > benchmarks/results/llp_seeds.md
     for s in 0 1 2; do .venv/bin/semisup stage simclr-run -c configs/simclr_demo.yaml --set seed=$s; done
     .venv/bin/python benchmarks/demo_seeds.py runs/simclr > benchmarks/results/simclr_seeds.md
+    for s in 0 1 2; do .venv/bin/semisup stage wsl-run -c configs/wsl_demo.yaml --set seed=$s; done
+    .venv/bin/python benchmarks/demo_seeds.py runs/wsl \
+        --versus "semi-weak teacher/student=teacher/student (supervised teacher)" \
+        > benchmarks/results/wsl_seeds.md
+``--versus "A=B"`` also prints row A minus row B, paired by seed (repeatable).
 """
 
 from __future__ import annotations
@@ -15,12 +20,11 @@ import glob
 import json
 import os
 import platform
-import sys
 
 import numpy as np
 
 
-def main(root: str) -> None:
+def main(root: str, versus: list[tuple[str, str]] = ()) -> None:
     runs = sorted(glob.glob(os.path.join(root, "seed-*", "report", "metrics.json")))
     if not runs:
         raise SystemExit(f"no seed-*/report/metrics.json under {root}")
@@ -57,7 +61,22 @@ def main(root: str) -> None:
             d = np.array(table[name]["top1"]) - np.array(base)
             print(f"\n{name} minus baseline, paired by seed: {d.mean():+.2f} ± {d.std(ddof=1) if len(d) > 1 else 0:.2f}"
                   f" points; baseline seed std {np.std(base, ddof=1) if len(base) > 1 else 0:.2f}")
+    for a, b in versus:
+        if a in table and b in table and len(table[a]["top1"]) == len(table[b]["top1"]):
+            d = np.array(table[a]["top1"]) - np.array(table[b]["top1"])
+            sd = np.std(table[b]["top1"], ddof=1) if len(d) > 1 else 0
+            print(f"\n{a} minus {b}, paired by seed: {d.mean():+.2f} ± "
+                  f"{d.std(ddof=1) if len(d) > 1 else 0:.2f} points; {b} seed std {sd:.2f}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("root", nargs="?", default="runs/demo")
+    ap.add_argument("--versus", action="append", default=[], metavar="A=B",
+                    help="also print row A minus row B, paired by seed")
+    args = ap.parse_args()
+    bad = [v for v in args.versus if "=" not in v]
+    if bad:
+        ap.error(f"--versus {bad[0]!r}: expected 'row A=row B'")
+    main(args.root, [tuple(v.split("=", 1)) for v in args.versus])
