@@ -21,9 +21,9 @@ from pydantic import Field, field_validator
 from semisup_core import config, storage
 from semisup_core.analysis import selection_analysis
 from semisup_core.config import StageConfig
-from semisup_core.errors import ConfigError
 from semisup_core.data.dataset import read_meta
 from semisup_core.data.manifest import manifest_dataset
+from semisup_core.errors import ConfigError
 from semisup_core.evaluate import EvaluateConfig, evaluate
 from semisup_core.teacher_student.score import ScoreConfig, score
 from semisup_core.teacher_student.select import (CANDIDATES_HELP, RESTRICT_HELP, Restrict,
