@@ -207,3 +207,13 @@ def test_simulated_tags_are_seeded_marked_and_noisy_at_the_rate(tmp_path, wn):
             for tag in s.meta["tags"]:
                 assert set(c.resolve(tag).senses) & near, (tag, r)
     assert simulate_tags(pool, oracle, str(tmp_path / "a"), SimulatedTags(noise_rate=0.9), 1) == info  # reused
+
+
+def test_cluster_job_config_runs_the_weak_train_image():
+    """configs/wsl_cluster_job.yaml validates as a JobSpec whose pods run images/weak-train."""
+    from semisup.pytorchjob import JobSpec
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    job = config.load(JobSpec, os.path.join(repo, "configs", "wsl_cluster_job.yaml"))
+    assert job.stage == "weak-train" and "semisup-weak-train:" in job.pod_image
+    cfg = job.train_config()
+    assert cfg.objective == "weak" and cfg.model == "resnext101_32x8d" and cfg.weak is not None
