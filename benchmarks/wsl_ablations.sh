@@ -1,13 +1,15 @@
 #!/bin/bash
-# WSL ablations on seed 0 after the three seeds (docs/wsl.md, "Results": the ablation table; run after the three seeds): each its own out,
-# sharing the data and the seed's baseline and dedup (copied), no teacher/student variants.
-cd /work/main
-while pgrep -f wsl_chain.sh >/dev/null; do sleep 30; done  # after the three seeds
+# WSL ablations on seed 0 (docs/wsl.md, "Results": the ablation table), after the three seeds
+# of configs/wsl_demo.yaml (runs/wsl/seed-0 must exist): each ablation its own out, sharing the
+# imported data and seed 0's baseline (copied); dedup reruns (its embeddings name the data
+# path); no teacher/student variants. ~4-6 min each alone on 2 cores.
+set -u
+cd "$(dirname "$0")/.."
 run() {  # name, then --set overrides
   name=$1; shift
   mkdir -p runs/$name/seed-0
   ln -sfn ../wsl/data runs/$name/data
-  for d in models/baseline eval/baseline; do  # dedup reruns: its embeddings name the data path
+  for d in models/baseline eval/baseline; do
     [ -e runs/$name/seed-0/$d ] || { mkdir -p runs/$name/seed-0/$(dirname $d); cp -r runs/wsl/seed-0/$d runs/$name/seed-0/$d; }
   done
   echo "$name start $(date -u +%T)" >> runs/wsl-times.txt
