@@ -50,16 +50,21 @@ def _carriers(labels: list[list[int]], vocab: int) -> tuple[np.ndarray, np.ndarr
     return np.concatenate([[0], np.cumsum(counts)]), flat_img[order]
 
 
-def label_probs(labels: list[list[int]], vocab: int, power: float) -> np.ndarray:
-    f = np.bincount([t for x in labels for t in x], minlength=vocab).astype(np.float64)
+def _frequencies(labels: list[list[int]], vocab: int) -> np.ndarray:
+    return np.bincount([t for x in labels for t in x], minlength=vocab).astype(np.float64)
+
+
+def label_probs(labels: list[list[int]], vocab: int, power: float,
+                f: np.ndarray | None = None) -> np.ndarray:
+    f = _frequencies(labels, vocab) if f is None else f
     p = np.where(f > 0, f ** power, 0.0)
     return p / p.sum()
 
 
 def image_weights(labels: list[list[int]], vocab: int, power: float) -> np.ndarray:
     """w_i, each image's probability per draw (the formula above)."""
-    f = np.bincount([t for x in labels for t in x], minlength=vocab).astype(np.float64)
-    p = label_probs(labels, vocab, power)
+    f = _frequencies(labels, vocab)
+    p = label_probs(labels, vocab, power, f)
     per = np.divide(p, f, out=np.zeros_like(p), where=f > 0)
     return np.array([per[x].sum() for x in labels])
 

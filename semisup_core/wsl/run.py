@@ -125,6 +125,15 @@ def _ts(cfg: WSLRunConfig, data: dict, pool: str, out: str, teacher: str,
         seed=cfg.seed, scores_from=scores_from))
 
 
+def _synsets_once(spec: SynsetsSpec, **fields) -> dict:
+    """The synsets stage of ``spec`` with ``fields`` into ``fields["out"]`` unless its summary is
+    there; returns the summary."""
+    done = storage.join(fields["out"], "summary.json")
+    if storage.exists(done):
+        return storage.read_json(done)
+    return run_synsets(spec.model_copy(update=fields))
+
+
 def run_wsl(cfg: WSLRunConfig) -> dict:
     """Run the weak pre-training, its transfer and the teacher/student variants end to end;
     returns what the report's metrics.json holds."""
@@ -135,11 +144,7 @@ def run_wsl(cfg: WSLRunConfig) -> dict:
     tagged = storage.join(run, "pool-tagged")
     simulated = simulate_tags(pool, data["oracle"], tagged, cfg.tags, cfg.seed, cfg.synsets.wordnet)
     syn_out = storage.join(run, "synsets")
-    if storage.exists(storage.join(syn_out, "summary.json")):
-        syn = storage.read_json(storage.join(syn_out, "summary.json"))
-    else:
-        syn = run_synsets(cfg.synsets.model_copy(update={"data": tagged, "out": syn_out,
-                                                         "seed": cfg.seed}))
+    syn = _synsets_once(cfg.synsets, data=tagged, out=syn_out, seed=cfg.seed)
     models, evals = storage.join(run, "models"), storage.join(run, "eval")
     labelled = data["labelled"]
     base = train_once(cfg.baseline, [labelled], storage.join(models, "baseline"), cfg.seed)
@@ -151,10 +156,8 @@ def run_wsl(cfg: WSLRunConfig) -> dict:
                evaluate_once(ft, data["test"], storage.join(evals, "finetune"), FINETUNED)]
     if cfg.external:
         ext = storage.join(run, "external-synsets")
-        if not storage.exists(storage.join(ext, "summary.json")):
-            run_synsets(cfg.synsets.model_copy(update={  # another collection: its own labels
-                "data": cfg.external, "out": ext, "seed": cfg.seed, "draws": cfg.external_draws,
-                "target_synsets": {}, "vocabulary": "top"}))
+        _synsets_once(cfg.synsets, data=cfg.external, out=ext, seed=cfg.seed,  # its own labels
+                      draws=cfg.external_draws, target_synsets={}, vocabulary="top")
         ext_pre = train_once(cfg.pretrain, [storage.join(ext, "train")],
                              storage.join(models, "external-pretrain"), cfg.seed)
         ext_ft = train_once(cfg.finetune, [labelled], storage.join(models, "external-finetune"),
