@@ -208,7 +208,7 @@ def embed(cfg: EmbedConfig) -> dict:
                      decode_threads=cfg.decode_threads, device=device,
                      fail_after_shards=cfg.fail_after_shards)
 
-    def write(uri, keys, outputs, corrupt):
+    def write(uri, keys, outputs, corrupt, _members):
         name = shard_name(uri)
         write_table(storage.join(cfg.out, "shards", f"{name}.parquet"),
                     vectors_table(keys, name, outputs[0]))

@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 Decoder = Literal["auto", "dali", "pil"]
 # a batch of uint8 N x C x H x W images on the device -> per-image arrays (N x ...)
 Forward = Callable[[torch.Tensor], tuple[np.ndarray, ...]]
-# (shard uri, keys, per-image arrays, corrupt keys) -> the shard's done marker (written by it)
-Write = Callable[[str, list[str], tuple[np.ndarray, ...], list[str]], dict]
+# (shard uri, keys, per-image arrays, corrupt keys, members) -> the shard's done marker (written
+# by it); members[i] is key i's position among the shard's samples (tar order, corrupt ones
+# counted), from which ``score`` makes the image ids
+Write = Callable[[str, list[str], tuple[np.ndarray, ...], list[str], np.ndarray], dict]
 
 
 def worker_split(worker: int | None, num_workers: int | None) -> tuple[int, int]:
@@ -67,21 +69,24 @@ def use_dali(decoder: Decoder) -> bool:
     return decoder == "dali" or (decoder == "auto" and dali_available())
 
 
-def decode_shard(uri: str, channels: int) -> tuple[list[str], torch.Tensor | list, list[str]]:
-    """Keys, images (N x C x H x W uint8, stacked when sizes agree) and corrupt keys of one
-    shard; corrupt images are counted, not fatal."""
-    keys, images, corrupt = [], [], []
-    for sample in iter_shard(uri):
+def decode_shard(uri: str, channels: int
+                 ) -> tuple[list[str], torch.Tensor | list, list[str], np.ndarray]:
+    """Keys, images (N x C x H x W uint8, stacked when sizes agree), corrupt keys and the
+    decoded images' positions among the shard's samples; corrupt images are counted, not
+    fatal."""
+    keys, images, corrupt, members = [], [], [], []
+    for i, sample in enumerate(iter_shard(uri)):
         try:
             images.append(to_chw(decode_image(sample.image), channels))
             keys.append(sample.key)
+            members.append(i)
         except DataError:
             corrupt.append(sample.key)
     if corrupt:
         log.warning("%s: skipped %d corrupt image(s): %s", uri, len(corrupt), ", ".join(corrupt[:10]))
     if images and len({tuple(i.shape) for i in images}) == 1:
         images = torch.stack(images)  # one tensor crosses the worker boundary, not N of them
-    return keys, images, corrupt
+    return keys, images, corrupt, np.array(members, np.int64)
 
 
 def _stack(parts: list[tuple[np.ndarray, ...]], empty: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
@@ -152,15 +157,15 @@ class ShardLoop:
             if dali:
                 try:
                     keys, outputs = self._run_dali(uri)
-                    corrupt = []
+                    corrupt, members = [], np.arange(len(keys), dtype=np.int64)  # all, in order
                 except RuntimeError as e:  # DALI stops at the first undecodable record
                     log.warning("%s: DALI failed (%s); redoing it with PIL, which skips corrupt "
                                 "records", uri, str(e).strip().splitlines()[0][:200])
                     decoded = decode_shard(uri, self.channels)
             if outputs is None:
-                keys, images, corrupt = decoded
+                keys, images, corrupt, members = decoded
                 outputs = self.run_images(images)
-            write(uri, list(keys), outputs, list(corrupt))
+            write(uri, list(keys), outputs, list(corrupt), np.asarray(members))
             done += 1
             if self.fail_after_shards is not None and done >= self.fail_after_shards:
                 raise RuntimeError(f"injected failure after {done} shard(s)")

@@ -144,6 +144,22 @@ def read_meta(dataset_uri: str) -> DatasetMeta:
     return meta.validate(uri)
 
 
+def first_ids(meta: DatasetMeta) -> list[int]:
+    """The image id of every shard's first sample.
+
+    An image's id is its ordinal in the dataset: shards in ``dataset.json`` order, samples in
+    tar order (corrupt ones counted), so ``id = first_ids[shard] + position in the shard``,
+    dense in ``[0, num_samples)``. It is fixed when the dataset is written (import, split)
+    and never changes after; ``score`` carries it beside the key so that ``select`` works on
+    integers (below 2**32 for pools of up to 4.29e9 images: its packed path).
+    """
+    out, n = [], 0
+    for s in meta.shards:
+        out.append(n)
+        n += s["count"]
+    return out
+
+
 def shard_uris(dataset_uri: str, meta: DatasetMeta | None = None) -> list[str]:
     """Absolute URIs of a dataset's shards, in dataset.json order."""
     meta = meta or read_meta(dataset_uri)

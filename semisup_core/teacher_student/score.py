@@ -2,12 +2,15 @@
 
 For each pool shard this worker owns (shards ``i::N``, from the config or from
 ``RANK``/``WORLD_SIZE``; the loop is ``semisup_core.inference``, shared with ``embed``), it
-writes ``out/shards/<shard>.parquet`` with the top-P classes of every image (``key, shard,
-class_id, score, p_rank``; images a dedup output removed are left out, see ``exclude``) and
-then a marker ``out/shards/<shard>.done.json`` (counts, corrupt keys, top-1 counts per class). A
-rerun skips shards that have a marker, so a killed worker resumes where it stopped.
-When all its shards are done the worker writes its partial per-class top-K table,
-``out/partials/worker-XXXXX-of-YYYYY.parquet``, which ``select`` merges.
+writes ``out/shards/<shard>.parquet`` with the top-P classes of every image (``key, shard, id,
+class_id, score, p_rank``, rows in image order; ``id`` is the image's id in the pool,
+``data.dataset.first_ids``; images a dedup output removed are left out, see ``exclude``) and
+then a marker ``out/shards/<shard>.done.json`` (counts, the shard's id range, corrupt keys,
+top-1 counts per class). A rerun skips shards that have a marker, so a killed worker resumes
+where it stopped. When all its shards are done the worker writes its partial per-class top-K
+table, ``out/partials/worker-XXXXX-of-YYYYY.parquet`` (``class_id, score, id``), which
+``select`` merges; the shards it scored feed it as they are written (only the shards a
+killed run had finished are read back).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pydantic import Field
 
 from semisup_core import checkpoint, config, storage
 from semisup_core.config import StageConfig
-from semisup_core.data.dataset import read_meta, shard_uris
+from semisup_core.data.dataset import first_ids, read_meta, shard_uris
 from semisup_core.errors import DataError
 from semisup_core.inference import ShardLoop, marker_uri, shard_name, worker_split
 from semisup_core.tables import read_table, write_table
@@ -31,8 +34,9 @@ from semisup_core.train.augment import normalize
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = pa.schema([("key", pa.string()), ("shard", pa.string()), ("class_id", pa.int32()),
-                        ("score", pa.float32()), ("p_rank", pa.int8())])
+CANDIDATES = pa.schema([("key", pa.string()), ("shard", pa.string()), ("id", pa.int64()),
+                        ("class_id", pa.int32()), ("score", pa.float32()), ("p_rank", pa.int8())])
+PARTIAL = pa.schema([("class_id", pa.int32()), ("score", pa.float32()), ("id", pa.int64())])
 
 
 class ScoreConfig(StageConfig):
@@ -86,38 +90,55 @@ def _excluded(cfg: ScoreConfig) -> set[str]:
 
 
 def score_shard(uri: str, keys: list[str], outputs, corrupt: list[str], cfg: ScoreConfig,
-                num_classes: int, excluded: set[str] = frozenset()) -> dict:
+                num_classes: int, first_id: int, count: int, members: np.ndarray,
+                excluded: set[str] = frozenset()) -> tuple[dict, pa.Table]:
     """Write one shard's candidate table (top-P of each image not in ``excluded``), then its
-    done marker."""
+    done marker; returns both. The images' ids are ``first_id + members`` (their positions in
+    the shard, ascending); ``count``: the shard's samples in dataset.json, so the shard's ids
+    are ``[first_id, first_id + count)``, recorded in the marker."""
     name = shard_name(uri)
     scores, classes = outputs
+    members = np.asarray(members, np.int64)
+    if len(members) != len(keys) or (len(members) and (members.min() < 0 or members.max() >= count
+                                                       or (np.diff(members) <= 0).any())):
+        raise DataError(f"{uri}: {len(keys)} images but sample positions that are not ascending "
+                        f"in [0, {count}) (does dataset.json's count match the shard?)")
+    ids = first_id + members
     if excluded:
         keep = np.array([k not in excluded for k in keys], bool)
         removed = int((~keep).sum())
         keys = [k for k, kept in zip(keys, keep) if kept]
-        scores, classes = scores[keep], classes[keep]
+        scores, classes, ids = scores[keep], classes[keep], ids[keep]
     else:
         removed = 0
     n, p = scores.shape
     table = pa.table({"key": np.repeat(np.array(keys, dtype=object), p), "shard": [name] * (n * p),
-                      "class_id": classes.reshape(-1).astype(np.int32),
+                      "id": np.repeat(ids, p), "class_id": classes.reshape(-1).astype(np.int32),
                       "score": scores.reshape(-1).astype(np.float32),
                       "p_rank": np.tile(np.arange(p, dtype=np.int8), n)}, schema=CANDIDATES)
     write_table(storage.join(cfg.out, "shards", f"{name}.parquet"), table)
     top1 = np.bincount(classes[:, 0], minlength=num_classes) if n else np.zeros(num_classes, np.int64)
-    marker = {"shard": name, "images": n, "corrupt": len(corrupt), "corrupt_keys": corrupt[:1000],
-              "deduplicated": removed, "top1_counts": top1.tolist()}
+    marker = {"shard": name, "images": n, "first_id": int(first_id), "count": int(count),
+              "corrupt": len(corrupt), "corrupt_keys": corrupt[:1000], "deduplicated": removed,
+              "top1_counts": top1.tolist()}
     storage.write_json(marker_uri(cfg.out, name), marker)
-    return marker
+    return marker, table
 
 
-def worker_partial(cfg: ScoreConfig, names: list[str], num_classes: int) -> TopKPerClass:
-    """Per-class top-K over this worker's finished shards (read back from the store)."""
-    top = TopKPerClass(cfg.partial_k, num_classes, payload=("shard",))
-    for name in names:
-        t = read_table(storage.join(cfg.out, "shards", f"{name}.parquet"))
-        top.add(t["class_id"].to_numpy(), t["score"].to_numpy(), t["key"], shard=t["shard"])
+def worker_partial(cfg: ScoreConfig, tables, num_classes: int) -> TopKPerClass:
+    """Per-class top-K of (class, score, image id) over score tables (an iterable of them)."""
+    top = TopKPerClass(cfg.partial_k, num_classes)
+    for t in tables:
+        top.add(t["class_id"].to_numpy(), t["score"].to_numpy(), t["id"].to_numpy())
     return top
+
+
+def write_partial(cfg: ScoreConfig, worker: int, num_workers: int, top: TopKPerClass) -> None:
+    """This worker's partial top-K table, ``out/partials/worker-XXXXX-of-YYYYY.parquet``."""
+    res = top.result()
+    write_table(storage.join(cfg.out, "partials", f"worker-{worker:05d}-of-{num_workers:05d}.parquet"),
+                pa.table({"class_id": res["class_id"], "score": res["score"], "id": res["key"]},
+                         schema=PARTIAL))
 
 
 def score(cfg: ScoreConfig) -> dict:
@@ -129,7 +150,9 @@ def score(cfg: ScoreConfig) -> dict:
     if meta.classes != state["classes"] and meta.classes:
         raise DataError(f"class mismatch: pool {cfg.pool} uses {meta.num_classes} classes, "
                         f"model {cfg.model} {len(state['classes'])}")
-    mine = shard_uris(cfg.pool, meta)[w::n]
+    uris = shard_uris(cfg.pool, meta)
+    place = {u: (f, e["count"]) for u, f, e in zip(uris, first_ids(meta), meta.shards)}
+    mine = uris[w::n]
     excluded = _excluded(cfg)
     config.save(cfg, cfg.out, f"config-worker-{w:05d}.yaml")
     forward, empty = _forward(model, state, cfg)
@@ -138,12 +161,23 @@ def score(cfg: ScoreConfig) -> dict:
                      decode_threads=cfg.decode_threads, device=device,
                      fail_after_shards=cfg.fail_after_shards)
     num_classes = len(state["classes"])
-    names = loop.run(mine, lambda uri, keys, outputs, corrupt: score_shard(
-        uri, keys, outputs, corrupt, cfg, num_classes, excluded), desc=f"score worker {w}/{n}")
-    res = worker_partial(cfg, names, num_classes).result()
-    write_table(storage.join(cfg.out, "partials", f"worker-{w:05d}-of-{n:05d}.parquet"),
-                 pa.table({"class_id": res["class_id"], "score": res["score"], "key": res["key"],
-                           "shard": res["shard"]}))
+    top = TopKPerClass(cfg.partial_k, num_classes)
+    fresh: set[str] = set()
+
+    def write(uri, keys, outputs, corrupt, members):
+        marker, table = score_shard(uri, keys, outputs, corrupt, cfg, num_classes, *place[uri],
+                                    members=members, excluded=excluded)
+        top.add(table["class_id"].to_numpy(), table["score"].to_numpy(), table["id"].to_numpy())
+        fresh.add(marker["shard"])
+        return marker
+
+    names = loop.run(mine, write, desc=f"score worker {w}/{n}")
+    for name in names:  # shards a killed run had finished: read back, only what the top-K needs
+        if name not in fresh:
+            t = read_table(storage.join(cfg.out, "shards", f"{name}.parquet"),
+                           columns=["class_id", "score", "id"])
+            top.add(t["class_id"].to_numpy(), t["score"].to_numpy(), t["id"].to_numpy())
+    write_partial(cfg, w, n, top)
     markers = [storage.read_json(marker_uri(cfg.out, nm)) for nm in names]
     summary = {"worker": w, "num_workers": n, "shards": len(names),
                "images": sum(m["images"] for m in markers), "corrupt": sum(m["corrupt"] for m in markers),

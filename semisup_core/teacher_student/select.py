@@ -18,15 +18,22 @@ Tag restriction (issue 20), applied to every score block before any strategy:
   top-P would be dropped without a trace;
 - ``restrict=targeted``: only images with any candidate class (Yalniz §4.1's IG-1B-Targeted).
 
-The manifest is Parquet ``class_id, rank, score, shard, key``; ties are broken by key,
-so the result does not depend on how scoring was split across workers.
+The manifest is Parquet ``class_id, rank, score, shard, key, id``; ties are broken by the
+image id (``data.dataset.first_ids``), so the result does not depend on how scoring was split
+across workers. Every strategy streams the score tables (read ahead by a thread pool, only the
+columns it needs) through compiled loops on integer ids (``topk``'s packed path): per-class
+top-K in O(C*K) memory, ``threshold`` in memory bounded by its output, ``random`` ranking by a
+vectorised seeded hash of (seed, class, id). The selected ids' keys and shards (and, for
+``random``, their teacher scores) are then read back from the score tables of the shards that
+hold them: a binary search per id in each table's id column, no per-row Python.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from typing import Callable, Iterator, Literal
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +50,7 @@ from semisup_core.teacher_student.topk import TopKPerClass
 log = logging.getLogger(__name__)
 
 MANIFEST = pa.schema([("class_id", pa.int32()), ("rank", pa.int32()), ("score", pa.float32()),
-                      ("shard", pa.string()), ("key", pa.string())])
+                      ("shard", pa.string()), ("key", pa.string()), ("id", pa.int64())])
 
 Restrict = Literal["none", "tags", "targeted"]
 RESTRICT_HELP = ("tags: an image stays a candidate for class c only if `candidates` pairs it with "
@@ -53,6 +60,8 @@ RESTRICT_HELP = ("tags: an image stays a candidate for class c only if `candidat
 CANDIDATES_HELP = ("Parquet table key (string), class_id (int32): the image is a tag candidate "
                    "for the class, one row per pair; required unless restrict=none")
 _JOIN_ROWS = 1 << 23  # score rows per semi-join at most: bounds the buffer (~50 B a row)
+_READERS = 4  # score tables read ahead (threads: Parquet decoding and I/O release the GIL)
+_COLUMNS = ["class_id", "score", "id"]  # what ranking needs of a score table
 
 
 def needs_candidates(cls, value: str | None, info) -> str | None:
@@ -108,9 +117,20 @@ def _partials(scores: str | list[str]) -> list[str]:
     return _files(scores, "partials", ".parquet")
 
 
-def _read(uris: list[str], top_p: int | None) -> Iterator[pa.Table]:
-    for uri in uris:
-        t = read_table(uri)
+def _prefetch(fn: Callable, items: Iterable, depth: int = _READERS) -> Iterator:
+    """``fn(item)`` for each item, in order, computed ``depth`` ahead by a thread pool."""
+    items = iter(items)
+    with ThreadPoolExecutor(depth) as pool:
+        ahead = [pool.submit(fn, x) for _, x in zip(range(depth), items)]
+        while ahead:
+            out = ahead.pop(0).result()
+            ahead += [pool.submit(fn, x) for _, x in zip(range(1), items)]
+            yield out
+
+
+def _read(uris: list[str], top_p: int | None, columns: list[str]) -> Iterator[pa.Table]:
+    cols = columns + (["p_rank"] if top_p is not None and "p_rank" not in columns else [])
+    for t in _prefetch(lambda u: read_table(u, columns=cols), uris):
         if top_p is not None:  # p_rank 0 is the image's top-1 class
             t = t.filter(pc.less(t["p_rank"], top_p))
         yield t
@@ -118,9 +138,11 @@ def _read(uris: list[str], top_p: int | None) -> Iterator[pa.Table]:
 
 def _blocks(uris: list[str], top_p: int | None = None,
             restriction: "_Restriction | None" = None) -> Iterator[pa.Table]:
-    """Score blocks (one per shard table, or per batch of them when restricted)."""
-    blocks = _read(uris, top_p)
-    return restriction.apply(blocks) if restriction else blocks
+    """Score blocks (one per shard table, or per batch of them when restricted), with the
+    columns ranking needs (and what the restriction joins on)."""
+    if restriction is None:
+        return _read(uris, top_p, _COLUMNS)
+    return restriction.apply(_read(uris, top_p, _COLUMNS + ["key", "p_rank"]))
 
 
 def _stem(uri: str, suffix: str) -> str:
@@ -142,7 +164,7 @@ def _subset(cfg: "SelectConfig") -> tuple[list[str], list[dict]]:
 
 
 def _markers(scores: str | list[str]) -> list[dict]:
-    return [storage.read_json(u) for u in _files(scores, "shards", ".done.json")]
+    return list(_prefetch(storage.read_json, _files(scores, "shards", ".done.json"), 16))
 
 
 def _check_complete(scores: str | list[str]) -> list[dict]:
@@ -154,43 +176,68 @@ def _check_complete(scores: str | list[str]) -> list[dict]:
     if len(tables) != len(markers):
         raise DataError(f"{where}: {len(tables)} shard tables but {len(markers)} done markers "
                         "(a scoring worker did not finish)")
-    names = [u.rsplit("/", 1)[-1] for u in tables]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted(n for n, c in Counter(u.rsplit("/", 1)[-1] for u in tables).items() if c > 1)
     if twice:
         raise DataError(f"shard {twice[0]} was scored in more than one of {where}")
+    old = next((m["shard"] for m in markers if "first_id" not in m), None)
+    if old is not None:
+        raise DataError(f"{where}: shard {old} was scored without image ids (an older semisup); "
+                        "score the pool again into a new out (semisup stage score --set out=...)")
     return markers
 
 
-def _random_scores(keys: np.ndarray, classes: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform score per (key, class) that depends on nothing else: split-invariant."""
-    out = np.empty(len(keys), np.float32)
-    for i, (k, c) in enumerate(zip(keys, classes)):
-        h = hashlib.blake2b(f"{seed}/{c}/{k}".encode(), digest_size=8).digest()
-        out[i] = int.from_bytes(h, "little") / 2**64
-    return out
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F),
+        np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _random_scores(ids: np.ndarray, classes: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform rank value per (image id, class) that depends on nothing else, so the draw
+    is the same for any worker split: splitmix64 of the three, whose top 30 bits become a
+    positive normal float32 (the bit patterns order like the floats; ~1e9 distinct values,
+    ties broken by id)."""
+    x = np.asarray(ids).astype(np.uint64) * _MIX[0]
+    x ^= np.asarray(classes).astype(np.uint64) * _MIX[1]
+    x ^= np.uint64((seed * int(_MIX[2]) + int(_MIX[0])) % 2**64)
+    x ^= x >> np.uint64(30)
+    x *= _MIX[2]
+    x ^= x >> np.uint64(27)
+    x *= _MIX[3]
+    x ^= x >> np.uint64(31)
+    return ((x >> np.uint64(34)).astype(np.uint32) + np.uint32(0x00800000)).view(np.float32)
 
 
 def per_class_k(cfg: SelectConfig, top1_counts: np.ndarray) -> np.ndarray:
-    """K_c for the unbalanced strategy, summing to about K * C (each >= 1)."""
+    """K_c for the unbalanced strategy: sum K_c = K * C exactly, K_c = w_c * K * C rounded by
+    largest remainder (w_c: the teacher's top-1 frequency of c, or Zipf over the classes ranked
+    by it), then every class raised to at least 1, taken from the largest K_c."""
     c = len(top1_counts)
     if cfg.k_law == "frequency":
-        weights = top1_counts / max(1, top1_counts.sum())
+        weights = top1_counts / top1_counts.sum() if top1_counts.sum() else np.full(c, 1 / c)
     else:
         order = np.argsort(-top1_counts, kind="stable")
         weights = np.empty(c)
         weights[order] = 1.0 / np.arange(1, c + 1) ** cfg.zipf_exponent
         weights /= weights.sum()
-    return np.maximum(1, np.round(weights * cfg.k * c)).astype(np.int64)
+    total = cfg.k * c
+    raw = weights * total
+    k = np.floor(raw).astype(np.int64)
+    short = total - int(k.sum())  # < c: one more to the largest remainders (ties: lower class)
+    k[np.argsort(-(raw - k), kind="stable")[:short]] += 1
+    for z in np.flatnonzero(k == 0):  # total >= c, so a class with K_c >= 2 exists
+        k[int(np.argmax(k))] -= 1
+        k[z] = 1
+    return k
 
 
 def _run_topk(blocks: Iterator[pa.Table], k, num_classes: int,
               score_fn: Callable[[pa.Table], np.ndarray] | None = None) -> dict:
-    top = TopKPerClass(k, num_classes, payload=("shard",))
+    top = TopKPerClass(k, num_classes)  # integer ids, no payload: the packed layout
     for t in blocks:
         scores = score_fn(t) if score_fn else t["score"].to_numpy()
-        # keys and shards stay arrow columns: only the candidates that pass are converted
-        top.add(t["class_id"].to_numpy(), scores, t["key"], shard=t["shard"])
-    return top.result()
+        top.add(t["class_id"].to_numpy(), scores, t["id"].to_numpy())
+    res = top.result()
+    res["id"] = res.pop("key")
+    return res
 
 
 def select(cfg: SelectConfig) -> dict:
@@ -212,16 +259,74 @@ def select(cfg: SelectConfig) -> dict:
         res = _run_topk(_blocks(tables, cfg.top_p, only), per_class_k(cfg, top1), num_classes)
     elif cfg.strategy == "random":
         res = _run_topk(_blocks(tables, cfg.top_p, only), cfg.k, num_classes,
-                        lambda t: _random_scores(t["key"].to_numpy(zero_copy_only=False),
-                                                 t["class_id"].to_numpy(), cfg.seed))
-        res["score"] = _lookup_scores(tables, res)
+                        lambda t: _random_scores(t["id"].to_numpy(), t["class_id"].to_numpy(),
+                                                 cfg.seed))
     else:
         res = _threshold(cfg, tables, num_classes, only)
+    res["shard"], res["key"], true = _resolve(res["id"], res["class_id"], tables, markers,
+                                              with_scores=cfg.strategy == "random")
+    if true is not None:  # the manifest shows the teacher's scores of the drawn pairs
+        res["score"] = true
     summary = _write_manifest(cfg, res, top1, markers, only.counts if only else None)
     if cfg.pool:
         manifest_dataset(read_manifest(storage.join(cfg.out, "manifest.parquet")), cfg.pool,
                          storage.join(cfg.out, "selected"))
     return summary
+
+
+def _resolve(ids: np.ndarray, classes: np.ndarray, tables: list[str], markers: list[dict],
+             with_scores: bool = False) -> tuple[pa.Array, pa.Array, np.ndarray | None]:
+    """Shard names and keys of the selected image ids (and, ``with_scores``, the score rows of
+    their (id, class) pairs), read from the score tables of the shards that hold them: the
+    marker's id range names the shard, a binary search in its table's id column the row."""
+    uri = {_stem(u, ".parquet"): u for u in tables}
+    held = sorted((m["first_id"], m["first_id"] + m["count"], m["shard"]) for m in markers
+                  if m["shard"] in uri)
+    starts = np.array([h[0] for h in held], np.int64)
+    where = np.searchsorted(starts, ids, side="right") - 1
+    ends = np.array([h[1] for h in held], np.int64)
+    if len(ids) and ((where < 0) | (ids >= ends[np.maximum(where, 0)])).any():
+        raise DataError("a selected image id lies in no scored shard's id range (done markers "
+                        "of another pool?)")
+    order = np.argsort(where, kind="stable")
+    bounds = np.searchsorted(where[order], np.arange(len(held) + 1))
+    jobs = [(s, order[bounds[s]:bounds[s + 1]]) for s in range(len(held)) if bounds[s + 1] > bounds[s]]
+    score = np.empty(len(ids), np.float32) if with_scores else None
+    cols = ["id", "key"] + (["class_id", "score"] if with_scores else [])
+
+    def lookup(job):
+        s, rows = job
+        t = read_table(uri[held[s][2]], columns=cols)
+        tid = t["id"].to_numpy()
+        perm = None if len(tid) < 2 or (np.diff(tid) >= 0).all() else np.argsort(tid, kind="stable")
+        sid = tid if perm is None else tid[perm]
+        lo = np.searchsorted(sid, ids[rows], side="left")
+        hi = np.searchsorted(sid, ids[rows], side="right")
+        if (hi <= lo).any():
+            raise DataError(f"{uri[held[s][2]]}: a selected image id is missing from its table")
+        pos = lo if perm is None else perm[lo]
+        keys = t["key"].take(pa.array(pos)).combine_chunks()
+        if with_scores:  # the pair's row among the image's rows (at most P of them)
+            cls, sc = t["class_id"].to_numpy(), t["score"].to_numpy()
+            got = np.zeros(len(rows), bool)
+            for j in range(int((hi - lo).max())):
+                r = np.minimum(lo + j, len(sid) - 1)
+                r = r if perm is None else perm[r]
+                hit = ~got & (lo + j < hi) & (cls[r] == classes[rows])
+                score[rows[hit]] = sc[r[hit]]
+                got |= hit
+            if not got.all():
+                raise DataError(f"{uri[held[s][2]]}: a selected (image, class) pair is missing")
+        return keys
+
+    names = pa.array([h[2] for h in held], pa.string())
+    shards = names.take(pa.array(where)) if len(ids) else pa.array([], pa.string())
+    parts = list(_prefetch(lookup, jobs, _READERS))
+    if not parts:
+        return shards, pa.array([], pa.string()), score
+    back = np.empty(len(ids), np.int64)
+    back[order] = np.arange(len(ids))
+    return shards, pa.concat_arrays(parts).take(pa.array(back)), score
 
 
 def _worker_configs(scores: str | list[str]) -> list[dict]:
@@ -329,25 +434,23 @@ def _why_full(num_classes: int) -> str:
             f"{num_classes}), else a candidate class outside an image's top-P is lost silently")
 
 
-def _lookup_scores(tables: list[str], res: dict) -> np.ndarray:
-    """The teacher's scores of randomly drawn (key, class) pairs, for the manifest."""
-    want = {(k, c) for k, c in zip(res["key"].tolist(), res["class_id"].tolist())}
-    found: dict = {}
-    for t in _blocks(tables):
-        for k, c, s in zip(t["key"].to_pylist(), t["class_id"].to_pylist(), t["score"].to_pylist()):
-            if (k, c) in want:
-                found[(k, c)] = s
-    return np.array([found[(k, c)] for k, c in zip(res["key"].tolist(), res["class_id"].tolist())],
-                    np.float32)
-
-
 def _threshold(cfg: SelectConfig, tables: list[str], num_classes: int,
                only: _Restriction | None) -> dict:
-    def kept() -> Iterator[pa.Table]:
-        for t in _blocks(tables, cfg.top_p, only):
-            yield t.filter(pc.greater_equal(t["score"], cfg.threshold))
-    big = np.iinfo(np.int32).max // max(1, num_classes)
-    return _run_topk(kept(), big, num_classes)
+    """Every (image, class) with score >= threshold, ranked: memory bounded by the output."""
+    cls, score, ids = [], [], []
+    for t in _blocks(tables, cfg.top_p, only):
+        kept = t.filter(pc.greater_equal(t["score"], cfg.threshold))
+        cls.append(kept["class_id"].to_numpy())
+        score.append(kept["score"].to_numpy())
+        ids.append(kept["id"].to_numpy())
+    cls = np.concatenate(cls).astype(np.int32) if cls else np.zeros(0, np.int32)
+    score = np.concatenate(score).astype(np.float32) if score else np.zeros(0, np.float32)
+    ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
+    order = np.lexsort((ids, -score, cls))  # class, score descending, id
+    cls, score, ids = cls[order], score[order], ids[order]
+    starts = np.searchsorted(cls, np.arange(num_classes))
+    rank = (np.arange(len(cls)) - starts[cls]).astype(np.int32)
+    return {"class_id": cls, "rank": rank, "score": score, "id": ids}
 
 
 def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: list[dict],
@@ -359,12 +462,12 @@ def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: lis
         raise DataError(f"selection from {', '.join(_dirs(cfg.scores))} is empty (strategy "
                         f"{cfg.strategy}; {why})")
     table = pa.table({"class_id": res["class_id"], "rank": res["rank"], "score": res["score"],
-                      "shard": res["shard"], "key": res["key"]}, schema=MANIFEST)
+                      "shard": res["shard"], "key": res["key"], "id": res["id"]}, schema=MANIFEST)
     write_table(storage.join(cfg.out, "manifest.parquet"), table)
     counts = np.bincount(res["class_id"], minlength=len(top1))
     summary = {"strategy": cfg.strategy, "k": cfg.k, "top_p": cfg.top_p,
                "pool_fraction": cfg.pool_fraction, "selected": int(len(res["key"])),
-               "unique_images": int(len(set(res["key"].tolist()))),
+               "unique_images": int(len(np.unique(res["id"]))),
                "per_class": counts.tolist(), "pool_images": int(sum(m["images"] for m in markers)),
                "corrupt": int(sum(m["corrupt"] for m in markers)), "top1_counts": top1.tolist(),
                "restrict": cfg.restrict, "candidates": cfg.candidates, "restricted": restricted}
@@ -379,5 +482,5 @@ def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: lis
 
 
 def read_manifest(uri: str) -> pa.Table:
-    """The ranked manifest: class_id, rank, score, shard, key."""
+    """The ranked manifest: class_id, rank, score, shard, key, id."""
     return read_table(uri)

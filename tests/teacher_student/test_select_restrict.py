@@ -1,8 +1,8 @@
 """Tag-restricted selection (issue 20; Yalniz et al. §4.1, §4.4): brute force on tiny random
 scores, worker-count invariance, refusals, and the candidates' oracle precision.
 
-The score outputs are written by the score stage's own ``score_shard``/``worker_partial`` from
-random probabilities (no model), so the tests need no teacher and run in seconds.
+The score outputs are written by the score stage's own code from random probabilities
+(``tests/teacher_student/scores.py``: no model), so the tests need no teacher and run in seconds.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from pydantic import ValidationError
 from semisup_core import config, storage
 from semisup_core.analysis import candidate_analysis, selection_analysis
 from semisup_core.errors import ConfigError, DataError, SemisupError, StorageError
-from semisup_core.tables import write_table
 from semisup_core.teacher_student.run import Runner, SelectionSpec, TeacherStudentConfig
-from semisup_core.teacher_student.score import ScoreConfig, score_shard, worker_partial
 from semisup_core.teacher_student.select import (SelectConfig, _random_scores, per_class_k,
                                                  read_manifest, select)
+from tests.teacher_student.scores import keys, write_scores
 
 C = 4  # classes
 N = 60  # pool images
@@ -34,31 +33,11 @@ def _probs(seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).integers(0, 12, (N, C)) / 12).astype(np.float32)
 
 
-KEYS = np.array([f"img-{i:03d}" for i in range(N)], dtype=object)
+KEYS = keys(N)
 
 
-def _write_scores(out: str, probs: np.ndarray, workers: int = 1, top_p: int = C,
-                  partial_k: int = 50, own_dirs: bool = False) -> str | list[str]:
-    """What ``score`` writes for ``workers`` workers (shards i::N), from given scores."""
-    names = [f"shard-{s:06d}" for s in range(int(np.ceil(N / PER_SHARD)))]
-    dirs = []
-    for w in range(workers):
-        d = f"{out}/w{w}" if own_dirs else out
-        cfg = ScoreConfig(model="none", pool="none", out=d, top_p=top_p, partial_k=partial_k,
-                          worker=w, num_workers=workers)
-        config.save(cfg, d, f"config-worker-{w:05d}.yaml")
-        mine = names[w::workers]
-        for name in mine:
-            idx = np.arange(N)[int(name[-6:]) * PER_SHARD:][:PER_SHARD]
-            order = np.argsort(-probs[idx], axis=1, kind="stable")[:, :top_p]  # top-P classes
-            vals = np.take_along_axis(probs[idx], order, axis=1)
-            score_shard(f"pool/{name}.tar", list(KEYS[idx]), (vals, order), [], cfg, C)
-        res = worker_partial(cfg, mine, C).result()
-        write_table(storage.join(d, "partials", f"worker-{w:05d}-of-{workers:05d}.parquet"),
-                    pa.table({"class_id": res["class_id"], "score": res["score"], "key": res["key"],
-                              "shard": res["shard"]}))
-        dirs.append(d)
-    return dirs if own_dirs else out
+def _write_scores(out: str, probs: np.ndarray, **kw) -> str | list[str]:
+    return write_scores(out, probs, per_shard=PER_SHARD, **kw)
 
 
 def _candidates(path, seed: int = 1, n: int = 90, **extra) -> tuple[str, set]:
@@ -147,7 +126,7 @@ def test_random_with_tags_is_the_papers_balanced_with_tags(tmp_path):
     got = _rows(tmp_path / "a")
     in_pool = sorted((key, c) for key, c in pairs if key in set(KEYS))
     assert {(key, c) for c, _, key, _ in got} <= set(in_pool)
-    draw = _random_scores(np.array([key for key, _ in in_pool], dtype=object),
+    draw = _random_scores(np.array([int(key[4:]) for key, _ in in_pool]),  # the image ids
                           np.array([c for _, c in in_pool]), 3)
     by_class: dict = {}
     for (key, c), r in sorted(zip(in_pool, draw.tolist()), key=lambda x: (x[0][1], -x[1], x[0][0])):
