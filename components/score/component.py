@@ -26,7 +26,8 @@ def score(teacher: Input[Model], pool: Input[Dataset], scores: Output[Dataset], 
         decode_threads: DALI CPU decoding threads per worker (recommended: the pod's CPUs).
 
     Returns:
-        scores: per-shard Parquet tables, done markers and this worker's partial top-K.
+        scores: per-shard Parquet tables (key, shard, id, class_id, score, p_rank), done
+            markers and this worker's partial top-K (class_id, score, id).
     """
     from components.score.runner import run
     run(teacher=teacher, pool=pool, scores=scores, top_p=top_p, partial_k=partial_k,

@@ -37,7 +37,7 @@ def select(pool: Input[Dataset], manifest: Output[Dataset], selected: Output[Dat
             their precision and recall are analysed too.
 
     Returns:
-        manifest: manifest.parquet (class_id, rank, score, shard, key), summary.json and
+        manifest: manifest.parquet (class_id, rank, score, shard, key, id), summary.json and
             scores.json (the score directories read).
         selected: the student's training set: one sample per (image, class) pair.
         metrics: selected count, precision and distractor share (with an oracle).

@@ -45,7 +45,8 @@ from semisup_core.config import StageConfig
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.errors import ConfigError, DataError, StorageError
 from semisup_core.tables import read_table, write_table
-from semisup_core.teacher_student.topk import TopKPerClass
+from semisup_core.teacher_student import topk_kernels as kern
+from semisup_core.teacher_student.topk import TopKPerClass, order_bits
 
 log = logging.getLogger(__name__)
 
@@ -246,15 +247,16 @@ def select(cfg: SelectConfig) -> dict:
     the summary's ``restricted`` counts the distinct candidate pairs and images of the table,
     the score rows before and after it (``rows_in``, ``rows_kept``) and ``images_kept``."""
     tables, markers = _subset(cfg)
+    partial = False
     top1 = np.sum([m["top1_counts"] for m in markers], axis=0)
     num_classes = len(top1)
     only = _Restriction(cfg, num_classes) if cfg.restrict != "none" else None
     # per-worker partials cover it all, but only of the unrestricted rows
     whole = cfg.top_p is None and cfg.pool_fraction >= 1 and only is None
     if cfg.strategy == "balanced":
-        partial_k = _partial_k(cfg.scores) if whole else None
-        src = _partials(cfg.scores) if partial_k and partial_k >= cfg.k else tables
-        res = _run_topk(_blocks(src, cfg.top_p, only), cfg.k, num_classes)
+        partial = whole and _partials_pay(cfg, markers, num_classes)
+        res = _run_topk(_blocks(_partials(cfg.scores) if partial else tables, cfg.top_p, only),
+                        cfg.k, num_classes)
     elif cfg.strategy == "unbalanced":
         res = _run_topk(_blocks(tables, cfg.top_p, only), per_class_k(cfg, top1), num_classes)
     elif cfg.strategy == "random":
@@ -267,7 +269,8 @@ def select(cfg: SelectConfig) -> dict:
                                               with_scores=cfg.strategy == "random")
     if true is not None:  # the manifest shows the teacher's scores of the drawn pairs
         res["score"] = true
-    summary = _write_manifest(cfg, res, top1, markers, only.counts if only else None)
+    summary = _write_manifest(cfg, res, top1, markers, only.counts if only else None,
+                              "partials" if partial else "shards")
     if cfg.pool:
         manifest_dataset(read_manifest(storage.join(cfg.out, "manifest.parquet")), cfg.pool,
                          storage.join(cfg.out, "selected"))
@@ -278,55 +281,62 @@ def _resolve(ids: np.ndarray, classes: np.ndarray, tables: list[str], markers: l
              with_scores: bool = False) -> tuple[pa.Array, pa.Array, np.ndarray | None]:
     """Shard names and keys of the selected image ids (and, ``with_scores``, the score rows of
     their (id, class) pairs), read from the score tables of the shards that hold them: the
-    marker's id range names the shard, a binary search in its table's id column the row."""
+    marker's id range names the shard; in a shard whose images are all there (no corrupt or
+    deduplicated one) image ``first_id + j`` owns rows ``j*P ... j*P + P - 1`` (the score
+    stage's layout), elsewhere a binary search in the table's id column finds them."""
     uri = {_stem(u, ".parquet"): u for u in tables}
-    held = sorted((m["first_id"], m["first_id"] + m["count"], m["shard"]) for m in markers
-                  if m["shard"] in uri)
+    held = sorted((m["first_id"], m["first_id"] + m["count"], m["shard"], m["images"])
+                  for m in markers if m["shard"] in uri)
     starts = np.array([h[0] for h in held], np.int64)
-    where = np.searchsorted(starts, ids, side="right") - 1
     ends = np.array([h[1] for h in held], np.int64)
+    where, order, bounds = kern.group_by_range(np.ascontiguousarray(ids, np.int64), starts)
     if len(ids) and ((where < 0) | (ids >= ends[np.maximum(where, 0)])).any():
         raise DataError("a selected image id lies in no scored shard's id range (done markers "
                         "of another pool?)")
-    order = np.argsort(where, kind="stable")
-    bounds = np.searchsorted(where[order], np.arange(len(held) + 1))
-    jobs = [(s, order[bounds[s]:bounds[s + 1]]) for s in range(len(held)) if bounds[s + 1] > bounds[s]]
+    jobs = [(s, order[bounds[s + 1]:bounds[s + 2]]) for s in range(len(held))
+            if bounds[s + 2] > bounds[s + 1]]
     score = np.empty(len(ids), np.float32) if with_scores else None
-    cols = ["id", "key"] + (["class_id", "score"] if with_scores else [])
 
     def lookup(job):
         s, rows = job
-        t = read_table(uri[held[s][2]], columns=cols)
-        tid = t["id"].to_numpy()
-        perm = None if len(tid) < 2 or (np.diff(tid) >= 0).all() else np.argsort(tid, kind="stable")
-        sid = tid if perm is None else tid[perm]
-        lo = np.searchsorted(sid, ids[rows], side="left")
-        hi = np.searchsorted(sid, ids[rows], side="right")
-        if (hi <= lo).any():
-            raise DataError(f"{uri[held[s][2]]}: a selected image id is missing from its table")
-        pos = lo if perm is None else perm[lo]
-        keys = t["key"].take(pa.array(pos)).combine_chunks()
+        first, end, name, images = held[s]
+        dense = images == end - first
+        cols = (["key"] if dense else ["id", "key"]) + (["class_id", "score"] if with_scores else [])
+        t = read_table(uri[name], columns=cols, dictionary=["key"])
+        want = ids[rows]
+        if dense:  # P rows per image, in image order
+            p = t.num_rows // max(1, images)
+            lo = (want - first) * p
+            hi = lo + p
+        else:
+            tid = t["id"].to_numpy()
+            if len(tid) > 1 and (np.diff(tid) < 0).any():
+                raise DataError(f"{uri[name]}: ids not in image order (not written by score)")
+            lo = np.searchsorted(tid, want, side="left")
+            hi = np.searchsorted(tid, want, side="right")
+            if (hi <= lo).any():
+                raise DataError(f"{uri[name]}: a selected image id is missing from its table")
+        keys = t["key"].take(pa.array(lo)).cast(pa.string()).combine_chunks()
         if with_scores:  # the pair's row among the image's rows (at most P of them)
             cls, sc = t["class_id"].to_numpy(), t["score"].to_numpy()
             got = np.zeros(len(rows), bool)
             for j in range(int((hi - lo).max())):
-                r = np.minimum(lo + j, len(sid) - 1)
-                r = r if perm is None else perm[r]
+                r = np.minimum(lo + j, len(cls) - 1)
                 hit = ~got & (lo + j < hi) & (cls[r] == classes[rows])
                 score[rows[hit]] = sc[r[hit]]
                 got |= hit
             if not got.all():
-                raise DataError(f"{uri[held[s][2]]}: a selected (image, class) pair is missing")
+                raise DataError(f"{uri[name]}: a selected (image, class) pair is missing")
         return keys
 
     names = pa.array([h[2] for h in held], pa.string())
-    shards = names.take(pa.array(where)) if len(ids) else pa.array([], pa.string())
-    parts = list(_prefetch(lookup, jobs, _READERS))
-    if not parts:
-        return shards, pa.array([], pa.string()), score
+    shards = names.take(pa.array(where.astype(np.int32))) if len(ids) else pa.array([], pa.string())
+    del where
+    keys = pa.concat_arrays(list(_prefetch(lookup, jobs, _READERS)) or [pa.array([], pa.string())])
     back = np.empty(len(ids), np.int64)
     back[order] = np.arange(len(ids))
-    return shards, pa.concat_arrays(parts).take(pa.array(back)), score
+    del order
+    return shards, keys.take(pa.array(back)), score
 
 
 def _worker_configs(scores: str | list[str]) -> list[dict]:
@@ -335,11 +345,18 @@ def _worker_configs(scores: str | list[str]) -> list[dict]:
             if "config-worker-" in u]
 
 
-def _partial_k(scores: str | list[str]) -> int | None:
-    cfgs = _worker_configs(scores)
-    if not cfgs or not _partials(scores):
-        return None
-    return min(c.get("partial_k", 0) for c in cfgs)
+def _partials_pay(cfg: SelectConfig, markers: list[dict], num_classes: int) -> bool:
+    """Whether balanced reads the score workers' partial top-K tables instead of the shard
+    tables: they must keep at least K per class, and hold clearly fewer rows (at most W * C *
+    partial_k) than the shards (images * P), else reading them gains nothing (one partial row
+    per score row when every worker has fewer than C * partial_k rows)."""
+    cfgs, parts = _worker_configs(cfg.scores), _partials(cfg.scores)
+    if not cfgs or not parts:
+        return False
+    partial_k = min(c.get("partial_k", 0) for c in cfgs)
+    top_p = min([c.get("top_p") or num_classes for c in cfgs] + [num_classes])
+    score_rows = sum(m["images"] for m in markers) * top_p
+    return partial_k >= cfg.k and 2 * len(parts) * num_classes * partial_k <= score_rows
 
 
 def read_candidates(uri: str, num_classes: int | None = None) -> pa.Table:
@@ -446,7 +463,15 @@ def _threshold(cfg: SelectConfig, tables: list[str], num_classes: int,
     cls = np.concatenate(cls).astype(np.int32) if cls else np.zeros(0, np.int32)
     score = np.concatenate(score).astype(np.float32) if score else np.zeros(0, np.float32)
     ids = np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, np.int64)
-    order = np.lexsort((ids, -score, cls))  # class, score descending, id
+    # class, score descending, id: one sort of a 64-bit word (score descending, id) when the
+    # ids fit 32 bits, then a stable sort by class (radix for <= 2**15 classes)
+    if len(ids) and 0 <= ids.min() and ids.max() < 2**32:
+        word = (np.uint64(0xFFFFFFFF) - order_bits(score).astype(np.uint64)) << np.uint64(32)
+        order = np.argsort(word | ids.astype(np.uint64))
+        order = order[np.argsort(cls[order].astype(np.int16 if num_classes < 2**15 else np.int32),
+                                 kind="stable")]
+    else:
+        order = np.lexsort((ids, -score, cls))
     cls, score, ids = cls[order], score[order], ids[order]
     starts = np.searchsorted(cls, np.arange(num_classes))
     rank = (np.arange(len(cls)) - starts[cls]).astype(np.int32)
@@ -454,7 +479,7 @@ def _threshold(cfg: SelectConfig, tables: list[str], num_classes: int,
 
 
 def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: list[dict],
-                    restricted: dict | None) -> dict:
+                    restricted: dict | None, read: str) -> dict:
     if len(res["key"]) == 0:
         why = (f"restrict={cfg.restrict} kept no score row: do the keys of {cfg.candidates} name "
                "this pool's images?" if restricted and not restricted["rows_kept"]
@@ -463,14 +488,17 @@ def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: lis
                         f"{cfg.strategy}; {why})")
     table = pa.table({"class_id": res["class_id"], "rank": res["rank"], "score": res["score"],
                       "shard": res["shard"], "key": res["key"], "id": res["id"]}, schema=MANIFEST)
-    write_table(storage.join(cfg.out, "manifest.parquet"), table)
+    # dictionary pages only where values repeat (a dictionary of 16M keys costs a second)
+    write_table(storage.join(cfg.out, "manifest.parquet"), table,
+                use_dictionary=["class_id", "shard"])
     counts = np.bincount(res["class_id"], minlength=len(top1))
     summary = {"strategy": cfg.strategy, "k": cfg.k, "top_p": cfg.top_p,
                "pool_fraction": cfg.pool_fraction, "selected": int(len(res["key"])),
-               "unique_images": int(len(np.unique(res["id"]))),
+               "unique_images": _distinct(res["id"]),
                "per_class": counts.tolist(), "pool_images": int(sum(m["images"] for m in markers)),
                "corrupt": int(sum(m["corrupt"] for m in markers)), "top1_counts": top1.tolist(),
-               "restrict": cfg.restrict, "candidates": cfg.candidates, "restricted": restricted}
+               "restrict": cfg.restrict, "candidates": cfg.candidates, "restricted": restricted,
+               "read": read}
     config.save(cfg, cfg.out)
     storage.write_json(storage.join(cfg.out, "summary.json"), summary)
     if restricted:
@@ -479,6 +507,13 @@ def _write_manifest(cfg: SelectConfig, res: dict, top1: np.ndarray, markers: lis
     log.info("selected %d (image, class) pairs, %d distinct images", summary["selected"],
              summary["unique_images"])
     return summary
+
+
+def _distinct(ids: np.ndarray) -> int:
+    """How many distinct ids (a sort: several times faster than numpy's or Arrow's hashing at
+    16M ids)."""
+    s = np.sort(ids)
+    return int(len(s) and 1 + np.count_nonzero(s[1:] != s[:-1]))
 
 
 def read_manifest(uri: str) -> pa.Table:

@@ -356,3 +356,56 @@ def class_ranks(n, cls_out, rank_out):
             rank_out[p + j] = j
         p += n[c]
     return p
+
+
+@njit(cache=True, nogil=True)
+def group_by_range(ids, starts):
+    """Which range each id lies in and a stable order that groups the ids by range.
+
+    ``starts`` (ascending) begins range r at ``starts[r]``; ``where[i]`` is the last r with
+    ``starts[r] <= ids[i]`` (-1 below the first). ``order`` lists the ids of range -1, then
+    0, 1, ... each in input order (a counting sort); ``bounds[r + 1]:bounds[r + 2]`` is range
+    r's part of it. Used by select to read each shard's table once for its selected ids."""
+    n, m = ids.shape[0], starts.shape[0]
+    where = np.empty(n, np.int64)
+    count = np.zeros(m + 2, np.int64)
+    if n == 0 or m == 0:
+        where[:] = -1
+        count[1] = n
+    else:
+        # a table of the range at every 2**shift-th id (2**shift <= the narrowest range), so an
+        # id is at most one range past its bucket's: no binary search (mispredicted branches)
+        gap = starts[m - 1] - starts[0] + 1
+        for r in range(m - 1):
+            gap = min(gap, starts[r + 1] - starts[r])
+        shift = 0
+        while (2 << shift) <= gap:
+            shift += 1
+        top = max(ids.max(), starts[m - 1])
+        lo_id = starts[0]
+        size = ((top - lo_id) >> shift) + 1
+        table = np.empty(size, np.int64)
+        r = 0
+        for b in range(size):
+            x = lo_id + (b << shift)
+            while r + 1 < m and starts[r + 1] <= x:
+                r += 1
+            table[b] = r
+        for i in range(n):
+            x = ids[i]
+            if x < lo_id:
+                r = -1
+            else:
+                r = table[(x - lo_id) >> shift]
+                while r + 1 < m and starts[r + 1] <= x:
+                    r += 1
+            where[i] = r
+            count[r + 2] += 1
+    bounds = np.cumsum(count)
+    fill = bounds[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        r = where[i] + 1
+        order[fill[r]] = i
+        fill[r] += 1
+    return where, order, bounds

@@ -114,9 +114,12 @@ def test_pool_fraction_selects_from_a_prefix_of_the_shards(teacher, pool, tmp_pa
 
 
 def test_partials_and_shard_tables_agree(teacher, pool, tmp_path):
-    scores = _score(teacher, pool, tmp_path / "s", workers=2, partial_k=10)
-    via_partials = _select(scores, tmp_path / "a", k=10)[1]
-    via_shards = _select(scores, tmp_path / "b", k=11)[1]  # k > partial_k -> per-shard tables
+    # one worker's partial (<= C * 10 rows) is under half the score rows: select reads it
+    scores = _score(teacher, pool, tmp_path / "s", workers=1, partial_k=10)
+    summary, via_partials = _select(scores, tmp_path / "a", k=10)
+    assert summary["read"] == "partials"
+    summary, via_shards = _select(scores, tmp_path / "b", k=11)  # k > partial_k -> shard tables
+    assert summary["read"] == "shards"
     a = read_manifest(str(tmp_path / "a" / "manifest.parquet"))
     b = read_manifest(str(tmp_path / "b" / "manifest.parquet"))
     b10 = b.filter(np.array(b["rank"].to_pylist()) < 10)

@@ -135,10 +135,14 @@ def test_any_worker_split_gives_identical_bytes(tmp_path, strategy, kw):
     four = write_scores(str(tmp_path / "w4"), probs, per_shard=11, workers=4, partial_k=9)
     apart = write_scores(str(tmp_path / "wd"), probs, per_shard=11, workers=3, own_dirs=True,
                          partial_k=9)
-    a = _select(one, tmp_path / "a", strategy=strategy, **kw)[2]
-    b = _select(four, tmp_path / "b", strategy=strategy, **kw)[2]
-    c = _select(apart[::-1], tmp_path / "c", strategy=strategy, **kw)[2]
+    sa, _, a = _select(one, tmp_path / "a", strategy=strategy, **kw)
+    sb, _, b = _select(four, tmp_path / "b", strategy=strategy, **kw)
+    sc, _, c = _select(apart[::-1], tmp_path / "c", strategy=strategy, **kw)
     assert a == b == c
+    if strategy == "balanced":  # the partials (under half the score rows) were read; the
+        assert sa["read"] == sb["read"] == sc["read"] == "partials"  # shards give the same
+        sd, _, d = _select(one, tmp_path / "d", strategy=strategy, top_p=5, **kw)
+        assert sd["read"] == "shards" and d == a
 
 
 def test_threshold_equals_a_brute_force_ranking(tmp_path):
@@ -166,3 +170,19 @@ def test_score_outputs_without_ids_are_refused(tmp_path):
                                         r"score the pool again into a new out"):
         _select(scores, tmp_path / "m", k=3)
     assert not (tmp_path / "m" / "manifest.parquet").exists()
+
+
+def test_group_by_range_equals_searchsorted_and_a_stable_argsort():
+    """select's shard lookup (a bucket table + counting sort) against numpy, on random ranges
+    of uneven widths, ids below, inside and past them, and the empty cases."""
+    from semisup_core.teacher_student import topk_kernels as kern
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        m = int(rng.integers(0, 7))
+        starts = np.sort(rng.choice(np.arange(-5, 60), m, replace=False)).astype(np.int64)
+        ids = rng.integers(-10, 80, int(rng.integers(0, 40))).astype(np.int64)
+        where, order, bounds = kern.group_by_range(ids, starts)
+        want = np.searchsorted(starts, ids, side="right") - 1
+        assert where.tolist() == want.tolist()
+        assert order.tolist() == np.argsort(want, kind="stable").tolist()
+        assert bounds.tolist() == [0] + np.cumsum(np.bincount(want + 1, minlength=m + 1)).tolist()
