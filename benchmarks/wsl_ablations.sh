@@ -1,20 +1,24 @@
 #!/bin/bash
-# WSL ablations on seed 0 (docs/wsl.md, "Results": the ablation table), after the three seeds
-# of configs/wsl_demo.yaml (runs/wsl/seed-0 must exist): each ablation its own out, sharing the
-# imported data and seed 0's baseline (copied); dedup reruns (its embeddings name the data
-# path); no teacher/student variants. ~4-6 min each alone on 2 cores.
+# WSL ablations (docs/wsl.md, "Results": the ablation table) for seed $SEED (default 0), after
+# the three seeds of configs/wsl_demo.yaml (runs/wsl/seed-$SEED must exist): each ablation its
+# own out, sharing the imported data and that seed's baseline (copied); dedup reruns (its
+# embeddings name the data path); no teacher/student variants. ~4-6 min each alone on 2
+# cores. Extra arguments go to every run (e.g. --set pretrain.threads=1).
+#   benchmarks/wsl_ablations.sh; SEED=1 benchmarks/wsl_ablations.sh; SEED=2 ...
 set -u
+SEED=${SEED:-0}
+EXTRA=("$@")
 cd "$(dirname "$0")/.."
 run() {  # name, then --set overrides
   name=$1; shift
-  mkdir -p runs/$name/seed-0
+  mkdir -p runs/$name/seed-$SEED
   ln -sfn ../wsl/data runs/$name/data
   for d in models/baseline eval/baseline; do
-    [ -e runs/$name/seed-0/$d ] || { mkdir -p runs/$name/seed-0/$(dirname $d); cp -r runs/wsl/seed-0/$d runs/$name/seed-0/$d; }
+    [ -e runs/$name/seed-$SEED/$d ] || { mkdir -p runs/$name/seed-$SEED/$(dirname $d); cp -r runs/wsl/seed-$SEED/$d runs/$name/seed-$SEED/$d; }
   done
-  echo "$name start $(date -u +%T)" >> runs/wsl-times.txt
-  .venv/bin/semisup stage wsl-run -c configs/wsl_demo.yaml --set out=runs/$name --set semi_weak=false "$@" > runs/$name.log 2>&1
-  echo "$name end $(date -u +%T) rc $?" >> runs/wsl-times.txt
+  echo "$name seed $SEED start $(date -u +%T)" >> runs/wsl-times.txt
+  .venv/bin/semisup stage wsl-run -c configs/wsl_demo.yaml --set out=runs/$name --set seed=$SEED --set semi_weak=false "$@" "${EXTRA[@]}" > runs/$name-s$SEED.log 2>&1
+  echo "$name seed $SEED end $(date -u +%T) rc $?" >> runs/wsl-times.txt
 }
 run wsl-top --set synsets.vocabulary=top
 run wsl-top-natural --set synsets.vocabulary=top --set synsets.power=1.0
