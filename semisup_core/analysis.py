@@ -15,22 +15,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from semisup_core.data.split import read_oracle
+from semisup_core.data.split import oracle_truth, read_oracle
 from semisup_core.errors import DataError
 from semisup_core.tables import read_table
 
 
+def _truth(manifest: pa.Table, oracle_uri: str) -> np.ndarray:
+    """Per manifest row: true_class (-1 = distractor), from a streamed join with the oracle."""
+    truth = oracle_truth(manifest["key"], oracle_uri)
+    missing = np.flatnonzero(truth == -2)
+    if len(missing):
+        raise DataError(f"{len(missing)} selected keys are not in the oracle {oracle_uri} "
+                        f"(e.g. {manifest['key'][int(missing[0])].as_py()}): wrong oracle for "
+                        "this pool?")
+    return truth
+
+
 def _join_oracle(manifest: pa.Table, oracle_uri: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per manifest row: (class_id, rank, true_class); true_class -1 = distractor."""
-    oracle = read_oracle(oracle_uri)
-    truth = dict(zip(oracle["key"].to_pylist(), oracle["true_class"].to_pylist()))
-    keys = manifest["key"].to_pylist()
-    missing = [k for k in keys if k not in truth]
-    if missing:
-        raise DataError(f"{len(missing)} selected keys are not in the oracle {oracle_uri} "
-                        f"(e.g. {missing[0]}): wrong oracle for this pool?")
     return (manifest["class_id"].to_numpy(), manifest["rank"].to_numpy(),
-            np.array([truth[k] for k in keys]))
+            _truth(manifest, oracle_uri))
 
 
 def precision_by_rank(correct: np.ndarray, rank: np.ndarray, bins: int = 10) -> list[dict]:
@@ -116,9 +120,7 @@ def pseudo_label_analysis(labels_uri: str, oracle_uri: str) -> dict:
     out = selection_analysis(manifest, oracle_uri) if manifest.num_rows else {
         "precision": None, "distractor_share": None, "rows": 0}
     if manifest.num_rows:
-        o = read_oracle(oracle_uri)
-        truth = dict(zip(o["key"].to_pylist(), o["true_class"].to_pylist()))
-        t = np.array([truth[k] for k in manifest["key"].to_pylist()])
+        t = _truth(manifest, oracle_uri)
         correct = manifest["class_id"].to_numpy() == t
         conf = manifest["confidence"].to_numpy()
         out["weighted_precision"] = float((conf * correct).sum() / conf.sum())

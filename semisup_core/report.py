@@ -119,15 +119,26 @@ def _wanted_images(manifest: pa.Table, per_class: int) -> dict[int, list[str]]:
 
 
 def contact_sheet(manifest: pa.Table, pool: str, classes: list[str], uri: str,
-                  per_class: int = 12, oracle: dict[str, int] | None = None, scale: int = 2) -> str:
-    """Top-``per_class`` selected images of every class, one row per class."""
+                  per_class: int = 12, oracle: str | None = None, scale: int = 2) -> str:
+    """Top-``per_class`` selected images of every class, one row per class; with an oracle
+    URI each is framed green (right class) or red. Only the pool shards holding those images
+    are read (the manifest's ``shard`` column), and the oracle only for their keys."""
     wanted = _wanted_images(manifest, per_class)
     keys = {k for ks in wanted.values() for k in ks}
+    top = manifest.filter(pa.compute.less(manifest["rank"], per_class))
+    names = set(top["shard"].to_pylist()) if "shard" in manifest.column_names else None
     images = {}
     for shard in shard_uris(pool, read_meta(pool)):
+        if names is not None and shard.rsplit("/", 1)[-1].rsplit(".", 1)[0] not in names:
+            continue
         for s in iter_shard(shard):
             if s.key in keys:
                 images[s.key] = decode_image(s.image)
+    truth = None
+    if oracle is not None:
+        from semisup_core.data.split import oracle_truth
+        ordered = sorted(keys)
+        truth = dict(zip(ordered, oracle_truth(pa.array(ordered, pa.string()), oracle).tolist()))
     h, w = next(iter(images.values())).shape[:2] if images else (28, 28)
     cell, label_w = (h * scale + 4, w * scale + 4), 110
     sheet = Image.new("RGB", (label_w + per_class * cell[1], len(classes) * cell[0]), "white")
@@ -139,8 +150,8 @@ def contact_sheet(manifest: pa.Table, pool: str, classes: list[str], uri: str,
             img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).convert("RGB")
             img = img.resize((w * scale, h * scale), Image.NEAREST)
             x0, y0 = label_w + j * cell[1], c * cell[0]
-            if oracle is not None:
-                color = "green" if oracle.get(key) == c else "red"
+            if truth is not None:
+                color = "green" if truth.get(key) == c else "red"
                 draw.rectangle([x0, y0, x0 + cell[1] - 1, y0 + cell[0] - 1], fill=color)
             sheet.paste(img, (x0 + 2, y0 + 2))
     buf = io.BytesIO()

@@ -18,6 +18,7 @@ suits datasets up to a few million images; larger pools are sharded at ingestion
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -25,6 +26,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from semisup_core import storage
@@ -174,6 +176,26 @@ def split_labelled(dataset_uri: str, out_uri: str, labels_per_class: int, seed: 
     log.info("split %s: %d labelled (%d per class), %d unlabelled (%s)", meta.name,
              lab.num_samples, labels_per_class, unl.num_samples, unl.extra["sources"])
     return SplitResult(lab, unl, lab_uri, pool_uri, oracle_uri)
+
+
+def oracle_truth(keys, oracle_uri: str, batch_size: int = 1 << 18) -> np.ndarray:
+    """``true_class`` of each of ``keys`` (-1: a distractor; -2: not in the oracle), read from
+    the oracle in record batches joined against the distinct keys asked for: memory holds
+    those keys and one batch, not the pool's oracle (issue 21)."""
+    keys = pa.chunked_array([keys]) if isinstance(keys, pa.Array) else keys
+    uniq = pc.unique(keys)
+    truth = np.full(len(uniq), -2, np.int64)
+    if storage.is_local(oracle_uri):
+        handle = storage.open_read(oracle_uri)
+    else:  # an object stream cannot seek: fetched whole (compressed, ~20 B an image)
+        handle = contextlib.nullcontext(io.BytesIO(storage.get_bytes(oracle_uri)))
+    with handle as f:
+        for batch in pq.ParquetFile(f).iter_batches(columns=["key", "true_class"],
+                                                    batch_size=batch_size):
+            pos = pc.fill_null(pc.index_in(batch.column(0), value_set=uniq), -1).to_numpy()
+            hit = pos >= 0
+            truth[pos[hit]] = batch.column(1).to_numpy(zero_copy_only=False)[hit]
+    return truth[pc.index_in(keys, value_set=uniq).to_numpy()]
 
 
 def read_oracle(oracle_uri: str) -> pa.Table:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 from semisup_core import storage
-from semisup_core.data.split import read_oracle
 from semisup_core.report import (contact_sheet, dedup_summary, format_table, html_page,
                                  plot_accuracy_vs_k, plot_precision_by_rank, plot_recall)
 from semisup_core.teacher_student.select import read_manifest
@@ -91,12 +90,9 @@ def write_report(entries: list[dict], out: str, classes: list[str], *,
             storage.put_bytes(uri, storage.get_bytes(storage.join(dedup, "contact_sheet.png")))
             plots["dedup_pairs"] = uri
     if manifest and pool and storage.exists(manifest):
-        truth = None
-        if oracle:
-            o = read_oracle(oracle)
-            truth = dict(zip(o["key"].to_pylist(), o["true_class"].to_pylist()))
         plots["contact_sheet"] = contact_sheet(read_manifest(manifest), pool, classes,
-                                               storage.join(out, "contact_sheet.png"), oracle=truth)
+                                               storage.join(out, "contact_sheet.png"),
+                                               oracle=oracle or None)
     table = format_table(entries, ROWS)
     md = ["# semisup teacher/student report", "", table, ""]
     if dedup_line:

@@ -47,3 +47,20 @@ def test_unknown_keys_are_an_error(tmp_path):
     manifest = pa.table({"class_id": [0], "rank": [0], "key": ["zzz"]})
     with pytest.raises(DataError, match="not in the oracle"):
         selection_analysis(manifest, _oracle(tmp_path))
+
+
+def test_oracle_truth_equals_a_dict_lookup_across_batches(tmp_path):
+    """The streamed oracle join (record batches of 7 rows here) against a Python dict, with
+    repeated keys, keys in no batch order and a key the oracle lacks (-2)."""
+    from semisup_core.data.split import oracle_truth
+    rng = np.random.default_rng(0)
+    keys = [f"k{i:03d}" for i in range(50)]
+    classes = rng.integers(-1, 5, 50)
+    uri = str(tmp_path / "o.parquet")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"key": keys, "true_class": pa.array(classes, pa.int32())}), buf)
+    storage.put_bytes(uri, buf.getvalue())
+    ask = [keys[i] for i in rng.integers(0, 50, 80)] + ["nope"]
+    got = oracle_truth(pa.array(ask), uri, batch_size=7)
+    truth = dict(zip(keys, classes.tolist()))
+    assert got.tolist() == [truth.get(k, -2) for k in ask]

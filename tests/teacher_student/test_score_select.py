@@ -205,3 +205,32 @@ def test_dali_and_pil_decoders_give_the_same_manifest(teacher, pool, tmp_path, c
     assert dali[0]["corrupt"] == pil[0]["corrupt"] == 2
     fell_back = [r for r in caplog.records if "DALI failed" in r.getMessage()]
     assert len(fell_back) == 2  # the two shards holding a corrupt record, not the other six
+
+
+def test_manifest_dataset_reads_only_the_shards_it_selects_from(teacher, pool, tmp_path):
+    """A manifest of a few images from one shard: every other shard of a copy of the pool is
+    replaced by garbage and the materialised set is still the same bytes (they are never
+    opened); the per-shard grouping equals the manifest's rows; a shard the pool lacks is one
+    line."""
+    import shutil
+    import pyarrow as pa
+    scores = _score(teacher, pool, tmp_path / "s")
+    _select(scores, tmp_path / "m", k=40)
+    m = read_manifest(str(tmp_path / "m" / "manifest.parquet"))
+    one = m["shard"][0].as_py()
+    few = m.filter(pa.compute.equal(m["shard"], one))
+    whole = manifest_dataset(few, pool, str(tmp_path / "a"))
+    broken = tmp_path / "broken"
+    shutil.copytree(pool, broken)
+    for tar in broken.glob("*.tar"):
+        if tar.stem != one:
+            tar.write_bytes(b"not a tar")
+    again = manifest_dataset(few, str(broken), str(tmp_path / "b"))
+    assert read_meta(again).num_samples == read_meta(whole).num_samples == few.num_rows
+    assert [p.read_bytes() for p in sorted((tmp_path / "a").glob("*.tar"))] == \
+        [p.read_bytes() for p in sorted((tmp_path / "b").glob("*.tar"))]
+    stray = few.set_column(few.column_names.index("shard"), "shard",
+                           pa.array(["shard-999999"] * few.num_rows))
+    with pytest.raises(DataError, match="names shard shard-999999 that pool .* does not have"):
+        manifest_dataset(stray, pool, str(tmp_path / "c"))
+    assert not (tmp_path / "c" / "dataset.json").exists()
