@@ -153,6 +153,11 @@ def score(cfg: ScoreConfig) -> dict:
     uris = shard_uris(cfg.pool, meta)
     place = {u: (f, e["count"]) for u, f, e in zip(uris, first_ids(meta), meta.shards)}
     mine = uris[w::n]
+    for name in (shard_name(u) for u in mine):  # shards an earlier run finished are resumed:
+        done = marker_uri(cfg.out, name)       # they must carry image ids
+        if storage.exists(done) and "first_id" not in storage.read_json(done):
+            raise DataError(f"{cfg.out}: shard {name} was scored without image ids (an older "
+                            "semisup); score the pool again into a new out")
     excluded = _excluded(cfg)
     config.save(cfg, cfg.out, f"config-worker-{w:05d}.yaml")
     forward, empty = _forward(model, state, cfg)

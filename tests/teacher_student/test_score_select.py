@@ -136,6 +136,22 @@ def test_killed_score_resumes_to_the_same_manifest(teacher, pool, tmp_path):
     assert resumed == straight
 
 
+def test_resuming_a_score_output_without_image_ids_is_one_line(teacher, pool, tmp_path):
+    """An output the score stage wrote before image ids (its markers lack first_id) is not
+    resumed into: one line, and the finished shards' tables are left as they were."""
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _score(teacher, pool, tmp_path / "s", fail_after_shards=2)
+    marker = [u for u in storage.list_uris(str(tmp_path / "s" / "shards"))
+              if u.endswith(".done.json")][0]
+    old = storage.read_json(marker)
+    del old["first_id"]
+    storage.write_json(marker, old)
+    before = {u: storage.get_bytes(u) for u in storage.list_uris(str(tmp_path / "s"))}
+    with pytest.raises(DataError, match=r"^[^\n]*was scored without image ids .* into a new out$"):
+        _score(teacher, pool, tmp_path / "s")
+    assert {u: storage.get_bytes(u) for u in storage.list_uris(str(tmp_path / "s"))} == before
+
+
 def test_random_strategy_draws_from_candidates(teacher, pool, tmp_path):
     scores = _score(teacher, pool, tmp_path / "s")
     cands = {(r["key"], r["class_id"]) for r in
