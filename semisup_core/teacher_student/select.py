@@ -25,7 +25,7 @@ columns it needs) through compiled loops on integer ids (``topk``'s packed path)
 top-K in O(C*K) memory, ``threshold`` in memory bounded by its output, ``random`` ranking by a
 vectorised seeded hash of (seed, class, id). The selected ids' keys and shards (and, for
 ``random``, their teacher scores) are then read back from the score tables of the shards that
-hold them: a binary search per id in each table's id column, no per-row Python.
+hold them, each read once (``_resolve``), with no per-row Python.
 """
 
 from __future__ import annotations
