@@ -136,8 +136,9 @@ def worker_partial(cfg: ScoreConfig, tables, num_classes: int) -> TopKPerClass:
 def write_partial(cfg: ScoreConfig, worker: int, num_workers: int, top: TopKPerClass) -> None:
     """This worker's partial top-K table, ``out/partials/worker-XXXXX-of-YYYYY.parquet``."""
     res = top.result()
+    ids = res["key"] if len(res["key"]) else np.zeros(0, np.int64)  # a worker without shards
     write_table(storage.join(cfg.out, "partials", f"worker-{worker:05d}-of-{num_workers:05d}.parquet"),
-                pa.table({"class_id": res["class_id"], "score": res["score"], "id": res["key"]},
+                pa.table({"class_id": res["class_id"], "score": res["score"], "id": ids},
                          schema=PARTIAL))
 
 

@@ -237,7 +237,8 @@ def _run_topk(blocks: Iterator[pa.Table], k, num_classes: int,
         scores = score_fn(t) if score_fn else t["score"].to_numpy()
         top.add(t["class_id"].to_numpy(), scores, t["id"].to_numpy())
     res = top.result()
-    res["id"] = res.pop("key")
+    key = res.pop("key")
+    res["id"] = key if len(key) else np.zeros(0, np.int64)  # nothing was added: no key type
     return res
 
 

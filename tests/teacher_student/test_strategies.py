@@ -145,6 +145,19 @@ def test_any_worker_split_gives_identical_bytes(tmp_path, strategy, kw):
         assert sd["read"] == "shards" and d == a
 
 
+def test_score_workers_without_shards_write_empty_partials(tmp_path):
+    """More score workers than shards (a ParallelFor wider than the pool): the idle ones
+    write empty partial tables and select gives the one-worker bytes."""
+    probs = np.random.default_rng(6).random((30, 3)).astype(np.float32)
+    one = write_scores(str(tmp_path / "one"), probs, per_shard=10, partial_k=4)
+    wide = write_scores(str(tmp_path / "wide"), probs, per_shard=10, workers=5, partial_k=4)
+    assert len(list((tmp_path / "wide" / "partials").glob("*.parquet"))) == 5
+    for strategy in ("balanced", "random"):
+        a = _select(one, tmp_path / f"a-{strategy}", strategy=strategy, k=4)
+        b = _select(wide, tmp_path / f"b-{strategy}", strategy=strategy, k=4)
+        assert a[2] == b[2] and a[0]["selected"] == 12
+
+
 def test_threshold_equals_a_brute_force_ranking(tmp_path):
     probs = (np.random.default_rng(4).integers(0, 20, (120, 3)) / 20).astype(np.float32)
     scores = write_scores(str(tmp_path / "s"), probs, per_shard=13, top_p=2)
