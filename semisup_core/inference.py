@@ -69,22 +69,37 @@ def use_dali(decoder: Decoder) -> bool:
     return decoder == "dali" or (decoder == "auto" and dali_available())
 
 
-def decode_shard(uri: str, channels: int
+def decode_shard(uri: str, channels: int, count: int | None = None
                  ) -> tuple[list[str], torch.Tensor | list, list[str], np.ndarray]:
     """Keys, images (N x C x H x W uint8, stacked when sizes agree), corrupt keys and the
     decoded images' positions among the shard's samples; corrupt images are counted, not
-    fatal."""
-    keys, images, corrupt, members = [], [], [], []
+    fatal. With the shard's ``count`` (dataset.json) the images are decoded straight into one
+    tensor (no list of N images to stack: half the peak); a size that differs from the first
+    image's falls back to a list."""
+    keys, corrupt, members = [], [], []
+    images: list = []
+    block: torch.Tensor | None = None
     for i, sample in enumerate(iter_shard(uri)):
         try:
-            images.append(to_chw(decode_image(sample.image), channels))
-            keys.append(sample.key)
-            members.append(i)
+            img = to_chw(decode_image(sample.image), channels)
         except DataError:
             corrupt.append(sample.key)
+            continue
+        if count and block is None and not images:
+            block = torch.empty((count, *img.shape), dtype=img.dtype)
+        if block is not None and (img.shape != block.shape[1:] or len(keys) >= len(block)):
+            images, block = list(block[:len(keys)]), None  # sizes vary: a list from here on
+        if block is not None:
+            block[len(keys)] = img
+        else:
+            images.append(img)
+        keys.append(sample.key)
+        members.append(i)
     if corrupt:
         log.warning("%s: skipped %d corrupt image(s): %s", uri, len(corrupt), ", ".join(corrupt[:10]))
-    if images and len({tuple(i.shape) for i in images}) == 1:
+    if block is not None:
+        images = block[:len(keys)]
+    elif images and len({tuple(i.shape) for i in images}) == 1:
         images = torch.stack(images)  # one tensor crosses the worker boundary, not N of them
     return keys, images, corrupt, np.array(members, np.int64)
 
@@ -106,6 +121,8 @@ class ShardLoop:
     batch_size: int = 512
     decoder: Decoder = "auto"
     decode_threads: int = 2
+    decode_workers: int = 1  # PIL path: DataLoader processes decoding the next shards
+    counts: dict | None = None  # shard uri -> samples (dataset.json): decode into one tensor
     device: str = "cpu"
     fail_after_shards: int | None = None
 
@@ -148,8 +165,10 @@ class ShardLoop:
         if dali:
             shards = ((uri, None) for uri in todo)
         else:  # decoding the next shard in a DataLoader worker overlaps with inference
-            loader = torch.utils.data.DataLoader(_DecodedShards(todo, self.channels),
-                                                 batch_size=None, num_workers=min(1, len(todo)))
+            workers = min(self.decode_workers, len(todo))
+            loader = torch.utils.data.DataLoader(
+                _DecodedShards(todo, self.channels, self.counts or {}), batch_size=None,
+                num_workers=workers, prefetch_factor=1 if workers else None)
             shards = ((uri, decoded) for uri, *decoded in loader)
         done = 0
         for uri, decoded in tqdm(shards, total=len(todo), desc=desc, unit="shard"):
@@ -161,7 +180,7 @@ class ShardLoop:
                 except RuntimeError as e:  # DALI stops at the first undecodable record
                     log.warning("%s: DALI failed (%s); redoing it with PIL, which skips corrupt "
                                 "records", uri, str(e).strip().splitlines()[0][:200])
-                    decoded = decode_shard(uri, self.channels)
+                    decoded = decode_shard(uri, self.channels, (self.counts or {}).get(uri))
             if outputs is None:
                 keys, images, corrupt, members = decoded
                 outputs = self.run_images(images)
@@ -176,12 +195,12 @@ class _DecodedShards(torch.utils.data.IterableDataset):
     """Decodes whole shards in a DataLoader worker, so decoding the next shard overlaps
     with inference on the current one."""
 
-    def __init__(self, uris: list[str], channels: int):
+    def __init__(self, uris: list[str], channels: int, counts: dict):
         super().__init__()
-        self.uris, self.channels = uris, channels
+        self.uris, self.channels, self.counts = uris, channels, counts
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         for uri in self.uris[wid::nw]:
-            yield (uri, *decode_shard(uri, self.channels))
+            yield (uri, *decode_shard(uri, self.channels, self.counts.get(uri)))

@@ -57,6 +57,8 @@ class ScoreConfig(StageConfig):
         "GPU); pil: the PIL reference path; auto: dali when installed. A shard DALI cannot "
         "decode (a corrupt record) is rescored with PIL, which counts and skips the record")
     decode_threads: int = Field(2, ge=1, description="DALI CPU threads per worker")
+    decode_workers: int = Field(1, ge=0, description="PIL path: processes decoding the next "
+                                "shards while the model runs (0: decode in the main process)")
     worker: int | None = Field(None, ge=0, description="this worker's index; default $RANK or 0")
     num_workers: int | None = Field(None, ge=1, description="worker count; default $WORLD_SIZE or 1")
     exclude: str | None = Field(None, description="a dedup output directory: its removed pool "
@@ -164,7 +166,8 @@ def score(cfg: ScoreConfig) -> dict:
     forward, empty = _forward(model, state, cfg)
     loop = ShardLoop(out=cfg.out, channels=state["model"]["in_chans"], forward=forward, empty=empty,
                      batch_size=cfg.batch_size, decoder=cfg.decoder,
-                     decode_threads=cfg.decode_threads, device=device,
+                     decode_threads=cfg.decode_threads, decode_workers=cfg.decode_workers,
+                     counts={u: e["count"] for u, e in zip(uris, meta.shards)}, device=device,
                      fail_after_shards=cfg.fail_after_shards)
     num_classes = len(state["classes"])
     top = TopKPerClass(cfg.partial_k, num_classes)

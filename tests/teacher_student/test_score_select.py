@@ -221,6 +221,24 @@ def test_dali_and_pil_decoders_give_the_same_manifest(teacher, pool, tmp_path, c
     assert dali[0]["corrupt"] == pil[0]["corrupt"] == 2
     fell_back = [r for r in caplog.records if "DALI failed" in r.getMessage()]
     assert len(fell_back) == 2  # the two shards holding a corrupt record, not the other six
+    # the PIL path with 0 (in process) or 2 decode processes: the same bytes
+    for workers in (0, 2):
+        other = _select(_score(teacher, pool, tmp_path / f"pil{workers}", decoder="pil",
+                               decode_workers=workers), tmp_path / f"m{workers}", k=10)
+        assert other[1] == pil[1] and other[0]["corrupt"] == 2
+
+
+def test_decode_shard_into_one_tensor_equals_the_list_path(pool):
+    """Decoding with the shard's count (straight into one tensor) gives the list path's
+    images, keys and positions, corrupt records skipped; a count too small still works."""
+    from semisup_core.inference import decode_shard
+    for uri in shard_uris(pool):
+        ref = decode_shard(uri, 1)
+        n = read_meta(pool).shards[shard_uris(pool).index(uri)]["count"]
+        for count in (n, 3):
+            got = decode_shard(uri, 1, count)
+            assert got[0] == ref[0] and got[2] == ref[2] and (got[3] == ref[3]).all()
+            assert torch.equal(torch.stack(list(got[1])), torch.stack(list(ref[1])))
 
 
 def test_manifest_dataset_reads_only_the_shards_it_selects_from(teacher, pool, tmp_path):
