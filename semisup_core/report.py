@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from semisup_core import storage  # noqa: E402
 from semisup_core.data.dataset import read_meta, shard_uris  # noqa: E402
 from semisup_core.data.decode import decode_image  # noqa: E402
+from semisup_core.data.manifest import shard_name  # noqa: E402
 from semisup_core.data.shards import iter_shard  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def contact_sheet(manifest: pa.Table, pool: str, classes: list[str], uri: str,
     names = set(top["shard"].to_pylist()) if "shard" in manifest.column_names else None
     images = {}
     for shard in shard_uris(pool, read_meta(pool)):
-        if names is not None and shard.rsplit("/", 1)[-1].rsplit(".", 1)[0] not in names:
+        if names is not None and shard_name(shard) not in names:
             continue
         for s in iter_shard(shard):
             if s.key in keys:

@@ -29,7 +29,7 @@ def shard_name(uri: str) -> str:
     return posixpath.basename(uri).rsplit(".", 1)[0]
 
 
-def _by_shard(manifest) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+def _by_shard(manifest) -> dict[str, tuple[pa.Array, np.ndarray]] | None:
     """The manifest's (keys, classes) per pool shard name, rows in manifest order within each
     (None when it has no shard column: then every pool shard is read)."""
     if "shard" not in manifest.column_names:
