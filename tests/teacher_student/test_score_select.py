@@ -260,6 +260,9 @@ def test_manifest_dataset_reads_only_the_shards_it_selects_from(teacher, pool, t
         if tar.stem != one:
             tar.write_bytes(b"not a tar")
     again = manifest_dataset(few, str(broken), str(tmp_path / "b"))
+    from semisup_core.report import contact_sheet  # the report's sheet reads only those too
+    sheet = contact_sheet(few, str(broken), read_meta(pool).classes, str(tmp_path / "sheet.png"))
+    assert storage.get_bytes(sheet)[:4] == b"\x89PNG"
     assert read_meta(again).num_samples == read_meta(whole).num_samples == few.num_rows
     assert [p.read_bytes() for p in sorted((tmp_path / "a").glob("*.tar"))] == \
         [p.read_bytes() for p in sorted((tmp_path / "b").glob("*.tar"))]
