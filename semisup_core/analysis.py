@@ -75,7 +75,7 @@ def candidate_analysis(candidates_uri: str, oracle_uri: str) -> dict:
     share of distinct (key, class) candidate pairs whose class is the image's true class;
     recall (per class) = the share of in-distribution images (of that class) whose true class
     is among their candidates; distractor_share = the share of pairs on distractor images."""
-    from semisup_core.teacher_student.select import read_candidates  # here: select loads numba
+    from semisup_core.teacher_student.restrict import read_candidates  # here: loads numba
     oracle = read_oracle(oracle_uri).select(["key", "true_class"])
     pairs = read_candidates(candidates_uri).join(oracle, keys="key", join_type="inner")
     cls, truth = pairs["class_id"].to_numpy(), pairs["true_class"].to_numpy()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from semisup_core import storage
 from semisup_core.data.decode import decode_image
+from semisup_core.data.manifest import shard_name  # noqa: F401  (score, embed import it here)
 from semisup_core.data.shards import iter_shard
 from semisup_core.data.stream import to_chw
 from semisup_core.errors import ConfigError, DataError
@@ -44,10 +44,6 @@ def worker_split(worker: int | None, num_workers: int | None) -> tuple[int, int]
     if not 0 <= w < n:
         raise ConfigError(f"worker {w} is not in [0, {n})")
     return w, n
-
-
-def shard_name(uri: str) -> str:
-    return posixpath.basename(uri.replace("\\", "/")).rsplit(".", 1)[0]
 
 
 def marker_uri(out: str, name: str) -> str:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def shard_name(uri: str) -> str:
     """``.../shard-000012.tar`` -> ``shard-000012`` (the score and manifest tables' shard)."""
-    return posixpath.basename(uri).rsplit(".", 1)[0]
+    return posixpath.basename(uri.replace("\\", "/")).rsplit(".", 1)[0]
 
 
 def _by_shard(manifest) -> dict[str, tuple[pa.Array, np.ndarray]] | None:

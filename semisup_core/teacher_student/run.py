@@ -26,9 +26,9 @@ from semisup_core.data.manifest import manifest_dataset
 from semisup_core.errors import ConfigError
 from semisup_core.evaluate import EvaluateConfig, evaluate
 from semisup_core.teacher_student.score import ScoreConfig, score
-from semisup_core.teacher_student.select import (CANDIDATES_HELP, RESTRICT_HELP, Restrict,
-                                                 SelectConfig, needs_candidates, read_manifest,
-                                                 select)
+from semisup_core.teacher_student.restrict import (CANDIDATES_HELP, RESTRICT_HELP, Restrict,
+                                                   needs_candidates)
+from semisup_core.teacher_student.select import SelectConfig, read_manifest, select
 from semisup_core.train import TrainConfig, train
 from semisup_core.train.config import DataConfig, TrainRecipe
 
