@@ -9,7 +9,11 @@ repeated, 4,096 per shard, so that writing the pool costs little), in fresh proc
    10 classes x 2,000) drawn at random over the whole pool (so every shard holds some):
    wall time and peak RSS;
 2. ``split_labelled`` of the same images as a labelled dataset (10 classes, 10 labels per
-   class): wall time and peak RSS.
+   class): wall time and peak RSS;
+3. the same split in hash order (``split_hashed``, data/split_hash.py) with ``spill_mb`` 64,
+   in one process (``phase: all``) and as 2 parallel workers (choose, then 2 map processes at
+   once, 2 reduce processes at once, then finish: what a KFP ParallelFor runs): wall time of
+   the whole and the largest peak RSS of any of its processes.
 
 The bar (issue 21): memory that does not grow with N. Peak RSS is the process's VmHWM.
 """
@@ -52,10 +56,18 @@ def make_pool(root: str, n: int, labelled: bool) -> str:
     return root
 
 
+SPILL_MB = 64
+
+
 def child(mode: str, pool: str, out: str, rows: int) -> None:
     import pyarrow as pa
     t0 = time.perf_counter()
-    if mode == "manifest":
+    if mode.startswith("hash:"):  # hash:<phase>:<worker>:<workers>
+        from semisup_core.data.split_hash import split_hashed
+        _, phase, worker, workers = mode.split(":")
+        split_hashed(pool, out, 10, 0, phase=phase, worker=int(worker), num_workers=int(workers),
+                     spill_mb=SPILL_MB)
+    elif mode == "manifest":
         from semisup_core.data.dataset import read_meta
         from semisup_core.data.manifest import manifest_dataset
         meta = read_meta(pool)
@@ -73,20 +85,42 @@ def child(mode: str, pool: str, out: str, rows: int) -> None:
     print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mb": hwm / 1024}))
 
 
+def _children(modes: list[str], pool: str, out: str, rows: int) -> list[dict]:
+    """Run one child process per mode, all at once; their results."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", m, pool, out, str(rows)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for m in modes]
+    results = []
+    for m, p in zip(modes, procs):
+        stdout, stderr = p.communicate()
+        if p.returncode:
+            raise SystemExit(f"{m} failed:\n{stderr[-2000:]}")
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return results
+
+
 def measure(mode: str, pool: str, out: str, rows: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    res = subprocess.run([sys.executable, __file__, "--child", mode, pool, out, str(rows)],
-                         capture_output=True, text=True)
-    if res.returncode:
-        raise SystemExit(f"{mode} failed:\n{res.stderr[-2000:]}")
+    t0 = time.perf_counter()
+    if mode.startswith("hash-workers:"):  # the phases as separate tasks, map and reduce parallel
+        w = int(mode.split(":")[1])
+        peaks = _children(["hash:choose:0:1"], pool, out, rows)
+        peaks += _children([f"hash:map:{i}:{w}" for i in range(w)], pool, out, rows)
+        peaks += _children([f"hash:reduce:{i}:{w}" for i in range(w)], pool, out, rows)
+        peaks += _children([f"hash:finish:0:{w}"], pool, out, rows)
+        res = {"seconds": time.perf_counter() - t0, "peak_mb": max(p["peak_mb"] for p in peaks)}
+    else:
+        res = _children([mode], pool, out, rows)[0]
     shutil.rmtree(out, ignore_errors=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="200000,1000000")
     ap.add_argument("--rows", type=int, default=20000)
+    ap.add_argument("--modes", default="manifest,split,hash:all:0:1,hash-workers:2",
+                    help="comma-separated: manifest, split, hash:all:0:1, hash-workers:W")
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "semisup-materialise"))
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -97,14 +131,19 @@ def main() -> None:
           f"{platform.release()}; {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC. Command: "
           f"`python benchmarks/materialise.py {' '.join(sys.argv[1:])}`. Manifest: {args.rows:,} "
           "rows at random over the pool.\n")
-    print("| pool images | manifest materialisation: s | peak RSS (MiB) | split: s | peak RSS (MiB) |")
-    print("|---:|---:|---:|---:|---:|")
+    modes = {"manifest": "manifest materialisation", "split": "split, permutation order",
+             "hash:all:0:1": "split, hash order, 1 process",
+             "hash-workers:2": "split, hash order, 2 workers"}
+    chosen = args.modes.split(",")
+    print("| pool images | " + " | ".join(f"{modes[m]}: s | peak RSS (MiB)" for m in chosen) + " |")
+    print("|---:|" + "---:|---:|" * len(chosen))
     for n in (int(float(x)) for x in args.sizes.split(",")):
         pool = make_pool(os.path.join(args.dir, f"pool-{n}"), n, labelled=True)
-        m = measure("manifest", pool, os.path.join(args.dir, "out"), args.rows)
-        s = measure("split", pool, os.path.join(args.dir, "out"), args.rows)
-        print(f"| {n:,} | {m['seconds']:.1f} | {m['peak_mb']:,.0f} | {s['seconds']:.1f} | "
-              f"{s['peak_mb']:,.0f} |", flush=True)
+        cells = []
+        for m in chosen:
+            r = measure(m, pool, os.path.join(args.dir, "out"), args.rows)
+            cells.append(f"{r['seconds']:.1f} | {r['peak_mb']:,.0f}")
+        print(f"| {n:,} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

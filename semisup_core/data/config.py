@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from semisup_core.config import StageConfig
 
@@ -67,3 +67,29 @@ class SplitConfig(StageConfig):
     distractors: list[str] = Field(default_factory=list,
                                    description="extra dataset URIs mixed into the pool (e.g. MNIST)")
     samples_per_shard: int = Field(4096, ge=1)
+    order: Literal["permutation", "hash"] = Field(
+        "permutation", description="permutation: one seeded permutation of the whole pool, held "
+        "in memory (every recorded result; pools up to a few million small images); hash: a "
+        "streaming map/reduce ordered by a seeded hash of each key, memory independent of the "
+        "pool, parallel workers (data/split_hash.py, docs/scale.md)")
+    phase: Literal["all", "choose", "map", "reduce", "finish"] = Field(
+        "all", description="order=hash: all phases in one process, or one of them: choose (one "
+        "task) -> map (num_workers tasks) -> reduce (num_workers tasks) -> finish (one task)")
+    worker: int = Field(0, ge=0, description="order=hash, phase map/reduce: this task's index")
+    num_workers: int = Field(1, ge=1, description="order=hash: parallel map and reduce tasks "
+                             "(the same number for both)")
+    spill_mb: float = Field(256, gt=0, description="order=hash: MiB of pool images a map task "
+                            "buffers before it spills them to its runs")
+
+    @field_validator("phase")
+    @classmethod
+    def _phases_need_hash(cls, value, info: ValidationInfo):
+        if value != "all" and info.data.get("order") != "hash":
+            raise ValueError("phases other than all need order=hash")
+        return value
+
+    @model_validator(mode="after")
+    def _worker_in_range(self):
+        if self.worker >= self.num_workers:
+            raise ValueError(f"worker must be < num_workers={self.num_workers}, got {self.worker}")
+        return self

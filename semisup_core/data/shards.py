@@ -71,13 +71,14 @@ class ShardWriter:
     """
 
     def __init__(self, prefix_uri: str, samples_per_shard: int = 4096, name: str = "shard",
-                 index: bool = True):
+                 index: bool = True, first_index: int = 0):
         if samples_per_shard < 1:
             raise DataError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
         self.prefix_uri = prefix_uri
         self.samples_per_shard = samples_per_shard
         self.name = name
         self.index = index
+        self.first_index = first_index  # number of the first shard (a split's bucket)
         self._index_lines: list[str] = []  # one "ext offset size name ..." line per sample
         self.shards: list[ShardInfo] = []
         self.class_counts: Counter[int] = Counter()
@@ -97,7 +98,7 @@ class ShardWriter:
             self._stack = None
 
     def _open_shard(self) -> None:
-        uri = storage.join(self.prefix_uri, shard_name(self.name, len(self.shards)))
+        uri = storage.join(self.prefix_uri, shard_name(self.name, self.first_index + len(self.shards)))
         storage.delete(index_uri(uri))  # a stale index from an earlier run must not survive
         self._stack = contextlib.ExitStack()
         f = self._stack.enter_context(storage.open_write(uri))

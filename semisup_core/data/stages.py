@@ -6,6 +6,7 @@ from semisup_core import config
 from semisup_core.data.config import SOURCE_FIELDS, ImportConfig, SplitConfig
 from semisup_core.data.importers import import_dataset
 from semisup_core.data.split import split_labelled
+from semisup_core.data.split_hash import split_hashed
 
 
 def run_import(cfg: ImportConfig) -> dict:
@@ -24,8 +25,17 @@ def run_import(cfg: ImportConfig) -> dict:
 
 def run_split(cfg: SplitConfig) -> dict:
     """Write ``labelled/``, ``unlabelled/`` and ``oracle.parquet`` under ``cfg.out``."""
-    result = split_labelled(cfg.dataset, cfg.out, cfg.labels_per_class, cfg.seed,
-                            pool_extra=cfg.distractors, samples_per_shard=cfg.samples_per_shard)
+    if cfg.order == "hash":
+        result = split_hashed(cfg.dataset, cfg.out, cfg.labels_per_class, cfg.seed,
+                              pool_extra=cfg.distractors, samples_per_shard=cfg.samples_per_shard,
+                              phase=cfg.phase, worker=cfg.worker, num_workers=cfg.num_workers,
+                              spill_mb=cfg.spill_mb)
+        if isinstance(result, dict):  # one phase of several tasks: its marker
+            return {"phase": cfg.phase, **result} if cfg.phase != "choose" else {
+                "phase": "choose", "buckets": result["buckets"], "pool": result["pool"]}
+    else:
+        result = split_labelled(cfg.dataset, cfg.out, cfg.labels_per_class, cfg.seed,
+                                pool_extra=cfg.distractors, samples_per_shard=cfg.samples_per_shard)
     config.save(cfg, cfg.out, "split-config.yaml")
     return {"labelled": result.labelled_uri, "labelled_samples": result.labelled.num_samples,
             "unlabelled": result.unlabelled_uri, "unlabelled_samples": result.unlabelled.num_samples,
