@@ -25,6 +25,8 @@ log = logging.getLogger("semisup")
 _STAGES = {
     "import": ("semisup_core.data.config:ImportConfig", "semisup_core.data.stages:run_import"),
     "split": ("semisup_core.data.config:SplitConfig", "semisup_core.data.stages:run_split"),
+    "materialise": ("semisup_core.data.config:MaterialiseConfig",
+                    "semisup_core.data.stages:run_materialise"),
     "train": ("semisup_core.train:TrainConfig", "semisup_core.train:train"),
     "evaluate": ("semisup_core.evaluate:EvaluateConfig", "semisup_core.evaluate:evaluate"),
     "score": ("semisup_core.teacher_student.score:ScoreConfig", "semisup_core.teacher_student.score:score"),
@@ -43,7 +45,7 @@ _STAGES = {
     "wsl-run": ("semisup_core.wsl.run:WSLRunConfig", "semisup_core.wsl.run:run_wsl"),
     "pytorchjob": ("semisup.pytorchjob:JobSpec", "semisup.pytorchjob:launch"),
 }
-_DATA_STAGES = ("import", "split")
+_DATA_STAGES = ("import", "split", "materialise")
 
 
 def _stage(name: str) -> tuple[type, Callable]:
@@ -56,6 +58,7 @@ _HELP = {
     "import": "import a raw dataset (IDX files, image folder, tagged images, OpenClipart) "
               "into WebDataset shards",
     "split": "draw N labels per class; the rest (+ distractors) becomes the unlabelled pool",
+    "materialise": "copy a manifest's selected images into a training set (parallel workers)",
     "train": "train one model (one process, or DDP under torchrun)",
     "evaluate": "top-1/top-5, per-class recall and confusion matrix of a model on a dataset",
     "score": "teacher scores the unlabelled pool: top-P classes per image, partial top-K per class",

@@ -93,3 +93,24 @@ class SplitConfig(StageConfig):
         if self.worker >= self.num_workers:
             raise ValueError(f"worker must be < num_workers={self.num_workers}, got {self.worker}")
         return self
+
+
+class MaterialiseConfig(StageConfig):
+    """Turn a select stage's manifest into the student's training set, as parallel workers."""
+
+    manifest: str = Field(description="the select stage's output directory URI, or its "
+                          "manifest.parquet")
+    pool: str = Field(description="the scored pool's dataset URI")
+    out: str = Field(description="output dataset directory URI (one sample per selected "
+                     "(image, class) pair)")
+    samples_per_shard: int = Field(4096, ge=1)
+    worker: int = Field(0, ge=0, description="this task's index: it copies the selected pool "
+                        "shards worker::num_workers")
+    num_workers: int = Field(1, ge=1, description="parallel tasks; dataset.json is written by "
+                             "the one that finds every part finished")
+
+    @model_validator(mode="after")
+    def _worker_in_range(self):
+        if self.worker >= self.num_workers:
+            raise ValueError(f"worker must be < num_workers={self.num_workers}, got {self.worker}")
+        return self

@@ -1,12 +1,16 @@
-"""The ``import`` and ``split`` stages: typed config in, dataset directories out."""
+"""The ``import``, ``split`` and ``materialise`` stages: typed config in, dataset directories out."""
 
 from __future__ import annotations
 
 from semisup_core import config
-from semisup_core.data.config import SOURCE_FIELDS, ImportConfig, SplitConfig
+from semisup_core import storage
+from semisup_core.data.config import SOURCE_FIELDS, ImportConfig, MaterialiseConfig, SplitConfig
+from semisup_core.data.dataset import read_meta
 from semisup_core.data.importers import import_dataset
+from semisup_core.data.manifest import manifest_dataset
 from semisup_core.data.split import split_labelled
 from semisup_core.data.split_hash import split_hashed
+from semisup_core.tables import read_table
 
 
 def run_import(cfg: ImportConfig) -> dict:
@@ -40,3 +44,15 @@ def run_split(cfg: SplitConfig) -> dict:
     return {"labelled": result.labelled_uri, "labelled_samples": result.labelled.num_samples,
             "unlabelled": result.unlabelled_uri, "unlabelled_samples": result.unlabelled.num_samples,
             "oracle": result.oracle_uri}
+
+
+def run_materialise(cfg: MaterialiseConfig) -> dict:
+    """This worker's share of the student's training set from a manifest (``manifest_dataset``)."""
+    uri = cfg.manifest if cfg.manifest.endswith(".parquet") else storage.join(cfg.manifest,
+                                                                               "manifest.parquet")
+    manifest = read_table(uri, columns=["key", "class_id", "shard"])
+    manifest_dataset(manifest, cfg.pool, cfg.out, cfg.samples_per_shard, cfg.worker,
+                     cfg.num_workers)
+    done = storage.exists(storage.join(cfg.out, "dataset.json"))
+    return {"out": cfg.out, "worker": cfg.worker, "num_workers": cfg.num_workers,
+            "complete": done, "samples": read_meta(cfg.out).num_samples if done else None}

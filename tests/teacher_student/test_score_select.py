@@ -271,3 +271,36 @@ def test_manifest_dataset_reads_only_the_shards_it_selects_from(teacher, pool, t
     with pytest.raises(DataError, match="names shard shard-999999 that pool .* does not have"):
         manifest_dataset(stray, pool, str(tmp_path / "c"))
     assert not (tmp_path / "c" / "dataset.json").exists()
+
+
+def _samples(uri):
+    from semisup_core.data.dataset import iter_dataset
+    return sorted((s.key, s.cls, s.image) for s in iter_dataset(uri))
+
+
+def test_materialise_stage_as_parallel_workers(teacher, pool, tmp_path, capsys):
+    """`semisup data materialise` over 3 workers (in any order, one rerun): the same samples
+    as the one-process materialisation; dataset.json only once every part is in; a worker out
+    of range or a manifest without its shard column is one line."""
+    from semisup import cli
+    scores = _score(teacher, pool, tmp_path / "s")
+    _select(scores, tmp_path / "m", k=40)
+    m = read_manifest(str(tmp_path / "m" / "manifest.parquet"))
+    one = manifest_dataset(m, pool, str(tmp_path / "one"), samples_per_shard=30)
+    out = tmp_path / "three"
+    argv = ["data", "materialise", "--set", f"manifest={tmp_path / 'm'}", "--set", f"pool={pool}",
+            "--set", f"out={out}", "--set", "samples_per_shard=30", "--set", "num_workers=3"]
+    for w in (2, 0):
+        assert cli.main(argv + ["--set", f"worker={w}"]) == 0
+    assert not (out / "dataset.json").exists()  # part 1 is missing
+    for w in (1, 1):  # a KFP retry of a finished part changes nothing
+        assert cli.main(argv + ["--set", f"worker={w}"]) == 0
+    meta, ref = read_meta(str(out)), read_meta(one)
+    assert _samples(str(out)) == _samples(one) and meta.class_counts == ref.class_counts
+    assert meta.num_samples == m.num_rows and {s["uri"][:9] for s in meta.shards} == {
+        "part-0000", "part-0001", "part-0002"}
+    capsys.readouterr()
+    assert cli.main(argv + ["--set", "worker=3"]) == 2
+    assert "worker must be < num_workers=3" in capsys.readouterr().err
+    with pytest.raises(DataError, match="needs the manifest's shard column"):
+        manifest_dataset(m.drop(["shard"]), pool, str(tmp_path / "x"), worker=0, num_workers=2)
