@@ -6,12 +6,24 @@ table and then its ``out/shards/<shard>.done.json`` marker. A rerun skips shards
 marker, so a killed worker resumes where it stopped; a marker is written only after the
 table, so a half-written shard is redone. Corrupt records are counted and skipped: DALI stops
 at the first one, so that shard is decoded again by PIL, which skips them one by one.
+
+Damage is counted, never fatal to the other shards: an undecodable image is skipped with its
+key in the marker; a shard whose tar is damaged (truncated mid-member, zero bytes, no
+members) keeps the images read before the damage and the marker records the rest as
+``lost``; on the CPU, DALI decodes in a worker process, so a native crash of its decoder
+(some corrupt PNGs make it segfault) costs that shard a PIL redo, not the task. A model or
+device failure (inference) is never taken for a decoding one: it fails the task. A shard
+that dataset.json lists but the store lacks fails the task before anything is scored.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import queue
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -75,7 +87,7 @@ def decode_shard(uri: str, channels: int, count: int | None = None
     keys, corrupt, members = [], [], []
     images: list = []
     block: torch.Tensor | None = None
-    for i, sample in enumerate(iter_shard(uri)):
+    for i, sample in enumerate(_readable(uri)):
         try:
             img = to_chw(decode_image(sample.image), channels)
         except DataError:
@@ -98,6 +110,50 @@ def decode_shard(uri: str, channels: int, count: int | None = None
     elif images and len({tuple(i.shape) for i in images}) == 1:
         images = torch.stack(images)  # one tensor crosses the worker boundary, not N of them
     return keys, images, corrupt, np.array(members, np.int64)
+
+
+def _readable(uri: str):
+    """The samples of shard ``uri`` up to any damage to the tar (logged: the shard's marker
+    counts the rest as lost)."""
+    samples, n = iter_shard(uri), 0
+    while True:
+        try:
+            sample = next(samples)
+        except StopIteration:
+            return
+        except DataError as err:
+            log.warning("%s: damaged after %d sample(s), the rest is lost: %s", uri, n, err)
+            return
+        n += 1
+        yield sample
+
+
+def dali_decode(uri: str, channels: int, batch_size: int, threads: int, device: str = "cpu"
+                ) -> tuple[list[str], torch.Tensor]:
+    """Keys and uint8 images (N x C x H x W, on ``device``) of one whole shard, decoded by
+    DALI (``mixed`` on a GPU, else ``cpu``). Raises RuntimeError where DALI stops (at the first
+    undecodable record)."""
+    from semisup_core.data.dali_reader import (_READER, _to_host, build_pipeline, sample_key,
+                                               stage_dataset)
+    paths, index_paths = stage_dataset([uri])
+    pipe = build_pipeline(paths, index_paths=index_paths, labelled=False, channels=channels,
+                          mean=0.0, std=1.0, device="mixed" if device == "cuda" else "cpu",
+                          batch_size=batch_size, num_threads=threads, normalize=False)
+    left = pipe.epoch_size(_READER)
+    keys, parts = [], []
+    try:
+        while left > 0:
+            images, info = pipe.run()
+            n = min(left, batch_size)
+            left -= n
+            keys += [sample_key(info[i]) for i in range(n)]
+            part = _to_host(images, n, as_torch=True)  # CPU: a copy, DALI reuses its buffers
+            parts.append(part if device == "cuda" else part.clone())
+    finally:
+        del pipe
+    if not parts:
+        raise RuntimeError("DALI read no samples")
+    return keys, torch.cat(parts)
 
 
 def _stack(parts: list[tuple[np.ndarray, ...]], empty: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
@@ -131,35 +187,72 @@ class ShardLoop:
             parts.append(self.forward(batch.to(self.device)))
         return _stack(parts, self.empty)
 
-    def _run_dali(self, uri: str) -> tuple[list[str], tuple[np.ndarray, ...]]:
-        """Keys and outputs of one shard decoded by DALI (``mixed`` on a GPU, else ``cpu``)."""
-        from semisup_core.data.dali_reader import (_READER, _to_host, build_pipeline, sample_key,
-                                                   stage_dataset)
-        paths, index_paths = stage_dataset([uri])
-        pipe = build_pipeline(paths, index_paths=index_paths, labelled=False,
-                              channels=self.channels, mean=0.0, std=1.0,
-                              device="mixed" if self.device == "cuda" else "cpu",
-                              batch_size=self.batch_size, num_threads=self.decode_threads,
-                              normalize=False)
-        left = pipe.epoch_size(_READER)
-        keys, parts = [], []
-        while left > 0:
-            images, info = pipe.run()
-            n = min(left, self.batch_size)
-            left -= n
-            keys += [sample_key(info[i]) for i in range(n)]
-            parts.append(self.forward(_to_host(images, n, as_torch=True).to(self.device)))
-        del pipe
-        return keys, _stack(parts, self.empty)
+    def _dali_shards(self, todo: list[str]):
+        """(uri, (keys, images) or None) per shard: DALI's decoding of it, or None where DALI
+        stopped (a corrupt record) or crashed. On the CPU DALI runs in a worker process (a
+        segfault in its decoder kills the worker: that shard is reported as failed and a new
+        worker takes the rest); on a GPU (``mixed``) in this process."""
+        if self.device == "cuda":
+            for uri in todo:
+                try:
+                    yield uri, dali_decode(uri, self.channels, self.batch_size,
+                                           self.decode_threads, "cuda")
+                except RuntimeError as e:  # DALI stops at the first undecodable record
+                    self._dali_failed(uri, e)
+                    yield uri, None
+            return
+        # not a DataLoader: its SIGCHLD handler raises a worker's death inside whatever this
+        # process runs at that moment (the model), where it cannot be told from a model error
+        ctx = multiprocessing.get_context("fork")
+        left = list(todo)
+        while left:
+            results = ctx.Queue(maxsize=1)  # one decoded shard ahead of inference
+            spool = tempfile.mkdtemp(prefix="semisup-dali-")
+            proc = ctx.Process(target=_dali_worker, daemon=True, args=(
+                left, self.channels, self.batch_size, self.decode_threads, results, spool))
+            proc.start()
+            got = 0
+            try:
+                while got < len(left):
+                    try:
+                        uri, path, error = results.get(timeout=0.5 if proc.is_alive() else 5)
+                    except queue.Empty:
+                        if proc.is_alive():
+                            continue
+                        break  # it died (a native crash) while decoding left[got]
+                    got += 1
+                    if error:
+                        self._dali_failed(uri, error)
+                    yield uri, path and _load_spooled(path)
+            finally:  # also when the caller stops early
+                if proc.is_alive() and got < len(left):
+                    proc.kill()
+                proc.join()
+                shutil.rmtree(spool, ignore_errors=True)
+            if got < len(left):
+                self._dali_failed(left[got], f"the decoding process died with exit code "
+                                             f"{proc.exitcode} (a crash in the decoder)")
+                yield left[got], None
+                got += 1
+            left = left[got:]
+
+    @staticmethod
+    def _dali_failed(uri: str, err) -> None:
+        log.warning("%s: DALI failed (%s); redoing it with PIL, which skips corrupt records",
+                    uri, str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__)
 
     def run(self, uris: Sequence[str], write: Write, desc: str) -> list[str]:
         """Run every shard of ``uris`` that has no done marker; returns all their names."""
         todo = [u for u in uris if not storage.exists(marker_uri(self.out, shard_name(u)))]
         if len(todo) < len(uris):
             log.info("skipping %d finished shard(s)", len(uris) - len(todo))
-        dali = use_dali(self.decoder)
-        if dali:
-            shards = ((uri, None) for uri in todo)
+        missing = [u for u in todo if not storage.exists(u)]
+        if missing:
+            raise DataError(f"{len(missing)} shard(s) listed in dataset.json are missing from "
+                            f"the store, e.g. {missing[0]}")
+        if use_dali(self.decoder):
+            shards = ((uri, None if d is None else (*d, [], np.arange(len(d[0]), dtype=np.int64)))
+                      for uri, d in self._dali_shards(todo))
         else:  # decoding the next shard in a DataLoader worker overlaps with inference
             workers = min(self.decode_workers, len(todo))
             loader = torch.utils.data.DataLoader(
@@ -168,23 +261,41 @@ class ShardLoop:
             shards = ((uri, decoded) for uri, *decoded in loader)
         done = 0
         for uri, decoded in tqdm(shards, total=len(todo), desc=desc, unit="shard"):
-            outputs = None
-            if dali:
-                try:
-                    keys, outputs = self._run_dali(uri)
-                    corrupt, members = [], np.arange(len(keys), dtype=np.int64)  # all, in order
-                except RuntimeError as e:  # DALI stops at the first undecodable record
-                    log.warning("%s: DALI failed (%s); redoing it with PIL, which skips corrupt "
-                                "records", uri, str(e).strip().splitlines()[0][:200])
-                    decoded = decode_shard(uri, self.channels, (self.counts or {}).get(uri))
-            if outputs is None:
-                keys, images, corrupt, members = decoded
-                outputs = self.run_images(images)
+            if decoded is None:  # DALI failed on it: PIL, which counts and skips corrupt images
+                decoded = decode_shard(uri, self.channels, (self.counts or {}).get(uri))
+            keys, images, corrupt, members = decoded
+            outputs = self.run_images(images)  # outside any catch: a model error fails the task
             write(uri, list(keys), outputs, list(corrupt), np.asarray(members))
             done += 1
             if self.fail_after_shards is not None and done >= self.fail_after_shards:
                 raise RuntimeError(f"injected failure after {done} shard(s)")
         return [shard_name(u) for u in uris]
+
+
+def _dali_worker(uris: list[str], channels: int, batch_size: int, threads: int, results,
+                 spool: str) -> None:
+    """DALI decoding of whole shards in a child process, in order: each shard's keys and
+    images go to a file in ``spool`` and only a short message (uri, file or None, DALI's
+    error or None) through ``results``: a pipe write under PIPE_BUF is atomic, so a crash
+    never leaves half a message that the parent would wait on for ever."""
+    torch.set_num_threads(1)
+    for i, uri in enumerate(uris):
+        try:
+            keys, images = dali_decode(uri, channels, batch_size, threads)
+        except RuntimeError as e:
+            results.put((uri, None, (str(e).strip() or type(e).__name__)[:500]))
+            continue
+        path = os.path.join(spool, f"{i}.npz")
+        np.savez(path + ".tmp.npz", keys=np.array(keys), images=images.numpy())
+        os.replace(path + ".tmp.npz", path)
+        results.put((uri, path, None))
+
+
+def _load_spooled(path: str) -> tuple[list[str], torch.Tensor]:
+    with np.load(path) as f:
+        keys, images = f["keys"].tolist(), torch.from_numpy(f["images"])
+    os.unlink(path)
+    return keys, images
 
 
 class _DecodedShards(torch.utils.data.IterableDataset):

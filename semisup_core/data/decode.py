@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image
 
 from semisup_core.errors import DataError
 
+# what PIL's parsers raise on bad bytes (OSError covers "cannot identify image file" and
+# "image file is truncated"); anything else (MemoryError, a bug) is not a corrupt image
+CORRUPT_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError,
+                        KeyError, struct.error, zlib.error, Image.DecompressionBombError,
+                        Image.DecompressionBombWarning)
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
@@ -27,7 +34,7 @@ def decode_image(data: bytes, channels: int | None = None) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             img.load()
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... on bad data
+    except CORRUPT_IMAGE_ERRORS as err:
         raise DataError(f"corrupt image ({type(err).__name__}: {err})") from None
     gray = img.mode in _GRAY_MODES
     want = channels or (1 if gray else 3)

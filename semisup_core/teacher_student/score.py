@@ -122,6 +122,7 @@ def score_shard(uri: str, keys: list[str], outputs, corrupt: list[str], cfg: Sco
     top1 = np.bincount(classes[:, 0], minlength=num_classes) if n else np.zeros(num_classes, np.int64)
     marker = {"shard": name, "images": n, "first_id": int(first_id), "count": int(count),
               "corrupt": len(corrupt), "corrupt_keys": corrupt[:1000], "deduplicated": removed,
+              "lost": int(count) - len(members) - len(corrupt),  # after damage to the tar
               "top1_counts": top1.tolist()}
     storage.write_json(marker_uri(cfg.out, name), marker)
     return marker, table
@@ -190,7 +191,12 @@ def score(cfg: ScoreConfig) -> dict:
     markers = [storage.read_json(marker_uri(cfg.out, nm)) for nm in names]
     summary = {"worker": w, "num_workers": n, "shards": len(names),
                "images": sum(m["images"] for m in markers), "corrupt": sum(m["corrupt"] for m in markers),
-               "deduplicated": sum(m.get("deduplicated", 0) for m in markers)}
-    log.info("scored %d images in %d shards (%d corrupt, %d removed by dedup)", summary["images"],
-             summary["shards"], summary["corrupt"], summary["deduplicated"])
+               "deduplicated": sum(m.get("deduplicated", 0) for m in markers),
+               "lost": sum(m.get("lost", 0) for m in markers)}
+    log.info("scored %d images in %d shards (%d corrupt, %d removed by dedup, %d lost to damaged "
+             "shards)", summary["images"], summary["shards"], summary["corrupt"],
+             summary["deduplicated"], summary["lost"])
+    if summary["lost"]:
+        log.warning("%d images were lost to damaged shards (each marker's \"lost\"; the log "
+                    "names the shards)", summary["lost"])
     return summary
