@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import queue
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -206,20 +205,23 @@ class ShardLoop:
         ctx = multiprocessing.get_context("fork")
         left = list(todo)
         while left:
-            results = ctx.Queue(maxsize=1)  # one decoded shard ahead of inference
+            # a pipe, not a Queue: a Queue's feeder thread dies with the process and loses the
+            # message of a shard decoded just before a crash; ``ahead`` bounds the prefetch
+            receive, send = ctx.Pipe(duplex=False)
+            ahead = ctx.Semaphore(2)  # the shard being inferred + one decoded ahead
             spool = tempfile.mkdtemp(prefix="semisup-dali-")
             proc = ctx.Process(target=_dali_worker, daemon=True, args=(
-                left, self.channels, self.batch_size, self.decode_threads, results, spool))
+                left, self.channels, self.batch_size, self.decode_threads, send, ahead, spool))
             proc.start()
+            send.close()  # the child's end: EOF here once the child is gone
             got = 0
             try:
                 while got < len(left):
                     try:
-                        uri, path, error = results.get(timeout=0.5 if proc.is_alive() else 5)
-                    except queue.Empty:
-                        if proc.is_alive():
-                            continue
+                        uri, path, error = receive.recv()
+                    except EOFError:
                         break  # it died (a native crash) while decoding left[got]
+                    ahead.release()
                     got += 1
                     if error:
                         self._dali_failed(uri, error)
@@ -228,6 +230,7 @@ class ShardLoop:
                 if proc.is_alive() and got < len(left):
                     proc.kill()
                 proc.join()
+                receive.close()
                 shutil.rmtree(spool, ignore_errors=True)
             if got < len(left):
                 self._dali_failed(left[got], f"the decoding process died with exit code "
@@ -272,23 +275,25 @@ class ShardLoop:
         return [shard_name(u) for u in uris]
 
 
-def _dali_worker(uris: list[str], channels: int, batch_size: int, threads: int, results,
+def _dali_worker(uris: list[str], channels: int, batch_size: int, threads: int, send, ahead,
                  spool: str) -> None:
     """DALI decoding of whole shards in a child process, in order: each shard's keys and
     images go to a file in ``spool`` and only a short message (uri, file or None, DALI's
-    error or None) through ``results``: a pipe write under PIPE_BUF is atomic, so a crash
-    never leaves half a message that the parent would wait on for ever."""
+    error or None) through ``send``, written before the next shard starts: a pipe write under
+    PIPE_BUF is atomic, so a crash never leaves half a message that the parent would wait on
+    for ever, nor loses the message of a shard already decoded."""
     torch.set_num_threads(1)
     for i, uri in enumerate(uris):
+        ahead.acquire()
         try:
             keys, images = dali_decode(uri, channels, batch_size, threads)
         except RuntimeError as e:
-            results.put((uri, None, (str(e).strip() or type(e).__name__)[:500]))
+            send.send((uri, None, (str(e).strip() or type(e).__name__)[:500]))
             continue
         path = os.path.join(spool, f"{i}.npz")
         np.savez(path + ".tmp.npz", keys=np.array(keys), images=images.numpy())
         os.replace(path + ".tmp.npz", path)
-        results.put((uri, path, None))
+        send.send((uri, path, None))
 
 
 def _load_spooled(path: str) -> tuple[list[str], torch.Tensor]:

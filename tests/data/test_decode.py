@@ -34,3 +34,22 @@ def test_corrupt_image():
             decode_image(bad)
     with pytest.raises(DataError, match="uint8"):
         encode_png(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("raised, corrupt", [
+    (SyntaxError("broken PNG file"), True), (OSError("image file is truncated"), True),
+    (ValueError("tile cannot extend outside image"), True), (MemoryError(), False),
+    (RuntimeError("a bug"), False)])
+def test_only_bad_bytes_count_as_a_corrupt_image(monkeypatch, raised, corrupt):
+    """What PIL raises on bad bytes is a corrupt image (counted and skipped by the stages);
+    anything else (out of memory, a bug) is not hidden as one (issue 22)."""
+    def fail(*_a, **_k):
+        raise raised
+    monkeypatch.setattr(Image, "open", fail)
+    data = encode_png(np.zeros((4, 4, 1), np.uint8))
+    if corrupt:
+        with pytest.raises(DataError, match="corrupt image"):
+            decode_image(data)
+    else:
+        with pytest.raises(type(raised)):
+            decode_image(data)
