@@ -225,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    """The error's own message: a DataLoader worker's error reaches this process as the same
+    type with "Caught X in DataLoader worker process N" and the worker's traceback; its last
+    line is the message."""
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -232,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SemisupError as err:
-        print(f"semisup: error: {err}", file=sys.stderr)
+        print(f"semisup: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("semisup: interrupted", file=sys.stderr)

@@ -56,10 +56,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, shards: list[str], mean: float, std: float, channels: int,
             batch_size: int = 512, num_workers: int = 1, device: str = "cpu",
-            desc: str = "predict") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Logits N x C, labels N and keys of every sample in ``shards`` (file order)."""
+            desc: str = "predict", num_classes: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Logits N x C, labels N and keys of every sample in ``shards`` (file order); a label at
+    or above ``num_classes`` (when given) is a DataError."""
     stream = ShardStream(shards, local_batch=batch_size, shuffle=False, split="shards",
-                         channels=channels)
+                         channels=channels, num_classes=num_classes)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=min(num_workers, len(shards)))
     logits, labels, keys = [], [], []
     for images, y, k in tqdm(loader, desc=desc, unit="batch", mininterval=2.0):
@@ -82,7 +84,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                         f"{len(meta.classes)} ({', '.join(meta.classes[:3])}, ...)")
     logits, labels, _ = predict(model, shard_uris(cfg.data, meta), state["mean"], state["std"],
                                 state["model"]["in_chans"], cfg.batch_size, cfg.num_workers,
-                                device, desc="evaluate")
+                                device, desc="evaluate", num_classes=len(meta.classes))
     metrics = classification_metrics(logits, labels, len(meta.classes))
     spec = state["model"]
     arch = spec["name"] + "".join(f" {k}={v}" for k, v in sorted(spec["kwargs"].items()))

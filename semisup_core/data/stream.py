@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from semisup_core.data.decode import decode_image
 from semisup_core.data.shards import iter_shard
-from semisup_core.errors import ConfigError
+from semisup_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,13 @@ class ShardStream(IterableDataset):
         channels: force 1 or 3 channels; ``None`` keeps what the file has.
         cache: decoded records of some or all shards (``decode_shards``), read instead of the
             shards themselves; the order of samples is the same either way.
+        num_classes: the dataset's class count: a ``.cls`` at or above it is a DataError.
     """
 
     def __init__(self, shards: list[str], *, local_batch: int, steps: int | None = None,
                  rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True,
                  shuffle_buffer: int = 2048, split: str = "auto", channels: int | None = None,
-                 cache: Mapping[str, list[Record]] | None = None):
+                 cache: Mapping[str, list[Record]] | None = None, num_classes: int | None = None):
         super().__init__()
         if not shards:
             raise ConfigError("no shards to read: the dataset is empty")
@@ -87,6 +88,7 @@ class ShardStream(IterableDataset):
         self.shuffle, self.shuffle_buffer, self.split = shuffle, shuffle_buffer, split
         self.channels = channels
         self.cache = cache or {}
+        self.num_classes = num_classes  # labels must lie in [0, num_classes) when given
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -126,6 +128,9 @@ class ShardStream(IterableDataset):
             return sample
         image = to_chw(decode_image(sample.image), self.channels)
         label = -1 if sample.cls is None else int(sample.cls)
+        if self.num_classes is not None and label >= self.num_classes:
+            raise DataError(f"sample {sample.key!r} has class {label}, outside the dataset's "
+                            f"{self.num_classes} classes (dataset.json)")
         return Record(image, label, sample.key)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, str]]:
@@ -178,14 +183,16 @@ class ShardStream(IterableDataset):
 
 
 def decode_shards(shards: list[str], channels: int | None,
-                  progress: Callable[[int], None] | None = None) -> dict[str, list[Record]]:
+                  progress: Callable[[int], None] | None = None,
+                  num_classes: int | None = None) -> dict[str, list[Record]]:
     """Every sample of ``shards`` decoded, per shard in stored order: a ``ShardStream`` cache.
 
     A small training set is then read and decoded once per run instead of once per epoch
     (the demo's label-only trainings run 100-200 epochs over 500 images, its student 20 over
     20k): Python's tarfile and PNG decoding cost more than a small model's step on 2 cores.
     """
-    stream = ShardStream(shards, local_batch=1, shuffle=False, channels=channels)
+    stream = ShardStream(shards, local_batch=1, shuffle=False, channels=channels,
+                         num_classes=num_classes)
     out: dict[str, list[Record]] = {}
     for i, uri in enumerate(shards):
         out[uri] = [stream._decode(s) for s in iter_shard(uri)]

@@ -183,7 +183,7 @@ def _cache(cfg: TrainConfig, meta: TrainSet, watchdog: Watchdog) -> dict | None:
         return None
     t0 = time.time()
     cache = decode_shards(meta.shards, meta.channels, progress=lambda i: watchdog.beat(
-        f"decoding shard {i} of {len(meta.shards)} into memory"))
+        f"decoding shard {i} of {len(meta.shards)} into memory"), num_classes=meta.num_classes or None)
     log.info("training set decoded into memory once (%d images, %.1f MiB, %.1f s)",
              meta.num_samples, size, time.time() - t0)
     return cache
@@ -194,7 +194,7 @@ def _loader(cfg: TrainConfig, meta: TrainSet, dist: DistInfo, local_batch: int,
     stream = ShardStream(meta.shards, local_batch=local_batch, steps=steps, rank=dist.rank,
                          world_size=dist.world_size, seed=cfg.seed, shuffle=True,
                          shuffle_buffer=cfg.data.shuffle_buffer, split=cfg.data.split,
-                         channels=meta.channels, cache=cache)
+                         channels=meta.channels, cache=cache, num_classes=meta.num_classes or None)
     stream.set_epoch(epoch)
     # a worker process starts anew every epoch (fork, shards reopened, shuffle buffer refilled:
     # ~25 ms a step over the demo's 7-step epochs); under SMALL_EPOCH steps, or when the data
