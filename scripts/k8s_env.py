@@ -536,8 +536,10 @@ class Environment:
             shutil.copy(self.pki / "webhook.crt", ROTATOR_CERT)
         env = dict(os.environ, TMPDIR=str(self.dir / "tmp"), MY_POD_NAMESPACE=OPERATOR_NAMESPACE,
                    KUBECONFIG=str(self.kubeconfig))
+        init = HERE.parent / "k8s" / "operator" / "pytorch-init-container.yaml"  # Pod Security
         self._spawn("training-operator", [
             f"--kubeconfig={self.kubeconfig}", "--enable-scheme=pytorchjob",
+            f"--pytorch-init-container-template-file={init}",
             f"--webhook-server-port={webhook_port}", "--metrics-bind-address=0",
             f"--health-probe-bind-address=127.0.0.1:{self._port('training-operator-probe')}",
             "--zap-log-level=info"], env)

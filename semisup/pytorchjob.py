@@ -129,13 +129,17 @@ def _resources(spec: JobSpec):
 
 
 def _pod(spec: JobSpec, config_uri: str):
-    from kubernetes.client import (V1ConfigMapVolumeSource, V1Container, V1EmptyDirVolumeSource,
-                                   V1EnvFromSource, V1EnvVar, V1ObjectMeta, V1PodSecurityContext,
-                                   V1PodSpec, V1PodTemplateSpec, V1SecretEnvSource, V1Toleration,
-                                   V1Volume, V1VolumeMount)
+    from kubernetes.client import (V1Capabilities, V1ConfigMapVolumeSource, V1Container,
+                                   V1EmptyDirVolumeSource, V1EnvFromSource, V1EnvVar, V1ObjectMeta,
+                                   V1PodSecurityContext, V1PodSpec, V1PodTemplateSpec,
+                                   V1SeccompProfile, V1SecretEnvSource, V1SecurityContext,
+                                   V1Toleration, V1Volume, V1VolumeMount)
+    # Pod Security "restricted" (tests/cluster/test_security.py) and a read-only root file
+    # system: what a stage writes locally (DALI's shard cache, numba's cache, HOME) goes to /tmp
     volumes = [V1Volume(name="dshm", empty_dir=V1EmptyDirVolumeSource(
-        medium="Memory", size_limit=spec.shm_size))]
-    mounts = [V1VolumeMount(name="dshm", mount_path="/dev/shm")]
+        medium="Memory", size_limit=spec.shm_size)), V1Volume(name="tmp", empty_dir=V1EmptyDirVolumeSource())]
+    mounts = [V1VolumeMount(name="dshm", mount_path="/dev/shm"),
+              V1VolumeMount(name="tmp", mount_path="/tmp")]
     if spec.config_map:
         volumes.append(V1Volume(name="config", config_map=V1ConfigMapVolumeSource(
             name=spec.config_map)))
@@ -143,9 +147,12 @@ def _pod(spec: JobSpec, config_uri: str):
     container = V1Container(
         name="pytorch",  # the operator finds the training container by this name
         image=spec.pod_image, command=entrypoint(config_uri, spec.stage), resources=_resources(spec),
-        env=[V1EnvVar(name="PYTHONUNBUFFERED", value="1")],
+        env=[V1EnvVar(name="PYTHONUNBUFFERED", value="1"), V1EnvVar(name="HOME", value="/tmp")],
         env_from=[V1EnvFromSource(secret_ref=V1SecretEnvSource(name=spec.storage_secret))],
-        volume_mounts=mounts)
+        volume_mounts=mounts,
+        security_context=V1SecurityContext(allow_privilege_escalation=False,
+                                           capabilities=V1Capabilities(drop=["ALL"]),
+                                           read_only_root_filesystem=True))
     tolerations = ([V1Toleration(key=spec.gpu_toleration, operator="Exists", effect="NoSchedule")]
                    if spec.gpus_per_node else None)
     return V1PodTemplateSpec(
@@ -155,7 +162,8 @@ def _pod(spec: JobSpec, config_uri: str):
                        service_account_name=spec.service_account,
                        # training never calls the API server: no token in the pods
                        automount_service_account_token=bool(spec.service_account),
-                       security_context=V1PodSecurityContext(run_as_non_root=True),
+                       security_context=V1PodSecurityContext(
+                           run_as_non_root=True, seccomp_profile=V1SeccompProfile(type="RuntimeDefault")),
                        volumes=volumes))
 
 
