@@ -15,7 +15,7 @@ import sys
 from typing import Callable
 
 from semisup_core import config as cfglib
-from semisup_core.errors import SemisupError
+from semisup_core.errors import ConfigError, SemisupError
 
 log = logging.getLogger("semisup")
 
@@ -104,9 +104,35 @@ def _stage_parser(sub, name: str, section: bool) -> None:
     p.set_defaults(func=_run_stage, stage=name)
 
 
+def _which_stage(path: str, section: str | None, stage: str) -> str:
+    """A hint for a config that does not validate as ``stage``'s: the other stage whose config
+    it is, or the sections it holds."""
+    try:
+        data = cfglib.read_yaml(path)
+    except SemisupError:
+        return ""
+    if section is None and data and all(isinstance(v, dict) for v in data.values()):
+        return f" (the file holds sections {', '.join(sorted(data))}: pass --section NAME)"
+    data = data.get(section) or {} if section else data
+    for other in _STAGES:
+        if other == stage or other == "pytorchjob":
+            continue
+        try:
+            _stage(other)[0].model_validate(data)
+        except Exception:  # noqa: BLE001 -- any failure means "not this stage's config either"
+            continue
+        return f" (it is a config of `semisup stage {other}`, not of `{stage}`)"
+    return ""
+
+
 def _run_stage(args) -> int:
     cls, fn = _stage(args.stage)
-    cfg = cfglib.load(cls, args.config, args.overrides, getattr(args, "section", None))
+    section = getattr(args, "section", None)
+    try:
+        cfg = cfglib.load(cls, args.config, args.overrides, section)
+    except ConfigError as err:
+        hint = _which_stage(args.config, section, args.stage) if args.config else ""
+        raise ConfigError(f"{err}{hint}") from None
     result = fn(cfg)
     if result is not None:
         print(json.dumps(_summary(result), indent=2, default=str))

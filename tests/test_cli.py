@@ -118,3 +118,17 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+def test_a_config_of_another_stage_is_named(capsys):
+    """Issue 22: a config from another stage (or a file of sections without --section) is one
+    line that says so, exit 2."""
+    cfg = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "fmnist_supervised.yaml")
+    assert main(["stage", "score", "-c", cfg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith(
+        "(the file holds sections evaluate, train: pass --section NAME)")
+    assert main(["stage", "score", "-c", cfg, "--section", "train"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith(
+        "(it is a config of `semisup stage train`, not of `score`)")

@@ -2,6 +2,7 @@
 shards' results; a model failure is never taken for a decoding one; a missing shard is one
 line before anything is written."""
 
+import faulthandler
 import io
 import logging
 import os
@@ -51,6 +52,7 @@ def test_a_native_crash_of_the_dali_decoder_costs_a_pil_redo(teacher, clean_pool
 
     def crashing(uri, *a, **kw):
         if uri.endswith("shard-000002.tar"):
+            faulthandler.disable()  # pytest's, inherited: no stack dump in the test log
             os.kill(os.getpid(), signal.SIGSEGV)
         return real(uri, *a, **kw)
 
@@ -139,3 +141,14 @@ def test_a_missing_shard_is_one_line_before_anything_is_written(teacher, clean_p
         _score(teacher, str(pool), tmp_path / "s")
     assert not (tmp_path / "s" / "shards").exists()
     assert read_meta(str(pool)).num_samples == 120  # nothing of the input was touched
+
+
+def test_a_model_of_other_classes_is_one_line(teacher, tmp_path):
+    """A pool whose dataset.json lists other classes than the model's: refused before any
+    shard is scored."""
+    from tests.data.conftest import make_dataset
+    pool = str(tmp_path / "other")
+    make_dataset(pool, 8, ["cat", "dog"], prefix="o", labelled=False, hw=(28, 28))
+    with pytest.raises(DataError, match=r"class mismatch: pool .* uses 2 classes, model .* 4"):
+        _score(teacher, pool, tmp_path / "s")
+    assert not (tmp_path / "s" / "shards").exists()
