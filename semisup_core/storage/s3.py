@@ -55,6 +55,11 @@ CREDENTIAL_VARS = (  # (access key, secret key) pairs, first complete pair wins
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 60.0
 ATTEMPTS = 4            # waits of 0.2, 0.4, 0.8 s between them
+# once the endpoint has answered, a refused or failed connection is a restart or a network
+# blip: retried for about half a minute (0.2, 0.4, ... 3.2, then 5 s waits); an endpoint never
+# reached fails in seconds (wrong address)
+OUTAGE_ATTEMPTS = int(os.environ.get("SEMISUP_S3_OUTAGE_ATTEMPTS", "10"))
+MAX_DELAY_S = 5.0
 BASE_DELAY_S = 0.2
 SPOOL_MAX_BYTES = 64 << 20  # open_write keeps up to this much in memory, then spills to disk
 CHUNK_BYTES = 1 << 20
@@ -126,7 +131,8 @@ def is_transient(err: BaseException) -> bool:
     """True for failures a retry may fix: dropped connections, timeouts, 5xx, SlowDown.
 
     A connection that cannot be opened (refused, unknown host, connect timeout) or a TLS
-    mismatch is not retried: the endpoint is wrong or down, and waiting a second will not
+    mismatch is not retried here (S3Backend._call retries it once the endpoint has answered:
+    a restart): the endpoint is wrong or down, and waiting a second will not
     change that -- better to say so within CONNECT_TIMEOUT_S than after four of them.
     """
     if isinstance(err, (ConnectTimeoutError, SSLError)):  # NewConnectionError is a subclass
@@ -142,25 +148,52 @@ def is_transient(err: BaseException) -> bool:
     return False
 
 
-class _ObjectStream(io.RawIOBase):
-    """A raw, read-only stream over a GET response; closing it frees the connection."""
+def _is_connection_error(err: BaseException) -> bool:
+    return isinstance(err, (NewConnectionError, ConnectTimeoutError)) or (
+        isinstance(err, Urllib3Error) and isinstance(getattr(err, "reason", None),
+                                                     (NewConnectionError, ConnectTimeoutError)))
 
-    def __init__(self, response, uri: str, settings: S3Settings):
+
+class _ObjectStream(io.RawIOBase):
+    """A raw, read-only stream over a GET response; closing it frees the connection. A
+    connection dropped mid-stream is resumed where it stopped: a new GET with a Range from
+    the current position and If-Match on the first response's ETag (so a replaced object is
+    an error, never a splice of two versions)."""
+
+    def __init__(self, response, uri: str, backend: "S3Backend"):
         super().__init__()
         self._response = response
         self._uri = uri
-        self._settings = settings
+        self._backend = backend
+        self._pos = 0
+        self._etag = response.headers.get("ETag")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        try:
-            data = self._response.read(len(buffer))
-        except Urllib3Error as err:
-            raise _to_storage_error(err, self._uri, self._settings) from None
+        for resumes in range(OUTAGE_ATTEMPTS + 1):
+            try:
+                data = self._response.read(len(buffer))
+                break
+            except Urllib3Error as err:
+                if resumes == OUTAGE_ATTEMPTS or not is_transient(err):
+                    raise _to_storage_error(err, self._uri, self._backend.settings) from None
+                log.warning("%s: the read stream dropped at byte %d (%s); resuming there",
+                            self._uri, self._pos, str(err).splitlines()[0][:120])
+                self._reopen()
         buffer[: len(data)] = data
+        self._pos += len(data)
         return len(data)
+
+    def _reopen(self) -> None:
+        with contextlib.suppress(Exception):
+            self._response.close()
+            self._response.release_conn()
+        bucket, key = _object(self._uri)
+        headers = {"If-Match": self._etag} if self._etag else None
+        self._response = self._backend._call(self._uri, lambda: self._backend.client.get_object(
+            bucket, key, offset=self._pos, request_headers=headers))
 
     def close(self) -> None:
         if not self.closed:
@@ -177,6 +210,7 @@ class S3Backend(Backend):
         self.client = Minio(settings.endpoint, access_key=settings.access_key,
                             secret_key=settings.secret_key, secure=settings.secure,
                             region=settings.region, http_client=_http_client())
+        self._reached = False  # whether the endpoint has answered once (see _call)
         log.debug("S3 backend at %s (access key %s)", settings.url, settings.access_key)
 
     @classmethod
@@ -190,9 +224,19 @@ class S3Backend(Backend):
     # -- plumbing --------------------------------------------------------------------------
 
     def _call(self, uri: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` with retries; turn what still fails into a one-line StorageError."""
+        """Run ``fn`` with retries; turn what still fails into a one-line StorageError. Once
+        this endpoint has answered, connection failures are retried too, for ~30 s
+        (``OUTAGE_ATTEMPTS``): MinIO restarting must cost time, not the task."""
+        reached = self._reached
+
+        def transient(err: BaseException) -> bool:
+            return is_transient(err) or (reached and _is_connection_error(err))
+
         try:
-            return retry(fn, attempts=ATTEMPTS, base_delay=BASE_DELAY_S, is_transient=is_transient)
+            result = retry(fn, attempts=OUTAGE_ATTEMPTS if reached else ATTEMPTS,
+                           base_delay=BASE_DELAY_S, max_delay=MAX_DELAY_S, is_transient=transient)
+            self._reached = True
+            return result
         except StorageError:
             raise
         except (S3Error, ServerError, InvalidResponseError, Urllib3Error, ValueError) as err:
@@ -219,11 +263,12 @@ class S3Backend(Backend):
     def open_read(self, uri: str) -> BinaryIO:
         """Stream the object: ``read(n)`` pulls from the open HTTP response.
 
-        Opening is retried; a connection dropped mid-stream raises StorageError.
+        Opening is retried; a connection dropped mid-stream is resumed with a Range request
+        (``_ObjectStream``).
         """
         bucket, key = _object(uri)
         response = self._call(uri, lambda: self.client.get_object(bucket, key))
-        return io.BufferedReader(_ObjectStream(response, uri, self.settings), CHUNK_BYTES)
+        return io.BufferedReader(_ObjectStream(response, uri, self), CHUNK_BYTES)
 
     @contextlib.contextmanager
     def open_write(self, uri: str) -> Iterator[BinaryIO]:

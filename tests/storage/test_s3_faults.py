@@ -41,6 +41,7 @@ class FaultProxy(http.server.ThreadingHTTPServer):
         self.upstream = upstream
         self.faults: list[list] = []  # [method, needle, kind, remaining]
         self.served_faults: list[tuple[str, str, str]] = []
+        self.ranges: list[str] = []  # the Range header of every forwarded request with one
         self.lock = threading.Lock()
 
     @property
@@ -79,6 +80,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._forward(body, truncate=fault == "truncate")
 
     def _forward(self, body: bytes, truncate: bool = False) -> None:
+        if self.headers.get("Range"):
+            self.server.ranges.append(self.headers["Range"])
         # The Host header is part of the SigV4 signature: pass it (and all others) unchanged.
         conn = http.client.HTTPConnection(self.server.upstream, timeout=30)
         conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -145,13 +148,29 @@ def test_get_bytes_retries_truncated_body(proxy, s3_env):
     assert [f[2] for f in proxy.served_faults] == ["truncate"]
 
 
-def test_open_read_truncated_mid_stream_is_a_storage_error(proxy, s3_env):
+def test_open_read_dropped_mid_stream_resumes_with_a_range_request(proxy, s3_env):
+    """Issue 22: a read stream cut halfway resumes where it stopped (a GET with a Range and
+    If-Match on the first ETag): the bytes are the object's."""
     uri = join(s3_env, "t.bin")
-    storage.put_bytes(uri, random.Random(4).randbytes(4 << 20))
+    data = random.Random(4).randbytes(4 << 20)
+    storage.put_bytes(uri, data)
     proxy.inject("GET", "/t.bin", "truncate")
-    pattern = r"^S3 endpoint http://\S+ failed on s3://\S+/t\.bin: Connection broken: "
-    with pytest.raises(StorageError, match=pattern):
+    with storage.open_read(uri) as f:
+        got = b"".join(iter(lambda: f.read(1 << 16), b""))
+    assert got == data
+    assert [f[2] for f in proxy.served_faults] == ["truncate"]
+    assert proxy.ranges == ["bytes=2097152-"]  # the second GET starts at the cut
+
+
+def test_open_read_of_an_object_replaced_mid_stream_is_a_storage_error(proxy, s3_env):
+    """The resumed GET must not splice two versions: If-Match refuses the new one."""
+    uri = join(s3_env, "r.bin")
+    storage.put_bytes(uri, random.Random(5).randbytes(4 << 20))
+    proxy.inject("GET", "/r.bin", "truncate")
+    with pytest.raises(StorageError, match=r"PreconditionFailed"):
         with storage.open_read(uri) as f:
+            f.read(1 << 20)
+            storage.put_bytes(uri, b"another version")
             while f.read(1 << 16):
                 pass
 
