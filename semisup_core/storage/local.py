@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from typing import BinaryIO, Iterator
 
+from semisup_core import faults
 from semisup_core.errors import StorageError
 from semisup_core.storage.base import Backend
 from semisup_core.storage.uri import local_path
@@ -27,6 +28,7 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        faults.before_publish(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -32,6 +32,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import (ConnectTimeoutError, NameResolutionError, NewConnectionError,
                                 ProtocolError, SSLError)
 
+from semisup_core import faults
 from semisup_core.errors import StorageError
 from semisup_core.storage.base import Backend
 from semisup_core.storage.local import atomic_file
@@ -246,6 +247,7 @@ class S3Backend(Backend):
 
     def put_bytes(self, uri: str, data: bytes) -> None:
         bucket, key = _object(uri)
+        faults.before_publish(uri)
         self._call(uri, lambda: self.client.put_object(bucket, key, io.BytesIO(data), len(data)))
 
     def get_bytes(self, uri: str) -> bytes:
@@ -277,6 +279,7 @@ class S3Backend(Backend):
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
             yield spool
             size = spool.seek(0, io.SEEK_END)
+            faults.before_publish(uri)
 
             def upload():
                 spool.seek(0)
@@ -288,6 +291,7 @@ class S3Backend(Backend):
         if not os.path.isfile(local):
             raise StorageError(f"no such file: {local}")
         bucket, key = _object(uri)
+        faults.before_publish(uri)
         self._call(uri, lambda: self.client.fput_object(bucket, key, local))
 
     def get_file(self, uri: str, local: str) -> None:

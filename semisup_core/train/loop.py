@@ -253,6 +253,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
         self.step, self.history, self._checked, self.cache = 0, [], False, None
+        self._window = (0.0, 0)  # the loss summed over the steps since the last history entry
         self.beat = lambda msg: None  # the watchdog's, while run() runs
         _check_same_run(cfg)
         if cfg.checkpoint.resume:
@@ -264,6 +265,7 @@ class Trainer:
             state = checkpoint.restore(found[1], self.model, self.optimizer)
             self.objective.load(checkpoint.load_extra(found[1]))
             self.step, self.history = state["step"], state.get("history", [])
+            self._window = tuple(state.get("loss_window", (0.0, 0)))  # exact history on resume
             log.info("resumed from %s at step %d", found[1], self.step)
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor,
@@ -340,6 +342,7 @@ class Trainer:
 
     def _state(self) -> dict:
         return dict(_model_spec(self.cfg, self.meta, self.objective), history=self.history,
+                    loss_window=[float(self._window[0]), int(self._window[1])],
                     total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
                     config=self.cfg.model_dump(mode="json"))
 
@@ -349,19 +352,23 @@ class Trainer:
                          self.steps_per_epoch, epoch, self.cache)
         self.model.train()
         self.objective.start_epoch(epoch, start_in_epoch > 0, watchdog.beat)
-        loss_sum, n = torch.zeros((), device=self.dist.device), 0
+        # a resumed epoch continues the window its checkpoint saved (a fresh epoch: empty)
+        loss_sum = torch.tensor(self._window[0] if start_in_epoch else 0.0, device=self.dist.device)
+        n = self._window[1] if start_in_epoch else 0
         for i, (images, labels, keys) in enumerate(loader):
             if i < start_in_epoch:  # resuming mid-epoch: replay the order, skip the work
                 continue
             loss_sum += self._train_step(images, labels, keys)
             n += 1
             self.step += 1
+            self._window = (loss_sum, n)
             watchdog.beat(f"step {self.step + 1} of {self.total_steps}")
             if bar is not None:
                 bar.update(1)
             self._after_step(loss_sum, n, bar)
             if self.step % max(1, min(50, self.steps_per_epoch)) == 0:
                 loss_sum, n = torch.zeros((), device=self.dist.device), 0
+                self._window = (loss_sum, n)
             if self.step >= self.total_steps:
                 break
 

@@ -1,0 +1,160 @@
+"""Issue 22, kill anywhere: each stage's process is SIGKILLed at three or more points chosen
+here (``semisup_core.faults``: just before an output of a given kind becomes visible, a
+checkpoint write included), then rerun as a KFP retry would: the visible outputs are byte for
+byte those of an uninterrupted run. Two workers scoring the same shards at once (a retry that
+overlaps the original) do not corrupt them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from semisup_core.faults import ENV
+
+ENV_1T = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _run(args: list[str], kill_at: str | None = None, check: bool = True,
+         wait: bool = True):
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env.update(ENV_1T)
+    if kill_at:
+        env[ENV] = kill_at
+    proc = subprocess.Popen([sys.executable, "-m", "semisup", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=600)
+    if check and kill_at:
+        assert proc.returncode == -9, f"{kill_at}: not killed (exit {proc.returncode}): {err[-800:]}"
+    elif check:
+        assert proc.returncode == 0, err[-2000:]
+    return proc
+
+
+def _visible(root) -> dict[str, bytes]:
+    """What a reader of the store sees: every file but the unpublished temp files (the output
+    directory's own path, which configs and dataset.json name, replaced)."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            if not n.startswith(".tmp-"):
+                p = os.path.join(d, n)
+                out[os.path.relpath(p, root)] = open(p, "rb").read().replace(
+                    str(root).encode(), b"<out>")
+    if "metrics.json" in out:  # a training's wall time is the one field that must differ
+        metrics = json.loads(out["metrics.json"])
+        metrics.pop("seconds")
+        out["metrics.json"] = json.dumps(metrics, sort_keys=True).encode()
+    return out
+
+
+def _killed_then_rerun(args_for, tmp_path, points: list[str], reference: str):
+    """For each point: a fresh out, killed there, rerun; every visible file as the reference's."""
+    ref = _visible(reference)
+    assert ref
+    for i, point in enumerate(points):
+        out = str(tmp_path / f"k{i}")
+        _run(args_for(out), kill_at=point)
+        assert _visible(out) != ref, f"{point}: the kill left the complete output"
+        _run(args_for(out))
+        assert _visible(out) == ref, f"killed at {point}, then rerun: outputs differ"
+
+
+def _score_args(teacher, pool):
+    return lambda out: ["stage", "score", "--set", f"model={teacher}", "--set", f"pool={pool}",
+                        "--set", f"out={out}", "--set", "top_p=2", "--set", "partial_k=30",
+                        "--set", "batch_size=16", "--set", "decoder=pil"]
+
+
+def test_score_killed_anywhere(teacher, pool, tmp_path):
+    args = _score_args(teacher, pool)
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, [
+        "shards/shard-000002.parquet:1",  # a shard's table written, its marker not
+        ".done.json:4",                   # the 4th shard's marker
+        "partials/:1",                    # every shard done, the partial top-K not
+    ], str(tmp_path / "ref"))
+
+
+def test_two_workers_scoring_the_same_shards_at_once(teacher, pool, tmp_path):
+    args = _score_args(teacher, pool)
+    _run(args(str(tmp_path / "ref")))
+    out = str(tmp_path / "both")
+    procs = [_run(args(out), wait=False) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    assert _visible(out) == _visible(str(tmp_path / "ref"))
+
+
+def test_select_killed_anywhere(teacher, pool, tmp_path):
+    scores = str(tmp_path / "scores")
+    _run(_score_args(teacher, pool)(scores))
+    args = lambda out: ["stage", "select", "--set", f"scores={scores}", "--set", f"out={out}",  # noqa: E731
+                        "--set", "k=10", "--set", f"pool={pool}"]
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, [
+        "manifest.parquet:1", "summary.json:1",
+        "selected/shard-000000.tar:1",  # the student's training set half written
+        "selected/dataset.json:1"], str(tmp_path / "ref"))
+
+
+def test_train_killed_anywhere(tmp_path):
+    from tests.train.conftest import write_blocks_dataset
+    data = write_blocks_dataset(str(tmp_path / "data"), 96)
+    args = lambda out: ["stage", "train", "--set", f"out={out}", "--set", f"data.train={data}",  # noqa: E731
+                        "--set", "data.num_workers=0", "--set", "model=small_resnet8",
+                        "--set", "model_kwargs.width=8", "--set", "epochs=3",
+                        "--set", "batch_size=16", "--set", "threads=1",
+                        "--set", "checkpoint.every_steps=4"]
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, [
+        "step-00000004/optim.safetensors:1",  # mid checkpoint: its weights written, not the rest
+        "step-00000008/state.json:1",         # the 2nd checkpoint complete but for its state
+        "k2/model.safetensors:1",             # the final weights (k2: this point's out)
+    ], str(tmp_path / "ref"))
+
+
+def test_split_in_hash_order_killed_anywhere(tmp_path):
+    from tests.data.conftest import make_dataset
+    ds, dis = str(tmp_path / "ds"), str(tmp_path / "dis")
+    make_dataset(ds, 90, ["a", "b", "c"], prefix="img", seed=3)
+    make_dataset(dis, 40, ["x", "y"], prefix="dis", seed=4, per_shard=7)
+    args = lambda out: ["data", "split", "--set", f"dataset={ds}", "--set", f"out={out}",  # noqa: E731
+                        "--set", "labels_per_class=4", "--set", f"distractors=[{dis}]",
+                        "--set", "order=hash", "--set", "samples_per_shard=20",
+                        "--set", "spill_mb=0.002"]
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, [
+        "_work/runs/:7", "unlabelled/shard-:3", "oracle.parquet:1", "split.json:1"],
+        str(tmp_path / "ref"))
+
+
+def test_materialise_killed_anywhere(teacher, pool, tmp_path):
+    scores, sel = str(tmp_path / "scores"), str(tmp_path / "sel")
+    _run(_score_args(teacher, pool)(scores))
+    _run(["stage", "select", "--set", f"scores={scores}", "--set", f"out={sel}", "--set", "k=10"])
+
+    def both_workers(out):  # one process per worker, as parallel tasks; the kill hits either
+        return ["data", "materialise", "--set", f"manifest={sel}", "--set", f"pool={pool}",
+                "--set", f"out={out}", "--set", "samples_per_shard=8", "--set", "num_workers=2"]
+
+    ref = str(tmp_path / "ref")
+    for w in (0, 1):
+        _run(both_workers(ref) + ["--set", f"worker={w}"])
+    for i, point in enumerate(["part-0000-000001.tar:1", "_parts/0001-of-0002.json:1",
+                               "dataset.json:1"]):
+        out = str(tmp_path / f"k{i}")
+        for w in (0, 1):  # the killed worker dies; the other finishes
+            args = both_workers(out) + ["--set", f"worker={w}"]
+            proc = _run(args, kill_at=point, check=False)
+            assert proc.returncode in (0, -9)
+        assert _visible(out) != _visible(ref)
+        for w in (0, 1):  # the retries
+            _run(both_workers(out) + ["--set", f"worker={w}"])
+        assert _visible(out) == _visible(ref), point
