@@ -71,7 +71,7 @@ class SplitConfig(StageConfig):
         "permutation", description="permutation: one seeded permutation of the whole pool, held "
         "in memory (every recorded result; pools up to a few million small images); hash: a "
         "streaming map/reduce ordered by a seeded hash of each key, memory independent of the "
-        "pool, parallel workers (data/split_hash.py, docs/scale.md)")
+        "pool, parallel workers (data/split_hash.py; README, The split as parallel workers)")
     phase: Literal["all", "choose", "map", "reduce", "finish"] = Field(
         "all", description="order=hash: all phases in one process, or one of them: choose (one "
         "task) -> map (num_workers tasks) -> reduce (num_workers tasks) -> finish (one task)")
