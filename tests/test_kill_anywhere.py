@@ -158,3 +158,52 @@ def test_materialise_killed_anywhere(teacher, pool, tmp_path):
         for w in (0, 1):  # the retries
             _run(both_workers(out) + ["--set", f"worker={w}"])
         assert _visible(out) == _visible(ref), point
+
+
+def _train_config(tmp_path, cfg) -> str:
+    """``cfg`` (a TrainConfig) as a YAML file for ``semisup stage <objective> -c``."""
+    from semisup_core import config
+    path = tmp_path / "train.yaml"
+    path.write_text(config.dump(cfg))
+    return str(path)
+
+
+def test_llp_killed_anywhere(tmp_path):
+    """LLP's memory bank and label store (extra.safetensors, pseudo_labels.parquet) are part of
+    what a kill may cut."""
+    from tests.llp.test_llp_training import _llp
+    from tests.train.conftest import write_blocks_dataset
+    data = [write_blocks_dataset(str(tmp_path / "lab"), 32, seed=11, prefix="lab"),
+            write_blocks_dataset(str(tmp_path / "pool"), 96, seed=12, labelled=False,
+                                 prefix="pool")]
+    cfg = _train_config(tmp_path, _llp(str(tmp_path / "unused"), data, epochs=4, batch_size=32,
+                                       threads=1, checkpoint={"every_steps": 3}))
+    args = lambda out: ["stage", "llp", "-c", cfg, "--set", f"out={out}"]  # noqa: E731
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, [
+        "extra.safetensors:1",       # a checkpoint with weights and optimiser, not the bank
+        "pseudo_labels/epoch-002:1",  # a propagation round's labels
+        "state.json:3"], str(tmp_path / "ref"))
+
+
+def test_contrastive_killed_anywhere(tmp_path):
+    from tests.simclr.test_simclr_training import _simclr
+    from tests.train.conftest import write_blocks_dataset
+    data = write_blocks_dataset(str(tmp_path / "pool"), 96, seed=12, labelled=False, prefix="p")
+    cfg = _train_config(tmp_path, _simclr(str(tmp_path / "unused"), data, batch_size=32,
+                                          threads=1, snapshot_every_epochs=1,
+                                          checkpoint={"every_steps": 2}))
+    args = lambda out: ["stage", "contrastive", "-c", cfg, "--set", f"out={out}"]  # noqa: E731
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, [
+        "optim.safetensors:2", "snapshots/epoch-002/model.safetensors:1", "state.json:4"],
+        str(tmp_path / "ref"))
+
+
+def test_embed_killed_anywhere(teacher, pool, tmp_path):
+    args = lambda out: ["stage", "embed", "--set", f"model={teacher}", "--set",  # noqa: E731
+                        f"dataset={pool}", "--set", f"out={out}", "--set", "batch_size=16",
+                        "--set", "decoder=pil"]
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, ["shard-000001.parquet:1", ".done.json:5",
+                                        "embedding.json:1"], str(tmp_path / "ref"))
