@@ -65,8 +65,10 @@ def test_launcher_runs_a_gpu_job_to_success(cluster, namespace, kubeconfig, tmp_
                 if t.key == "nvidia.com/gpu"] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
         shm = next(v for v in pod.spec.volumes if v.name == "dshm")
         assert (shm.empty_dir.medium, shm.empty_dir.size_limit) == ("Memory", "1Gi")
-        # only /dev/shm: no API token either (the ServiceAccount admission would add one)
-        assert [(m.name, m.mount_path) for m in c.volume_mounts] == [("dshm", "/dev/shm")]
+        # /dev/shm and the writable /tmp of a read-only root: no API token either (the
+        # ServiceAccount admission would add one)
+        assert [(m.name, m.mount_path) for m in c.volume_mounts] == [("dshm", "/dev/shm"),
+                                                                      ("tmp", "/tmp")]
         assert pod.spec.security_context.run_as_non_root is True
     assert ranks == {"0", "1", "2"}
 
