@@ -203,8 +203,9 @@ def embed(cfg: EmbedConfig) -> dict:
         storage.write_json(info_uri, info)
     config.save(cfg, cfg.out, f"config-worker-{w:05d}.yaml")
     empty = (np.zeros((0, dim), np.float16),)
+    counts = {u: e["count"] for u, e in zip(shard_uris(cfg.dataset, meta), meta.shards)}
     loop = ShardLoop(out=cfg.out, channels=meta.channels, forward=forward, empty=empty,
-                     batch_size=cfg.batch_size, decoder=cfg.decoder,
+                     batch_size=cfg.batch_size, decoder=cfg.decoder, counts=counts,
                      decode_threads=cfg.decode_threads, device=device,
                      fail_after_shards=cfg.fail_after_shards)
 
@@ -213,16 +214,18 @@ def embed(cfg: EmbedConfig) -> dict:
         write_table(storage.join(cfg.out, "shards", f"{name}.parquet"),
                     vectors_table(keys, name, outputs[0]))
         marker = {"shard": name, "images": len(keys), "corrupt": len(corrupt),
-                  "corrupt_keys": corrupt[:1000]}
+                  "corrupt_keys": corrupt[:1000],
+                  "lost": counts[uri] - len(keys) - len(corrupt)}  # to damage to the tar
         storage.write_json(marker_uri(cfg.out, name), marker)
         return marker
 
     names = loop.run(shard_uris(cfg.dataset, meta)[w::n], write, desc=f"embed worker {w}/{n}")
     markers = [storage.read_json(marker_uri(cfg.out, nm)) for nm in names]
     summary = {"worker": w, "num_workers": n, "shards": len(names), "dim": dim,
-               "images": sum(m["images"] for m in markers), "corrupt": sum(m["corrupt"] for m in markers)}
-    log.info("embedded %d images in %d shards (%d corrupt), %d-d", summary["images"],
-             summary["shards"], summary["corrupt"], dim)
+               "images": sum(m["images"] for m in markers), "corrupt": sum(m["corrupt"] for m in markers),
+               "lost": sum(m.get("lost", 0) for m in markers)}
+    log.info("embedded %d images in %d shards (%d corrupt, %d lost to damaged shards), %d-d",
+             summary["images"], summary["shards"], summary["corrupt"], summary["lost"], dim)
     return summary
 
 

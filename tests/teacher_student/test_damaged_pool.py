@@ -152,3 +152,20 @@ def test_a_model_of_other_classes_is_one_line(teacher, tmp_path):
     with pytest.raises(DataError, match=r"class mismatch: pool .* uses 2 classes, model .* 4"):
         _score(teacher, pool, tmp_path / "s")
     assert not (tmp_path / "s" / "shards").exists()
+
+
+def test_embed_counts_what_damaged_shards_lost(teacher, clean_pool, tmp_path):
+    """The embed stage shares the shard loop: the same damage, the same accounting; the
+    intact shards' vectors equal the intact pool's."""
+    from semisup_core.embed import EmbedConfig, embed
+    damaged = _damage(clean_pool, tmp_path / "damaged")
+    ref = embed(EmbedConfig(model=teacher, dataset=clean_pool, out=str(tmp_path / "ref"),
+                            batch_size=16, decoder="pil"))
+    got = embed(EmbedConfig(model=teacher, dataset=damaged, out=str(tmp_path / "e"),
+                            batch_size=16))
+    m1 = _marker(tmp_path / "e", "shard-000001")
+    assert 0 < m1["images"] < 20 and m1["lost"] == 20 - m1["images"]
+    assert got["lost"] == m1["lost"] + 40 and got["images"] == ref["images"] - got["lost"]
+    mine, theirs = _tables(tmp_path / "e"), _tables(tmp_path / "ref")
+    for i in (0, 2, 5):
+        assert mine[f"shard-{i:06d}.parquet"] == theirs[f"shard-{i:06d}.parquet"]
