@@ -207,3 +207,23 @@ def test_embed_killed_anywhere(teacher, pool, tmp_path):
     _run(args(str(tmp_path / "ref")))
     _killed_then_rerun(args, tmp_path, ["shard-000001.parquet:1", ".done.json:5",
                                         "embedding.json:1"], str(tmp_path / "ref"))
+
+
+def test_dedup_killed_anywhere(teacher, pool, tmp_path):
+    """The dedup stage over two embeddings of the pool (half of it as the "test set", so there
+    are pairs): killed as it writes the pairs, the sheet and the summary, rerun."""
+    from tests.pools import write_pool
+    evalset = write_pool(str(tmp_path / "eval"), 40, seed=5)  # the pool's first 40 images
+    emb = {}
+    for name, ds in (("pool", pool), ("eval", evalset)):
+        emb[name] = str(tmp_path / f"emb-{name}")
+        _run(["stage", "embed", "--set", f"model={teacher}", "--set", f"dataset={ds}",
+              "--set", f"out={emb[name]}", "--set", "decoder=pil"])
+    args = lambda out: ["stage", "dedup", "--set", f"pool={emb['pool']}", "--set",  # noqa: E731
+                        f"eval_sets=[{emb['eval']}]", "--set", f"out={out}"]
+    _run(args(str(tmp_path / "ref")))
+    files = sorted(_visible(str(tmp_path / "ref")))
+    assert any(f.endswith(".parquet") for f in files) and any(f.endswith(".png") for f in files)
+    points = [f"{f}:1" for f in files if f.endswith((".parquet", ".png", ".json"))][:4]
+    assert len(points) >= 3, files
+    _killed_then_rerun(args, tmp_path, points, str(tmp_path / "ref"))
