@@ -227,3 +227,20 @@ def test_dedup_killed_anywhere(teacher, pool, tmp_path):
     points = [f"{f}:1" for f in files if f.endswith((".parquet", ".png", ".json"))][:4]
     assert len(points) >= 3, files
     _killed_then_rerun(args, tmp_path, points, str(tmp_path / "ref"))
+
+
+def test_distill_killed_anywhere(teacher, tmp_path):
+    """A student distilled from the session's teacher on an unlabelled pool (the teacher's soft
+    labels on the fly)."""
+    from tests.train.conftest import write_blocks_dataset
+    from tests.train.test_train import _cfg
+    data = write_blocks_dataset(str(tmp_path / "pool"), 96, seed=12, labelled=False, prefix="p")
+    cfg = _train_config(tmp_path, _cfg(tmp_path / "unused", data, objective="distill", epochs=3,
+                                       batch_size=16, threads=1, model_kwargs={"width": 4},
+                                       distill={"teacher": teacher},
+                                       checkpoint={"every_steps": 4}))
+    args = lambda out: ["stage", "distill", "-c", cfg, "--set", f"out={out}"]  # noqa: E731
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, [
+        "step-00000004/optim.safetensors:1", "step-00000008/state.json:1",
+        "k2/model.safetensors:1"], str(tmp_path / "ref"))
