@@ -49,6 +49,7 @@ from semisup_core.data.shards import ShardInfo, ShardWriter, iter_shard, shard_n
 from semisup_core.data.split import (ORACLE_FILE, ORACLE_SCHEMA, SPLIT_FILE, SplitResult,
                                      _geometry, _pool_meta, _pool_row, _write_labelled)
 from semisup_core.errors import DataError
+from semisup_core.tables import read_table
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +225,8 @@ def finish(dataset_uri: str, out: str, plan: dict, extras, labels_per_class: int
                         f"its inputs {plan['pool']}: an input shard changed during the split")
     oracle_uri = storage.join(out, ORACLE_FILE)
     with storage.open_write(oracle_uri) as f, pq.ParquetWriter(f, ORACLE_SCHEMA) as writer:
-        for b in range(plan["buckets"]):
-            with storage.open_read(_work(out, "oracle", f"{b:06d}.parquet")) as part:
-                writer.write_table(pq.read_table(part))
+        for b in range(plan["buckets"]):  # one bucket's part at a time (fetched whole)
+            writer.write_table(read_table(_work(out, "oracle", f"{b:06d}.parquet")))
     channels, hw = _geometry(metas)
     target = metas[0]
     unl = make_meta(pool_uri, f"{target.name}-unlabelled", target.classes, shards, None,
