@@ -244,3 +244,22 @@ def test_distill_killed_anywhere(teacher, tmp_path):
     _killed_then_rerun(args, tmp_path, [
         "step-00000004/optim.safetensors:1", "step-00000008/state.json:1",
         "k2/model.safetensors:1"], str(tmp_path / "ref"))
+
+
+def test_weak_train_killed_anywhere(tmp_path):
+    """Weak pre-training on tags merged into synsets (the synsets stage's resampled set)."""
+    from semisup_core.wsl.synsets import SynsetsConfig, run_synsets
+    from tests.wsl.conftest import write_tagged
+    from tests.wsl.test_weak import TAGS
+    data, _ = write_tagged(str(tmp_path / "tagged"), TAGS)
+    train_uri = run_synsets(SynsetsConfig(data=data, out=str(tmp_path / "syn"), draws=4,
+                                          seed=1))["train"]["uri"]
+    args = lambda out: ["stage", "weak-train", "--set", f"out={out}", "--set",  # noqa: E731
+                        f"data.train={train_uri}", "--set", "data.num_workers=0", "--set",
+                        "model=small_resnet8", "--set", "model_kwargs.width=4", "--set",
+                        "epochs=3", "--set", "batch_size=32", "--set", "threads=1",
+                        "--set", "checkpoint.every_steps=2", "--set", "objective=weak"]
+    _run(args(str(tmp_path / "ref")))
+    _killed_then_rerun(args, tmp_path, [
+        "step-00000002/optim.safetensors:1", "step-00000004/state.json:1",
+        "k2/model.safetensors:1"], str(tmp_path / "ref"))

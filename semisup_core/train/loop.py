@@ -308,10 +308,13 @@ class Trainer:
         which its checkpoints keep)."""
         return self.objective.exported(checkpoint.unwrap(self.model))
 
-    def _after_step(self, loss_sum: torch.Tensor, n: int, bar) -> None:
+    def _after_step(self, bar) -> None:
         every = max(1, min(50, self.steps_per_epoch))
         if self.step % every == 0 or self.step == self.total_steps:
+            loss_sum, n = self._window
             loss = all_reduce_mean(loss_sum / n).item()
+            # a new window, before any checkpoint of this step: a resume continues it
+            self._window = (torch.zeros((), device=self.dist.device), 0)
             self.history.append({"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                                  "loss": round(loss, 5), "lr": self.optimizer.param_groups[0]["lr"],
                                  **{k: round(v, 4) for k, v in self.objective.stats.items()}})
@@ -353,22 +356,18 @@ class Trainer:
         self.model.train()
         self.objective.start_epoch(epoch, start_in_epoch > 0, watchdog.beat)
         # a resumed epoch continues the window its checkpoint saved (a fresh epoch: empty)
-        loss_sum = torch.tensor(self._window[0] if start_in_epoch else 0.0, device=self.dist.device)
-        n = self._window[1] if start_in_epoch else 0
+        self._window = (torch.tensor(float(self._window[0]) if start_in_epoch else 0.0,
+                                     device=self.dist.device), self._window[1] if start_in_epoch else 0)
         for i, (images, labels, keys) in enumerate(loader):
             if i < start_in_epoch:  # resuming mid-epoch: replay the order, skip the work
                 continue
-            loss_sum += self._train_step(images, labels, keys)
-            n += 1
+            loss = self._train_step(images, labels, keys)
+            self._window = (self._window[0] + loss, self._window[1] + 1)
             self.step += 1
-            self._window = (loss_sum, n)
             watchdog.beat(f"step {self.step + 1} of {self.total_steps}")
             if bar is not None:
                 bar.update(1)
-            self._after_step(loss_sum, n, bar)
-            if self.step % max(1, min(50, self.steps_per_epoch)) == 0:
-                loss_sum, n = torch.zeros((), device=self.dist.device), 0
-                self._window = (loss_sum, n)
+            self._after_step(bar)
             if self.step >= self.total_steps:
                 break
 
