@@ -261,9 +261,11 @@ def split_hashed(dataset_uri: str, out_uri: str, labels_per_class: int, seed: in
     extras = list(pool_extra)
     if storage.exists(storage.join(out_uri, SPLIT_FILE)):  # finished: the work is gone
         done = storage.read_json(storage.join(out_uri, SPLIT_FILE))
-        if done.get("order") != "hash" or done["seed"] != seed:
+        if (done.get("order"), done["seed"], done["labels_per_class"]) != ("hash", seed,
+                                                                           labels_per_class):
             raise DataError(f"{out_uri} holds another split (order {done.get('order', 'permutation')}"
-                            f", seed {done['seed']}); choose another out")
+                            f", seed {done['seed']}, {done['labels_per_class']} labels per class); "
+                            "choose another out")
         lab_uri, pool_uri = storage.join(out_uri, "labelled"), storage.join(out_uri, "unlabelled")
         return SplitResult(read_meta(lab_uri), read_meta(pool_uri), lab_uri, pool_uri,
                            storage.join(out_uri, ORACLE_FILE))

@@ -122,6 +122,8 @@ def test_phases_resume_and_refuse_out_of_order(small, tmp_path):
     assert again.unlabelled == res.unlabelled == ref.unlabelled
     with pytest.raises(DataError, match="holds another split"):
         split_hashed(ds, out, 4, 7, **kw)
+    with pytest.raises(DataError, match="holds another split .* 4 labels per class"):
+        split_hashed(ds, out, 5, 5, **kw)
 
 
 def test_errors(small, tmp_path, make_dataset):
