@@ -109,6 +109,7 @@ def choose(dataset_uri: str, out: str, labels_per_class: int, seed: int, extras,
     write_meta(storage.join(out, "labelled"), lab)
     pool = meta.num_samples - lab.num_samples + sum(read_meta(e).num_samples for e in extras)
     plan = {"buckets": max(1, math.ceil(pool / samples_per_shard)), "pool": pool, "seed": seed,
+            "labels_per_class": labels_per_class, "samples_per_shard": samples_per_shard,
             "labelled_keys": sorted(s.key for s in chosen), "inputs": len(_inputs(dataset_uri, extras))}
     storage.write_json(plan_uri, plan)
     log.info("split (hash order): %d labelled, %d pool images into %d shards", lab.num_samples,
@@ -277,8 +278,11 @@ def split_hashed(dataset_uri: str, out_uri: str, labels_per_class: int, seed: in
     if not storage.exists(plan_uri):
         raise DataError(f"{out_uri}: the split has no plan; run phase=choose first")
     plan = storage.read_json(plan_uri)
-    if plan["seed"] != seed:
-        raise DataError(f"{out_uri}: the split was planned with seed {plan['seed']}, not {seed}")
+    for name, value in (("seed", seed), ("labels_per_class", labels_per_class),
+                        ("samples_per_shard", samples_per_shard)):
+        if plan.get(name, value) != value:
+            raise DataError(f"{out_uri}: the split was planned with {name} {plan[name]}, not "
+                            f"{value}")
     workers = range(num_workers) if phase == "all" else [worker]
     if phase in ("all", "map"):
         for w in workers:
