@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from semisup_core.faults import ENV
 
@@ -53,16 +52,24 @@ def _visible(root) -> dict[str, bytes]:
     return out
 
 
+def _differing(got: dict, ref: dict) -> list[str]:
+    return sorted(k for k in set(got) | set(ref) if got.get(k) != ref.get(k))
+
+
 def _killed_then_rerun(args_for, tmp_path, points: list[str], reference: str):
-    """For each point: a fresh out, killed there, rerun; every visible file as the reference's."""
+    """For each point: a fresh out, killed there (``_run`` checks it died of SIGKILL), rerun.
+    Returns ``(cut, rerun)``: per point, the visible files that differ from the reference's
+    after the kill (must be some) and after the rerun (must be none)."""
     ref = _visible(reference)
     assert ref
+    cut, rerun = {}, {}
     for i, point in enumerate(points):
         out = str(tmp_path / f"k{i}")
         _run(args_for(out), kill_at=point)
-        assert _visible(out) != ref, f"{point}: the kill left the complete output"
+        cut[point] = _differing(_visible(out), ref)
         _run(args_for(out))
-        assert _visible(out) == ref, f"killed at {point}, then rerun: outputs differ"
+        rerun[point] = _differing(_visible(out), ref)
+    return cut, rerun
 
 
 def _score_args(teacher, pool):
@@ -74,11 +81,13 @@ def _score_args(teacher, pool):
 def test_score_killed_anywhere(teacher, pool, tmp_path):
     args = _score_args(teacher, pool)
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, [
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
         "shards/shard-000002.parquet:1",  # a shard's table written, its marker not
         ".done.json:4",                   # the 4th shard's marker
         "partials/:1",                    # every shard done, the partial top-K not
     ], str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_two_workers_scoring_the_same_shards_at_once(teacher, pool, tmp_path):
@@ -98,10 +107,12 @@ def test_select_killed_anywhere(teacher, pool, tmp_path):
     args = lambda out: ["stage", "select", "--set", f"scores={scores}", "--set", f"out={out}",  # noqa: E731
                         "--set", "k=10", "--set", f"pool={pool}"]
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, [
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
         "manifest.parquet:1", "summary.json:1",
         "selected/shard-000000.tar:1",  # the student's training set half written
         "selected/dataset.json:1"], str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_train_killed_anywhere(tmp_path):
@@ -113,11 +124,13 @@ def test_train_killed_anywhere(tmp_path):
                         "--set", "batch_size=16", "--set", "threads=1",
                         "--set", "checkpoint.every_steps=4"]
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, [
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
         "step-00000004/optim.safetensors:1",  # mid checkpoint: its weights written, not the rest
         "step-00000008/state.json:1",         # the 2nd checkpoint complete but for its state
         "k2/model.safetensors:1",             # the final weights (k2: this point's out)
     ], str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_split_in_hash_order_killed_anywhere(tmp_path):
@@ -130,9 +143,11 @@ def test_split_in_hash_order_killed_anywhere(tmp_path):
                         "--set", "order=hash", "--set", "samples_per_shard=20",
                         "--set", "spill_mb=0.002"]
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, [
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
         "_work/runs/:7", "unlabelled/shard-:3", "oracle.parquet:1", "split.json:1"],
         str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_materialise_killed_anywhere(teacher, pool, tmp_path):
@@ -180,10 +195,12 @@ def test_llp_killed_anywhere(tmp_path):
                                        threads=1, checkpoint={"every_steps": 3}))
     args = lambda out: ["stage", "llp", "-c", cfg, "--set", f"out={out}"]  # noqa: E731
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, [
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
         "extra.safetensors:1",       # a checkpoint with weights and optimiser, not the bank
         "pseudo_labels/epoch-002:1",  # a propagation round's labels
         "state.json:3"], str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_contrastive_killed_anywhere(tmp_path):
@@ -195,9 +212,11 @@ def test_contrastive_killed_anywhere(tmp_path):
                                           checkpoint={"every_steps": 2}))
     args = lambda out: ["stage", "contrastive", "-c", cfg, "--set", f"out={out}"]  # noqa: E731
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, [
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
         "optim.safetensors:2", "snapshots/epoch-002/model.safetensors:1", "state.json:4"],
         str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_embed_killed_anywhere(teacher, pool, tmp_path):
@@ -205,8 +224,10 @@ def test_embed_killed_anywhere(teacher, pool, tmp_path):
                         f"dataset={pool}", "--set", f"out={out}", "--set", "batch_size=16",
                         "--set", "decoder=pil"]
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, ["shard-000001.parquet:1", ".done.json:5",
+    cut, rerun = _killed_then_rerun(args, tmp_path, ["shard-000001.parquet:1", ".done.json:5",
                                         "embedding.json:1"], str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_dedup_killed_anywhere(teacher, pool, tmp_path):
@@ -226,7 +247,9 @@ def test_dedup_killed_anywhere(teacher, pool, tmp_path):
     assert any(f.endswith(".parquet") for f in files) and any(f.endswith(".png") for f in files)
     points = [f"{f}:1" for f in files if f.endswith((".parquet", ".png", ".json"))][:4]
     assert len(points) >= 3, files
-    _killed_then_rerun(args, tmp_path, points, str(tmp_path / "ref"))
+    cut, rerun = _killed_then_rerun(args, tmp_path, points, str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_distill_killed_anywhere(teacher, tmp_path):
@@ -241,9 +264,11 @@ def test_distill_killed_anywhere(teacher, tmp_path):
                                        checkpoint={"every_steps": 4}))
     args = lambda out: ["stage", "distill", "-c", cfg, "--set", f"out={out}"]  # noqa: E731
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, [
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
         "step-00000004/optim.safetensors:1", "step-00000008/state.json:1",
         "k2/model.safetensors:1"], str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
 def test_weak_train_killed_anywhere(tmp_path):
@@ -260,6 +285,8 @@ def test_weak_train_killed_anywhere(tmp_path):
                         "epochs=3", "--set", "batch_size=32", "--set", "threads=1",
                         "--set", "checkpoint.every_steps=2", "--set", "objective=weak"]
     _run(args(str(tmp_path / "ref")))
-    _killed_then_rerun(args, tmp_path, [
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
         "step-00000002/optim.safetensors:1", "step-00000004/state.json:1",
         "k2/model.safetensors:1"], str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte

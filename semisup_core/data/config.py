@@ -57,7 +57,17 @@ class ImportConfig(StageConfig):
         return value
 
 
-class SplitConfig(StageConfig):
+class _WorkerSplit(StageConfig):
+    """A stage split over parallel tasks: ``worker`` of ``num_workers``."""
+
+    @model_validator(mode="after")
+    def _worker_in_range(self):
+        if self.worker >= self.num_workers:
+            raise ValueError(f"worker must be < num_workers={self.num_workers}, got {self.worker}")
+        return self
+
+
+class SplitConfig(_WorkerSplit):
     """Draw a labelled set and build the unlabelled pool (+ hidden oracle labels)."""
 
     dataset: str = Field(description="labelled source dataset directory URI (e.g. Fashion-MNIST train)")
@@ -88,14 +98,9 @@ class SplitConfig(StageConfig):
             raise ValueError("phases other than all need order=hash")
         return value
 
-    @model_validator(mode="after")
-    def _worker_in_range(self):
-        if self.worker >= self.num_workers:
-            raise ValueError(f"worker must be < num_workers={self.num_workers}, got {self.worker}")
-        return self
 
 
-class MaterialiseConfig(StageConfig):
+class MaterialiseConfig(_WorkerSplit):
     """Turn a select stage's manifest into the student's training set, as parallel workers."""
 
     manifest: str = Field(description="the select stage's output directory URI, or its "
@@ -109,8 +114,3 @@ class MaterialiseConfig(StageConfig):
     num_workers: int = Field(1, ge=1, description="parallel tasks; dataset.json is written by "
                              "the one that finds every part finished")
 
-    @model_validator(mode="after")
-    def _worker_in_range(self):
-        if self.worker >= self.num_workers:
-            raise ValueError(f"worker must be < num_workers={self.num_workers}, got {self.worker}")
-        return self

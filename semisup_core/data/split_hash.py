@@ -165,27 +165,33 @@ def map_worker(dataset_uri: str, out: str, plan: dict, extras, worker: int, num_
     return done
 
 
-def _runs(out: str, bucket: int, num_workers: int) -> list[str]:
-    uris = []
+def _map_spills(out: str, num_workers: int) -> list[int]:
+    """How many spills each map worker wrote (its marker); one line if one has not finished."""
+    spills = []
     for w in range(num_workers):
         marker = _work(out, "map", f"{w:04d}-of-{num_workers:04d}.json")
         if not storage.exists(marker):
             raise DataError(f"split map worker {w} of {num_workers} has not finished; run "
                             f"phase=map worker={w} num_workers={num_workers} first")
-        spills = storage.read_json(marker)["spills"]
-        uris += [_work(out, "runs", f"{bucket:06d}", f"{w:04d}-{i:04d}.arrow") for i in range(spills)]
-    return uris
+        spills.append(storage.read_json(marker)["spills"])
+    return spills
+
+
+def _runs(out: str, bucket: int, spills: list[int]) -> list[str]:
+    return [_work(out, "runs", f"{bucket:06d}", f"{w:04d}-{i:04d}.arrow")
+            for w, n in enumerate(spills) for i in range(n)]
 
 
 def reduce_worker(out: str, plan: dict, worker: int, num_workers: int) -> None:
     """Phase 3: merge buckets ``worker::num_workers`` into pool shards and oracle parts."""
     pool_uri = storage.join(out, "unlabelled")
+    spills = _map_spills(out, num_workers)  # the map markers, read once
     for b in range(worker, plan["buckets"], num_workers):
         marker = _work(out, "reduce", f"{b:06d}.json")
         if storage.exists(marker):
             continue
         parts = [pa.ipc.open_stream(storage.get_bytes(u)).read_all()
-                 for u in _runs(out, b, num_workers)]
+                 for u in _runs(out, b, spills)]
         table = pa.concat_tables(parts).sort_by([("hash", "ascending"), ("key", "ascending")])
         keys = table["key"].to_pylist()
         dup = next((k for k, n in Counter(keys).items() if n > 1), None)  # equal keys share a bucket

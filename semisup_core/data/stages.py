@@ -34,9 +34,8 @@ def run_split(cfg: SplitConfig) -> dict:
                               pool_extra=cfg.distractors, samples_per_shard=cfg.samples_per_shard,
                               phase=cfg.phase, worker=cfg.worker, num_workers=cfg.num_workers,
                               spill_mb=cfg.spill_mb)
-        if isinstance(result, dict):  # one phase of several tasks: its marker
-            return {"phase": cfg.phase, **result} if cfg.phase != "choose" else {
-                "phase": "choose", "buckets": result["buckets"], "pool": result["pool"]}
+        if isinstance(result, dict):  # one phase of several tasks: its marker or plan
+            return {"phase": cfg.phase, **{k: v for k, v in result.items() if k != "labelled_keys"}}
     else:
         result = split_labelled(cfg.dataset, cfg.out, cfg.labels_per_class, cfg.seed,
                                 pool_extra=cfg.distractors, samples_per_shard=cfg.samples_per_shard)

@@ -20,7 +20,7 @@ from kubernetes.dynamic import DynamicClient
 from semisup.pytorchjob import JobSpec, build_job, to_manifest
 from tests.cluster.conftest import JOB_NAME_LABEL, OUTCOME_LABEL
 from tests.cluster.test_apply import apply, in_namespace
-from tests.k8s.overlays import NAMESPACE, OVERLAYS, build, kustomize_path, of
+from tests.k8s.overlays import OVERLAYS, build, kustomize_path, of
 
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from semisup_core.data.dataset import iter_dataset, read_meta
+from semisup_core.data.dataset import iter_dataset
 from semisup_core.data.shards import iter_shard
 from semisup_core.data.split import read_oracle
 from semisup_core.data.split_hash import key_hash, split_hashed
