@@ -85,6 +85,30 @@ def save_checkpoint(out: str, step: int, model, optimizer, state: dict, keep: in
     return ckpt
 
 
+def _rank_file(rank: int, world: int) -> str:
+    return f"extra-rank-{rank:05d}-of-{world:05d}.safetensors"
+
+
+def save_rank_extra(out: str, step: int, rank: int, world: int,
+                    tensors: dict[str, torch.Tensor]) -> None:
+    """One rank's own tensors (its block of a sharded memory bank) into the checkpoint of
+    ``step``, before the main rank's ``save_checkpoint`` makes it visible (a barrier between)."""
+    ckpt = storage.join(out, "checkpoints", f"step-{step:08d}")
+    storage.put_bytes(storage.join(ckpt, _rank_file(rank, world)),
+                      st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+def rank_extras(ckpt: str) -> list:
+    """Loaders of the rank files of a checkpoint, those of the world size its state.json
+    records (a checkpoint killed while written by more ranks may hold others); one file read
+    per call, so that a rank reassembling its rows holds one block at a time."""
+    world = storage.read_json(storage.join(ckpt, "state.json")).get("rank_files")
+    if not world:
+        return []
+    uris = [storage.join(ckpt, _rank_file(r, world)) for r in range(world)]
+    return [lambda uri=uri: load_weights(uri) for uri in uris if storage.exists(uri)]
+
+
 def list_checkpoints(out: str) -> list[tuple[int, str]]:
     """Complete checkpoints under ``out`` as ``(step, dir_uri)``, oldest first."""
     found = []
@@ -105,6 +129,9 @@ def _prune(out: str, keep: int) -> None:
         # state.json first: a half-pruned checkpoint is then invisible, never half-valid
         for name in ("state.json", "model.safetensors", "optim.safetensors", "extra.safetensors"):
             storage.delete(storage.join(ckpt, name))
+        for uri in storage.list_uris(ckpt):  # the ranks' own files
+            if uri.replace("\\", "/").rsplit("/", 1)[-1].startswith("extra-rank-"):
+                storage.delete(uri)
 
 
 def restore(ckpt: str, model, optimizer=None) -> dict:

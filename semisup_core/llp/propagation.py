@@ -30,6 +30,8 @@ recognition, the warm start). The image's own entry is in A and in the partition
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from semisup_core import knn
@@ -41,15 +43,35 @@ def log_density(bank: torch.Tensor, rows: torch.Tensor, temperature: float, t: i
     found by the kNN core (exact up to ``knn.EXACT_MAX`` entries, IVF above)."""
     if mode == "off" or len(rows) == 0:
         return torch.zeros(len(rows), dtype=torch.float64)
+    return density_of(bank.float().cpu()[rows.cpu()], bank, temperature, t, mode, block)
+
+
+def density_of(queries: torch.Tensor, bank: torch.Tensor, temperature: float, t: int,
+               mode: str = "paper", block: int = 4096, gather=None) -> torch.Tensor:
+    """``log ρ`` (Eq. 7) of the points ``queries`` (M x d, bank entries themselves) against
+    ``bank``: the whole bank, or under ``gather`` one rank's block of it. ``gather(x)``
+    concatenates every rank's ``x`` (M x k) along dim 1: each rank searches its block for its T
+    nearest, the T best of all ranks' are the T nearest of the whole bank; log Z_i is the
+    log-sum-exp of the ranks' partial log-sum-exps."""
+    if mode == "off" or len(queries) == 0:
+        return torch.zeros(len(queries), dtype=torch.float64)
     vecs = bank.float().cpu().numpy()
-    index = knn.build(vecs)
-    sims, _ = knn.search(index, vecs[rows.cpu().numpy()], min(t, len(vecs)))
-    s = torch.from_numpy(sims).double() / temperature  # M x T
-    log_rho = torch.logsumexp(s, dim=1)
+    tl = min(t, len(vecs))
+    if tl:
+        sims, _ = knn.search(knn.build(vecs), queries.float().cpu().numpy(), tl)
+        s = torch.from_numpy(sims).double()
+    else:  # an empty block
+        s = torch.empty(len(queries), 0, dtype=torch.float64)
+    if gather is not None:  # pad to T (-inf adds nothing to a log-sum-exp), the T best of all
+        s = torch.cat([s, torch.full((len(s), t - tl), -math.inf, dtype=s.dtype)], 1)
+        s = gather(s).topk(t, dim=1).values
+    log_rho = torch.logsumexp(s / temperature, dim=1)  # M x T -> M
     if mode == "paper":  # minus log Z_i, the partition over all N entries, in blocks
-        b = bank.double().cpu()
-        log_z = torch.cat([torch.logsumexp(b[rows[i:i + block].cpu()] @ b.T / temperature, dim=1)
-                           for i in range(0, len(rows), block)])
+        b, q = bank.double().cpu(), queries.double().cpu()
+        log_z = torch.cat([torch.logsumexp(q[i:i + block] @ b.T / temperature, dim=1)
+                           for i in range(0, len(q), block)])
+        if gather is not None:
+            log_z = torch.logsumexp(gather(log_z[:, None]), dim=1)
         log_rho = log_rho - log_z
     return log_rho
 
@@ -99,9 +121,11 @@ def propagate_scored(v: torch.Tensor, scored_keys: torch.Tensor, key_labels: tor
 
 def aggregation_loss(v: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
                      labels: torch.Tensor, own_rows: torch.Tensor, temperature: float,
-                     support: torch.Tensor | None = None) -> torch.Tensor:
-    """L_A per image (B,): ``v`` (B x d, with gradient), the bank (N x d) and its stored labels
-    (N,; -1 = none), each image's label ``labels`` (B,; -1 = none) and its own bank row.
+                     support: torch.Tensor | None = None, row0: int = 0,
+                     reduce_sum=None, reduce_max=None) -> torch.Tensor:
+    """L_A per image (B,): ``v`` (B x d, with gradient), the bank and the stored labels of all
+    N entries (``bank_labels``, N,; -1 = none), each image's label ``labels`` (B,; -1 = none)
+    and its own bank row.
 
     ``support``: the bank rows the sums run over (default: all N, the paper's and its code's
     full softmax). With a random subset S of m rows, each sum over the other entries is
@@ -109,25 +133,40 @@ def aggregation_loss(v: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Ten
     counted exactly. L_A is then the log of a ratio of two such estimates (consistent, as the
     IR warm start's 4096 noise samples are); with S = all rows it is Eq. 3 exactly.
 
+    A bank sharded over ranks: ``bank`` is this rank's block, rows ``[row0, row0 + len(bank))``,
+    ``v`` every rank's queries; each rank sums over its block (its own entry where the block
+    holds it), ``reduce_max`` makes the shift common, ``reduce_sum`` adds the ranks' partial
+    sums (with their gradient). One block (the default) is the whole bank.
+
     The numerator's class sums are one matmul of the exponentials with the labels' one-hot
     (B x N x C), so the cost is the B x N x d similarity, as for the partition alone."""
-    n = len(bank)
+    n, nloc = len(bank_labels), len(bank)
     dtype = torch.promote_types(v.dtype, torch.float32)  # float32 at least (under autocast too)
-    v = v.to(dtype)
-    cols = torch.arange(n, device=bank.device) if support is None else support
-    logits = v @ bank[cols].to(dtype).T / temperature  # B x m
-    own_logit = (v * bank[own_rows].to(dtype)).sum(1) / temperature  # B
-    shift = torch.maximum(logits.max(1).values, own_logit).detach()
+    v, b = v.to(dtype), bank.to(dtype)
+    cols = torch.arange(row0, row0 + nloc, device=bank.device)
+    if support is not None:
+        cols = support[(support >= row0) & (support < row0 + nloc)]
+    logits = v @ b[cols - row0].T / temperature  # B x m
+    here = (own_rows >= row0) & (own_rows < row0 + nloc)  # the block holds the image's entry
+    own_logit = (v * b[(own_rows - row0).clamp(0, max(nloc - 1, 0))]).sum(1) / temperature
+    own_logit = torch.where(here, own_logit, torch.full_like(own_logit, -math.inf))
+    shift = torch.cat([logits, own_logit[:, None]], 1).max(1).values.detach()
+    if reduce_max is not None:
+        shift = reduce_max(shift)
     not_own = cols[None, :] != own_rows[:, None]  # B x m
     e = torch.exp(logits - shift[:, None]) * not_own
-    scale = (n - 1) / not_own.sum(1).clamp_min(1)  # 1 when S is every row
-    e_own = torch.exp(own_logit - shift)
+    e_own = torch.exp(own_logit - shift)  # 0 where another block holds it
     classes = int(max(int(bank_labels.max()), int(labels.max()), 0)) + 1
     col_labels = bank_labels[cols]
     onehot = torch.zeros(len(cols), classes + 1, dtype=dtype, device=bank.device)
     onehot[torch.arange(len(cols), device=bank.device), torch.where(col_labels >= 0, col_labels, classes)] = 1
     by_class = e @ onehot[:, :classes]  # B x C: sum of e over the entries of each class
     same = by_class.gather(1, labels.clamp_min(0)[:, None])[:, 0] * (labels >= 0)
+    parts = torch.stack([same, e.sum(1), e_own, not_own.sum(1).to(dtype)])
+    if reduce_sum is not None:
+        parts = reduce_sum(parts)
+    same, total, e_own, others = parts
+    scale = (n - 1) / others.clamp_min(1)  # 1 when S is every row
     num = scale * same + e_own
-    den = scale * e.sum(1) + e_own
+    den = scale * total + e_own
     return torch.log(den) - torch.log(num)

@@ -31,7 +31,8 @@ from semisup_core.models import create_model
 from semisup_core.models.heads import strip_wrapper
 from semisup_core.train import augment, kernels
 from semisup_core.train.config import TrainConfig
-from semisup_core.train.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+from semisup_core.train.distributed import (DistInfo, all_reduce_mean, barrier, cleanup,
+                                             init_distributed)
 from semisup_core.train.objective import OBJECTIVES, Objective
 from semisup_core.train.schedule import lr_factor, scaled_lr
 from semisup_core.watchdog import Watchdog
@@ -253,6 +254,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(
             self.dist.device.type == "cuda" and cfg.amp == "fp16"))
         self.step, self.history, self._checked, self.cache = 0, [], False, None
+        self._saved = None  # the step of the newest checkpoint
         self._window = (0.0, 0)  # the loss summed over the steps since the last history entry
         self.beat = lambda msg: None  # the watchdog's, while run() runs
         _check_same_run(cfg)
@@ -263,8 +265,9 @@ class Trainer:
         found = checkpoint.latest(self.cfg.out)
         if found:
             state = checkpoint.restore(found[1], self.model, self.optimizer)
-            self.objective.load(checkpoint.load_extra(found[1]))
+            self.objective.load_checkpoint(found[1])
             self.step, self.history = state["step"], state.get("history", [])
+            self._saved = self.step
             self._window = tuple(state.get("loss_window", (0.0, 0)))  # exact history on resume
             log.info("resumed from %s at step %d", found[1], self.step)
 
@@ -332,12 +335,24 @@ class Trainer:
                 checkpoint.save_final(storage.join(self.cfg.out, "snapshots",
                                                    f"epoch-{epoch:03d}"),
                                       self._exported(), self._state())
-        if self.dist.is_main and self.step % self.cfg.checkpoint.every_steps == 0:
-            checkpoint.save_checkpoint(self.cfg.out, self.step, self.model, self.optimizer,
-                                       self._state(), keep=self.cfg.checkpoint.keep,
-                                       extra=self._extra())
+        if self.step % self.cfg.checkpoint.every_steps == 0:
+            self._checkpoint()
         if self.cfg.fail_at_step is not None and self.step == self.cfg.fail_at_step:
             raise InjectedFailure(f"injected failure after step {self.step}")
+
+    def _checkpoint(self) -> None:
+        """A checkpoint of this step: each rank's own tensors first (when the objective has
+        any), then, after a barrier, the main rank's files and state.json, which publishes it."""
+        own = self.objective.rank_state()
+        if own:
+            checkpoint.save_rank_extra(self.cfg.out, self.step, self.dist.rank,
+                                       self.dist.world_size, own)
+            barrier()
+        if self.dist.is_main:
+            state = dict(self._state(), **({"rank_files": self.dist.world_size} if own else {}))
+            checkpoint.save_checkpoint(self.cfg.out, self.step, self.model, self.optimizer,
+                                       state, keep=self.cfg.checkpoint.keep, extra=self._extra())
+        self._saved = self.step
 
     def _extra(self) -> dict:
         """The objective's tensors a checkpoint must hold for an exact resume."""
@@ -387,12 +402,9 @@ class Trainer:
             while self.step < self.total_steps:
                 self._run_epoch(self.step // self.steps_per_epoch, bar, watchdog)
         bar.close()
-        found = checkpoint.latest(cfg.out) if self.dist.is_main else None
-        if self.dist.is_main and (found is None or found[0] != self.total_steps):
+        if self._saved != self.total_steps:
             # the last step is a checkpoint too: a rerun then finds the run finished
-            checkpoint.save_checkpoint(cfg.out, self.step, self.model, self.optimizer,
-                                       self._state(), keep=cfg.checkpoint.keep,
-                                       extra=self._extra())
+            self._checkpoint()
         result = {"steps": self.total_steps, "epochs": cfg.epochs,
                   "final_loss": self.history[-1]["loss"] if self.history else None,
                   "seconds": round(time.time() - t0, 1), "world_size": self.dist.world_size}

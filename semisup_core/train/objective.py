@@ -80,11 +80,21 @@ class Objective:
         pass
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The tensors besides the weights and the optimiser an exact resume needs."""
+        """The tensors besides the weights and the optimiser an exact resume needs (the same
+        on every rank: the main rank writes them)."""
+        return {}
+
+    def rank_state(self) -> dict[str, torch.Tensor]:
+        """Tensors each rank holds for itself (e.g. its block of a sharded memory bank): every
+        rank writes its own file into the checkpoint. Empty on every rank, or on none."""
         return {}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         pass
+
+    def load_checkpoint(self, ckpt: str) -> None:
+        from semisup_core import checkpoint
+        self.load(checkpoint.load_extra(ckpt))
 
 
 class Contrastive(Objective):
@@ -160,7 +170,8 @@ class LLP(Objective):
         if not meta.labelled:
             raise ConfigError("objective llp needs a labelled dataset among data.train (the "
                               "labels to propagate) besides the unlabelled pool")
-        self.llp = LLPState(cfg.llp, meta.num_samples, meta.num_classes, cfg.seed, dist.device)
+        self.llp = LLPState(cfg.llp, meta.num_samples, meta.num_classes, cfg.seed, dist.device,
+                            dist.rank, dist.world_size)
         self._step = None
 
     def wrap(self, model):
@@ -209,8 +220,12 @@ class LLP(Objective):
     def state(self):
         return self.llp.state()
 
-    def load(self, tensors):
-        self.llp.load(tensors)
+    def rank_state(self):
+        return self.llp.rank_state()
+
+    def load_checkpoint(self, ckpt):
+        from semisup_core import checkpoint
+        self.llp.load(checkpoint.load_extra(ckpt), checkpoint.rank_extras(ckpt))
 
 
 class Distill(Objective):
