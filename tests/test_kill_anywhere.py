@@ -203,6 +203,46 @@ def test_llp_killed_anywhere(tmp_path):
     assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
+def _torchrun(args: list[str], kill_at: str | None = None) -> None:
+    """``semisup args`` on 2 ranks; with ``kill_at``, the rank that reaches it dies of SIGKILL
+    (torchrun then stops the other and fails)."""
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env.update(ENV_1T)
+    if kill_at:
+        env[ENV] = kill_at
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m", "semisup", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if kill_at:
+        assert proc.returncode != 0 and "Signal 9" in proc.stderr, (kill_at, proc.stderr[-1500:])
+    else:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_llp_sharded_bank_killed_anywhere(tmp_path):
+    """Two ranks, each publishing its block of the memory bank into every checkpoint before
+    the main rank's state.json: rank 1 killed at its block, rank 0 at its block, the main rank
+    at state.json; each rerun on 2 ranks gives the uninterrupted run's files byte for byte."""
+    from tests.llp.test_llp_training import _llp
+    from tests.train.conftest import write_blocks_dataset
+    data = [write_blocks_dataset(str(tmp_path / "lab"), 32, seed=11, prefix="lab"),
+            write_blocks_dataset(str(tmp_path / "pool"), 96, seed=12, labelled=False,
+                                 prefix="pool")]
+    cfg = _train_config(tmp_path, _llp(str(tmp_path / "unused"), data, epochs=3, batch_size=32,
+                                       model_kwargs={"width": 8, "norm": "group"},
+                                       checkpoint={"every_steps": 2}))
+    args = lambda out: ["stage", "llp", "-c", cfg, "--set", f"out={out}"]  # noqa: E731
+    _torchrun(args(str(tmp_path / "ref")))
+    ref = _visible(tmp_path / "ref")
+    assert any("extra-rank-00001-of-00002" in k for k in ref)
+    for i, point in enumerate(["extra-rank-00001:2", "extra-rank-00000:3", "state.json:3"]):
+        out = str(tmp_path / f"k{i}")
+        _torchrun(args(out), kill_at=point)
+        assert _differing(_visible(out), ref), point  # the kill left the output incomplete
+        _torchrun(args(out))
+        assert _differing(_visible(out), ref) == [], point
+
+
 def test_contrastive_killed_anywhere(tmp_path):
     from tests.simclr.test_simclr_training import _simclr
     from tests.train.conftest import write_blocks_dataset

@@ -31,8 +31,8 @@ from semisup_core.models import create_model
 from semisup_core.models.heads import strip_wrapper
 from semisup_core.train import augment, kernels
 from semisup_core.train.config import TrainConfig
-from semisup_core.train.distributed import (DistInfo, all_reduce_mean, barrier, cleanup,
-                                             init_distributed)
+from semisup_core.train.distributed import (DistInfo, all_gather_with_grad, all_reduce_mean,
+                                             barrier, cleanup, init_distributed)
 from semisup_core.train.objective import OBJECTIVES, Objective
 from semisup_core.train.schedule import lr_factor, scaled_lr
 from semisup_core.watchdog import Watchdog
@@ -234,6 +234,17 @@ def _check_same_run(cfg: TrainConfig) -> None:
                           f"differ): use another out or delete it")
 
 
+def _own_window(saved, dist: DistInfo) -> tuple[float, int]:
+    """This rank's loss window from a checkpoint: ``[sum, n]`` (one process, or a checkpoint
+    before the windows were kept per rank) or one ``[sum, n]`` per rank (the rank's own; the
+    ranks' mean on another number of ranks, which gives the same history entry)."""
+    if not saved or not isinstance(saved[0], (list, tuple)):
+        return tuple(saved) if saved else (0.0, 0)
+    if len(saved) == dist.world_size:
+        return tuple(saved[dist.rank])
+    return (sum(s for s, _ in saved) / len(saved), saved[0][1])
+
+
 class Trainer:
     """Holds the state of one run; ``run()`` trains to the end and returns metrics."""
 
@@ -268,7 +279,7 @@ class Trainer:
             self.objective.load_checkpoint(found[1])
             self.step, self.history = state["step"], state.get("history", [])
             self._saved = self.step
-            self._window = tuple(state.get("loss_window", (0.0, 0)))  # exact history on resume
+            self._window = _own_window(state.get("loss_window", (0.0, 0)), self.dist)
             log.info("resumed from %s at step %d", found[1], self.step)
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor,
@@ -343,13 +354,18 @@ class Trainer:
     def _checkpoint(self) -> None:
         """A checkpoint of this step: each rank's own tensors first (when the objective has
         any), then, after a barrier, the main rank's files and state.json, which publishes it."""
+        # every rank's loss window (each rank's losses differ; the history entry is their mean)
+        windows = [[float(s), int(self._window[1])]
+                   for s in all_gather_with_grad(torch.as_tensor(
+                       self._window[0], dtype=torch.float32,
+                       device=self.dist.device).reshape(1)).detach().cpu()]
         own = self.objective.rank_state()
         if own:
             checkpoint.save_rank_extra(self.cfg.out, self.step, self.dist.rank,
                                        self.dist.world_size, own)
             barrier()
         if self.dist.is_main:
-            state = dict(self._state(), **({"rank_files": self.dist.world_size} if own else {}))
+            state = dict(self._state(windows), **({"rank_files": self.dist.world_size} if own else {}))
             checkpoint.save_checkpoint(self.cfg.out, self.step, self.model, self.optimizer,
                                        state, keep=self.cfg.checkpoint.keep, extra=self._extra())
         self._saved = self.step
@@ -358,9 +374,9 @@ class Trainer:
         """The objective's tensors a checkpoint must hold for an exact resume."""
         return self.objective.state()
 
-    def _state(self) -> dict:
+    def _state(self, windows: list | None = None) -> dict:
         return dict(_model_spec(self.cfg, self.meta, self.objective), history=self.history,
-                    loss_window=[float(self._window[0]), int(self._window[1])],
+                    loss_window=windows or [[float(self._window[0]), int(self._window[1])]],
                     total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
                     config=self.cfg.model_dump(mode="json"))
 
