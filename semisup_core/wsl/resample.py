@@ -13,15 +13,23 @@ The draws are fixed per run and written as a dataset (``write_resampled``): ``dr
 samples in draw order, keys ``<image key>-r<j>``, ``.cls`` the drawn label (so ``objective:
 supervised`` on the same set is the drawn-label-only ablation), and ``targets.parquet`` beside
 it holding each image's labels, keyed by the image's own key. One epoch over it is
-``draws`` passes' worth of images. The copy holds the drawn images' encoded bytes in memory
-while it writes (the demo's pool: ~60 MB); a pool of 10^8 images wants a weighted sampler in
-the stream instead, which is not built.
+``draws`` passes' worth of images.
+
+The copy streams: one pass over the source shards routes each drawn image's copies to the
+output shard their draw positions fall in, buffered up to ``spill_mb`` and then spilled as
+Arrow runs under ``<out>/_work/`` (removed at the end); then each output shard is written
+from its runs in draw order. Memory: ``spill_mb`` plus one output shard, plus per image a row
+number and its draw positions (numpy) and its key and labels (the stage's lists); the images'
+bytes are never all held (they were, in an earlier version: ~60 MB for the demo's pool, 10 TB
+for 10^8 100-kB images). The output is byte for byte the in-memory copy's (tested).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +37,11 @@ import pyarrow as pa
 from semisup_core import storage
 from semisup_core.data.dataset import make_meta, shard_uris, write_meta
 from semisup_core.data.shards import ShardWriter, iter_shard
+from semisup_core.errors import DataError
 from semisup_core.tables import write_table
+
+RUN_SCHEMA = pa.schema([("position", pa.int64()), ("image", pa.binary()), ("ext", pa.string())])
+ROW_OVERHEAD = 256  # bytes a buffered copy costs beside its image (Python objects), for spill_mb
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +92,86 @@ def draw(labels: list[list[int]], vocab: int, power: float, n: int, seed: int
     return images[pick], t
 
 
+def copy_numbers(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For draws ``idx`` (image per draw position): each draw's copy number j (the j-th draw of
+    its image in draw order), and the draw positions grouped by image (``order``, ascending
+    within an image) with each image's first index into it (``start``, N + 1)."""
+    order = np.argsort(idx, kind="stable")
+    n_images = int(idx.max()) + 1 if len(idx) else 0
+    start = np.searchsorted(idx[order], np.arange(n_images + 1))
+    j = np.empty(len(idx), np.int64)
+    j[order] = np.arange(len(idx)) - start[idx[order]]
+    return j, order, start
+
+
+def _work(out: str, *parts: str) -> str:
+    return storage.join(out, "_work", *parts)
+
+
+def _spill(out: str, spill: int, buffers: dict[int, list]) -> None:
+    for shard, rows in buffers.items():
+        pos, image, ext = zip(*rows)
+        buf = io.BytesIO()
+        with pa.ipc.new_stream(buf, RUN_SCHEMA) as w:
+            w.write_table(pa.table([pa.array(pos, pa.int64()), pa.array(image, pa.binary()),
+                                    pa.array(ext, pa.string())], schema=RUN_SCHEMA))
+        storage.put_bytes(_work(out, f"{shard:06d}", f"{spill:05d}.arrow"), buf.getvalue())
+    buffers.clear()
+
+
 def write_resampled(cfg, meta, keys: list[str], labels: list[list[int]], vocab: list[str],
-                    out: str) -> dict:
+                    out: str, spill_mb: float = 256) -> dict:
     """The resampled weak training set (see the module doc) at ``out``; returns its summary."""
     n = int(round(cfg.draws * len(keys)))
     idx, drawn = draw(labels, len(vocab), cfg.power, n, cfg.seed)
-    wanted = set(idx.tolist())
+    copy, order, start = copy_numbers(idx)
+    sps = cfg.samples_per_shard
     row_of = {k: i for i, k in enumerate(keys)}
-    encoded: dict[int, tuple[bytes, str]] = {}
-    for uri in shard_uris(cfg.data, meta):
+    buffers: dict[int, list] = {}  # output shard -> [(draw position, image, ext)]
+    spills = held = 0
+    for uri in shard_uris(cfg.data, meta):  # map: each drawn image's copies to their shards
         for s in iter_shard(uri):
             i = row_of.get(s.key)
-            if i is not None and i in wanted:
-                encoded[i] = (s.image, s.ext)
-    copies: dict[int, int] = {}
-    with ShardWriter(out, cfg.samples_per_shard) as writer:
-        for i, t in zip(idx.tolist(), drawn.tolist()):
-            j = copies[i] = copies.get(i, -1) + 1
-            image, ext = encoded[i]
-            writer.write(f"{keys[i]}-r{j}", image, ext, int(t), {"source_key": keys[i]})
-    write_meta(out, make_meta(out, f"{meta.name}-weak", vocab, writer.shards, writer.class_counts,
+            if i is None or i >= len(start) - 1 or start[i] == start[i + 1]:
+                continue
+            for p in order[start[i]:start[i + 1]].tolist():
+                buffers.setdefault(p // sps, []).append((p, s.image, s.ext))
+                held += len(s.image) + ROW_OVERHEAD
+            if held >= spill_mb * 2**20:
+                _spill(out, spills, buffers)
+                spills, held = spills + 1, 0
+    if buffers:
+        _spill(out, spills, buffers)
+        spills += 1
+    shards, counts = [], Counter()
+    for o in range((n + sps - 1) // sps):  # reduce: each output shard in draw order
+        runs = [_work(out, f"{o:06d}", f"{r:05d}.arrow") for r in range(spills)]
+        table = pa.concat_tables([RUN_SCHEMA.empty_table()] + [
+            pa.ipc.open_stream(storage.get_bytes(u)).read_all() for u in runs
+            if storage.exists(u)]).sort_by("position")
+        positions = table["position"].to_numpy()
+        if not np.array_equal(positions, np.arange(o * sps, min(n, (o + 1) * sps))):
+            raise DataError(f"resampling: {cfg.data} no longer holds every image it was "
+                            f"tagged with (output shard {o} lacks draws)")
+        with ShardWriter(out, sps, first_index=o) as writer:
+            for p, image, ext in zip(positions.tolist(), table["image"].to_pylist(),
+                                     table["ext"].to_pylist()):
+                i = int(idx[p])
+                writer.write(f"{keys[i]}-r{int(copy[p])}", image, ext, int(drawn[p]),
+                             {"source_key": keys[i]})
+        shards += writer.shards
+        counts.update(writer.class_counts)
+    images = int(np.count_nonzero(np.diff(start))) if len(start) else 0
+    write_meta(out, make_meta(out, f"{meta.name}-weak", vocab, shards, counts,
                               source="synsets", channels=meta.channels,
                               hw=(meta.height, meta.width) if meta.height else None,
                               extra={"weak": {"draws": cfg.draws, "power": cfg.power,
-                                              "seed": cfg.seed, "images": len(wanted)},
+                                              "seed": cfg.seed, "images": images},
                                      "tags_simulated": (meta.extra or {}).get("tags_simulated")}))
     write_table(storage.join(out, "targets.parquet"), pa.table(
         {"key": pa.array(keys, pa.string()), "labels": pa.array(labels, pa.list_(pa.int32()))}))
+    for uri in list(storage.list_uris(_work(out))):
+        storage.delete(uri)
     log.info("resampled weak training set: %d samples of %d images (power %.2f) in %s",
-             n, len(wanted), cfg.power, out)
-    return {"uri": out, "samples": n, "images": len(wanted), "power": cfg.power}
+             n, images, cfg.power, out)
+    return {"uri": out, "samples": n, "images": images, "power": cfg.power}

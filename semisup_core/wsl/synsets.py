@@ -84,6 +84,9 @@ class SynsetsConfig(StageConfig):
                                                       "natural; 0 uniform)")
     seed: int = 0
     samples_per_shard: int = Field(4096, ge=1)
+    spill_mb: float = Field(256, gt=0, description="resampling: images buffered before they "
+                                                   "are spilled to out/train/_work (the copy's "
+                                                   "memory beside one output shard)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +339,7 @@ def run_synsets(cfg: SynsetsConfig) -> dict:
     if cfg.draws > 0:
         from semisup_core.wsl.resample import write_resampled
         summary["train"] = write_resampled(cfg, meta, target_keys, target_labels, vocab_names,
-                                           storage.join(out, "train"))
+                                           storage.join(out, "train"), cfg.spill_mb)
     storage.write_json(storage.join(out, "summary.json"), summary)
     log.info("synsets: %d of %d distinct tags map to %d labels (%s); %d of %d images labelled",
              len(label_of), len(occurrences), len(vocab_names), cfg.vocabulary,

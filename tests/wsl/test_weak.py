@@ -217,3 +217,57 @@ def test_cluster_job_config_runs_the_weak_train_image():
     assert job.stage == "weak-train" and "semisup-weak-train:" in job.pod_image
     cfg = job.train_config()
     assert cfg.objective == "weak" and cfg.model == "resnext101_32x8d" and cfg.weak is not None
+
+
+def _in_memory_copy(cfg, meta, keys, labels, vocab, out) -> None:
+    """The resampled set as the first version wrote it (every drawn image's bytes in a dict,
+    one writer in draw order): the brute-force twin of the streamed copy."""
+    idx, drawn = resample.draw(labels, len(vocab), cfg.power, int(round(cfg.draws * len(keys))),
+                               cfg.seed)
+    row_of = {k: i for i, k in enumerate(keys)}
+    encoded = {row_of[s.key]: (s.image, s.ext) for u in shard_uris(cfg.data, meta)
+               for s in iter_shard(u) if s.key in row_of}
+    copies: dict[int, int] = {}
+    with ShardWriter(out, cfg.samples_per_shard) as writer:
+        for i, t in zip(idx.tolist(), drawn.tolist()):
+            j = copies[i] = copies.get(i, -1) + 1
+            writer.write(f"{keys[i]}-r{j}", *encoded[i], int(t), {"source_key": keys[i]})
+
+
+def _tree(root: str) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(root) for n in names}
+
+
+@pytest.mark.parametrize("spill_mb", [1e-4, 256])  # a spill per image / none until the end
+def test_streamed_resampling_writes_the_in_memory_copy_byte_for_byte(tmp_path, spill_mb):
+    """2.5 draws per image of 48 tagged images into shards of 7: the streamed copy (spilled
+    per output shard, written shard by shard) equals the in-memory copy's shards, keys, copy
+    numbers and drawn labels byte for byte, and leaves no work files."""
+    data, keys = write_tagged(str(tmp_path / "tagged"), TAGS)
+    cfg = SynsetsConfig(data=data, out=str(tmp_path / "syn"), draws=2.5, seed=4,
+                        samples_per_shard=7, spill_mb=spill_mb)
+    syn = run_synsets(cfg)
+    got = _tree(syn["train"]["uri"])
+    targets = read_table(os.path.join(syn["train"]["uri"], "targets.parquet")).to_pydict()
+    ref = str(tmp_path / "ref")
+    _in_memory_copy(cfg, read_meta(data), targets["key"], targets["labels"],
+                    read_meta(syn["train"]["uri"]).classes, ref)
+    want = _tree(ref)
+    shards = sorted(k for k in want if k.endswith(".tar"))
+    assert len(shards) == math.ceil(2.5 * 48 / 7) == 18
+    assert {k: got[k] for k in want} == want  # every shard and its index, byte for byte
+    assert not any(k.startswith("_work") for k in got)
+    copies = [s.key for u in sorted(shards) for s in iter_shard(os.path.join(ref, u))]
+    assert len(copies) == 120 and len(set(copies)) == 120  # each copy numbered once
+
+
+def test_resampling_refuses_a_pool_that_lost_an_image(tmp_path):
+    """An image removed from the data between tagging and the copy: one line, not a short set."""
+    data, keys = write_tagged(str(tmp_path / "tagged"), TAGS)
+    meta = read_meta(data)
+    cfg = SynsetsConfig(data=data, out=str(tmp_path / "syn"), draws=2, seed=4)
+    labels = [[0]] * len(keys)
+    with pytest.raises(DataError, match="no longer holds every image"):
+        resample.write_resampled(cfg, meta, keys + ["gone"], labels + [[0]], ["a.n.01"],
+                                 str(tmp_path / "out"))
