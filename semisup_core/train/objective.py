@@ -105,7 +105,7 @@ class Contrastive(Objective):
 
     def __init__(self, cfg, meta, dist):
         super().__init__(cfg, meta, dist)
-        self.memory = None
+        self.memory = self.key = self._online = None
 
     def model_kwargs(self) -> dict:
         kw = dict(self.cfg.model_kwargs)
@@ -130,6 +130,9 @@ class Contrastive(Objective):
         if c.memory:
             self.memory = NegativeMemory(c.memory, wrapped.feature_dim if c.proj_layers
                                          else model.feature_dim, self.dist.device)
+            if c.memory_momentum:
+                from semisup_core.train.objectives import MomentumEncoder
+                self.key = MomentumEncoder(wrapped, c.memory_momentum)
         return wrapped
 
     def exported(self, module: nn.Module) -> nn.Module:
@@ -148,15 +151,31 @@ class Contrastive(Objective):
         from semisup_core.train.objectives import contrastive_loss
         c = self.cfg.contrastive
         use_memory = step >= c.memory_after_epochs * self.steps_per_epoch
-        loss, self.stats = contrastive_loss(model(x), c, self.dist.rank, self.memory, use_memory)
+        push = None
+        if self.key is not None:  # the momentum encoder's descriptors of the first views
+            push = self.key(x[:len(x) // 2])
+            self._online = getattr(model, "module", model)  # under DDP, the network it wraps
+        loss, self.stats = contrastive_loss(model(x), c, self.dist.rank, self.memory, use_memory,
+                                            push)
         return loss
 
+    def start(self, trainer):
+        if self.key is not None:  # built beside the network in wrap(), before it moved
+            self.key.module.to(trainer.dist.device)
+
+    def after_step(self):
+        if self.key is not None:
+            self.key.update(self._online)
+
     def state(self):
-        return self.memory.state() if self.memory is not None else {}
+        out = self.memory.state() if self.memory is not None else {}
+        return {**out, **(self.key.state() if self.key is not None else {})}
 
     def load(self, tensors):
         if self.memory is not None:
             self.memory.load(tensors)
+        if self.key is not None:
+            self.key.load(tensors)
 
 
 class LLP(Objective):

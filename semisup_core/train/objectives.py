@@ -56,6 +56,10 @@ class ContrastiveConfig(StageConfig):
                                              "negatives (cross-batch memory; 0 = off; e.g. "
                                              "16-32 batches' worth)")
     memory_after_epochs: float = Field(1.0, ge=0, description="when the memory starts being used")
+    memory_momentum: float = Field(0.0, ge=0, lt=1, description="who fills the memory: 0 = the "
+                                   "encoder itself (cross-batch memory); m > 0 = a momentum "
+                                   "encoder, the encoder's exponential moving average "
+                                   "θ_k ← m θ_k + (1-m) θ (MoCo, SimCLRv2 App. D: 0.999)")
 
 
 class NegativeMemory:
@@ -142,11 +146,12 @@ def info_nce_koleo(rows: torch.Tensor, row_ids: torch.Tensor, row_pos: torch.Ten
 
 
 def contrastive_loss(z: torch.Tensor, cfg: ContrastiveConfig, rank: int,
-                     memory: NegativeMemory | None = None, use_memory: bool = False
-                     ) -> tuple[torch.Tensor, dict]:
+                     memory: NegativeMemory | None = None, use_memory: bool = False,
+                     push: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """``z``: this rank's 2L x d descriptors, views 1 then views 2 of its L images (its slice
     of the global batch, rank-major). Negatives come from every rank, and from ``memory`` when
-    ``use_memory``; the batch's first views are then pushed into ``memory``."""
+    ``use_memory``; the batch's first views are then pushed into ``memory`` (``push``: this
+    rank's L descriptors to push instead, a momentum encoder's of the same views)."""
     z1, z2 = z.chunk(2)
     local = len(z1)
     g1, g2 = all_gather_with_grad(z1), all_gather_with_grad(z2)  # G x d each, G = world * L
@@ -163,5 +168,38 @@ def contrastive_loss(z: torch.Tensor, cfg: ContrastiveConfig, rank: int,
     loss, stats = info_nce_koleo(z, row_ids, row_pos, torch.cat(cols), col_ids,
                                  cfg.temperature, cfg.koleo_weight, cfg.align_weight)
     if memory is not None:
-        memory.push(g1)
+        memory.push(g1 if push is None else all_gather_with_grad(push.detach()))
     return loss, stats
+
+
+class MomentumEncoder:
+    """A copy of the network whose weights follow the network's by an exponential moving
+    average after every step, θ_k ← m θ_k + (1-m) θ (MoCo; SimCLRv2 App. D fills its memory
+    with it); buffers (BatchNorm's running statistics) are its own, moved by its forward
+    passes in training mode, as MoCo's key encoder. Its descriptors carry no gradient. Every
+    rank applies the same update to the same (DDP-synchronised) weights: the copies agree."""
+
+    def __init__(self, module: nn.Module, momentum: float):
+        import copy
+        self.module, self.m = copy.deepcopy(module), momentum
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.module.train()
+        return self.module(x)
+
+    @torch.no_grad()
+    def update(self, online: nn.Module) -> None:
+        for k, q in zip(self.module.parameters(), online.parameters()):
+            k.mul_(self.m).add_(q.detach(), alpha=1 - self.m)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {f"momentum.{k}": v for k, v in self.module.state_dict().items()}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        own = {k[len("momentum."):]: v for k, v in tensors.items() if k.startswith("momentum.")}
+        if not own:
+            raise ValueError("the checkpoint holds no momentum encoder (momentum.*)")
+        self.module.load_state_dict(own)

@@ -149,6 +149,68 @@ def test_simclr_pretraining_learns_snapshots_and_resumes_exactly(tmp_path, unlab
     assert "out.weight" in ca and all(torch.equal(ca[k], cb[k]) for k in ca)  # the head too
 
 
+def test_a_momentum_encoder_fills_the_memory(tmp_path, unlabelled_blocks):
+    """``memory_momentum`` m: the memory receives the momentum encoder's descriptors of the
+    batch's first views (its weights before the step), and after the step its weights are
+    m θ_before + (1-m) θ_after (GroupNorm and no projection head, so that the first views
+    alone give the descriptors the whole batch's forward gives)."""
+    from semisup_core.train import augment
+    from semisup_core.train.loop import Trainer, _loader
+    cfg = _simclr(tmp_path / "run", unlabelled_blocks, model_kwargs={"width": 4, "norm": "group"},
+                  contrastive={"views": "simclr", "proj_layers": 0, "temperature": 0.2,
+                               "koleo_weight": 0.0, "memory": 64, "memory_after_epochs": 0,
+                               "memory_momentum": 0.9})
+    t = Trainer(cfg)
+    t.objective.start(t)
+    key = t.objective.key.module
+    before = [p.detach().clone() for p in t.model.parameters()]
+    assert all(torch.equal(k, q) for k, q in zip(key.parameters(), before))  # starts as a copy
+    images, labels, keys = next(iter(_loader(cfg, t.meta, t.dist, t.local_batch,
+                                             t.steps_per_epoch, 0)))
+    x = t.objective.inputs(images, step_generator(cfg.seed, 0), 0, t.memory_format)
+    with torch.no_grad():
+        want = t.model(x[:len(x) // 2])  # the first views by the weights before the step
+    t._train_step(images, labels, keys)
+    pushed = t.objective.memory.negatives()
+    assert pushed.shape == (32, want.shape[1])
+    assert torch.allclose(pushed, want, atol=1e-5)
+    after = list(t.model.parameters())
+    assert not torch.equal(after[0], before[0])
+    for k, b, a in zip(key.parameters(), before, after):
+        assert torch.allclose(k, 0.9 * b + 0.1 * a, atol=1e-6)
+    # the second step pushes the momentum encoder's descriptors, no longer the network's
+    x2 = t.objective.inputs(images, step_generator(cfg.seed, 1), 0, t.memory_format)
+    with torch.no_grad():
+        by_key, by_online = key(x2[:len(x2) // 2]), t.model(x2[:len(x2) // 2])
+    t.step = 1
+    t._train_step(images, labels, keys)
+    newest = t.objective.memory.negatives()[-32:]
+    assert torch.allclose(newest, by_key, atol=1e-5)
+    assert (newest - by_online).abs().max() > 1e-3
+
+
+def test_momentum_encoder_resumes_exactly(tmp_path, unlabelled_blocks):
+    """Killed at step 13 and rerun: the same weights, memory and momentum encoder."""
+    c = {"views": "simclr", "proj_layers": 3, "proj_dim": 16, "temperature": 0.2,
+         "koleo_weight": 0.0, "memory": 64, "memory_after_epochs": 0.5, "memory_momentum": 0.99}
+    straight = _simclr(tmp_path / "straight", unlabelled_blocks, contrastive=c)
+    train_contrastive(straight)
+    crashed = straight.model_copy(update={"out": str(tmp_path / "crashed"), "fail_at_step": 13})
+    with pytest.raises(InjectedFailure):
+        train(crashed)
+    assert any(k.startswith("momentum.") for k in checkpoint.load_extra(checkpoint.latest(crashed.out)[1]))
+    train(crashed.model_copy(update={"fail_at_step": None}))
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "crashed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ea = checkpoint.load_extra(checkpoint.latest(straight.out)[1])
+    eb = checkpoint.load_extra(checkpoint.latest(crashed.out)[1])
+    assert ea.keys() == eb.keys() and all(torch.equal(ea[k], eb[k]) for k in ea)
+    online = checkpoint.load_weights(os.path.join(checkpoint.latest(straight.out)[1],
+                                                  "model.safetensors"))
+    k = next(k for k, v in online.items() if v.dim() > 1)  # a weight (not a BN counter)
+    assert not torch.equal(ea["momentum." + k], online[k])  # a moving average, not a copy
+
+
 def test_logistic_probe_against_a_separable_case():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(-2, 1, (50, 3)), rng.normal(2, 1, (50, 3))])
