@@ -150,6 +150,61 @@ def test_split_in_hash_order_killed_anywhere(tmp_path):
     assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
+def test_split_killed_anywhere(tmp_path):
+    """The default (permutation-order) split: labelled shards, pool shards, the oracle."""
+    from tests.data.conftest import make_dataset
+    ds, dis = str(tmp_path / "ds"), str(tmp_path / "dis")
+    make_dataset(ds, 90, ["a", "b", "c"], prefix="img", seed=3)
+    make_dataset(dis, 40, ["x", "y"], prefix="dis", seed=4, per_shard=7)
+    args = lambda out: ["data", "split", "--set", f"dataset={ds}", "--set", f"out={out}",  # noqa: E731
+                        "--set", "labels_per_class=4", "--set", f"distractors=[{dis}]",
+                        "--set", "samples_per_shard=20"]
+    _run(args(str(tmp_path / "ref")))
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
+        "labelled/dataset.json:1", "unlabelled/shard-:3", "oracle.parquet:1"],
+        str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
+
+
+def test_synsets_killed_anywhere(tmp_path):
+    """Tags -> synsets with the resampled set: its audit table, a spill of the streamed copy,
+    an output shard of the copy, the summary."""
+    from tests.wsl.conftest import write_tagged
+    from tests.wsl.test_weak import TAGS
+    data, _ = write_tagged(str(tmp_path / "tagged"), TAGS)
+    args = lambda out: ["stage", "synsets", "--set", f"data={data}", "--set", f"out={out}",  # noqa: E731
+                        "--set", "draws=3", "--set", "samples_per_shard=20",
+                        "--set", "spill_mb=0.0005"]
+    _run(args(str(tmp_path / "ref")))
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
+        "mapping.parquet:1", "train/_work/:4", "train/shard-:2", "summary.json:1"],
+        str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
+
+
+def test_import_killed_anywhere(tmp_path):
+    """An image folder (two classes, one undecodable file) into shards."""
+    import numpy as np
+
+    from semisup_core.data.decode import encode_png
+    src = tmp_path / "folder"
+    for c, cls in enumerate(("x", "y")):
+        (src / cls).mkdir(parents=True)
+        for i in range(30):
+            (src / cls / f"{i:02d}.png").write_bytes(
+                encode_png(np.full((6, 6), (i * 7 + c * 90) % 256, np.uint8)))
+    (src / "y" / "bad.png").write_bytes(b"corrupt")
+    args = lambda out: ["data", "import", "--set", "source=image-folder", "--set", f"src={src}",  # noqa: E731
+                        "--set", f"out={out}", "--set", "samples_per_shard=8"]
+    _run(args(str(tmp_path / "ref")))
+    cut, rerun = _killed_then_rerun(args, tmp_path, [
+        "shard-000001.tar:1", "shard-000005.idx:1", "dataset.json:1"], str(tmp_path / "ref"))
+    assert all(cut.values()), cut  # each kill left the output incomplete
+    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
+
+
 def test_materialise_killed_anywhere(teacher, pool, tmp_path):
     scores, sel = str(tmp_path / "scores"), str(tmp_path / "sel")
     _run(_score_args(teacher, pool)(scores))
