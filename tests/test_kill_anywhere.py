@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 from semisup_core.faults import ENV
 
@@ -133,36 +134,21 @@ def test_train_killed_anywhere(tmp_path):
     assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 
 
-def test_split_in_hash_order_killed_anywhere(tmp_path):
+@pytest.mark.parametrize("order,points", [
+    ("permutation", ["labelled/dataset.json:1", "unlabelled/shard-:3", "oracle.parquet:1"]),
+    ("hash", ["_work/runs/:7", "unlabelled/shard-:3", "oracle.parquet:1", "split.json:1"])])
+def test_split_killed_anywhere(tmp_path, order, points):
+    """Both orders of the split (the hash order's map spills and reduce shards included)."""
     from tests.data.conftest import make_dataset
     ds, dis = str(tmp_path / "ds"), str(tmp_path / "dis")
     make_dataset(ds, 90, ["a", "b", "c"], prefix="img", seed=3)
     make_dataset(dis, 40, ["x", "y"], prefix="dis", seed=4, per_shard=7)
+    hashed = ["--set", "spill_mb=0.002"] if order == "hash" else []
     args = lambda out: ["data", "split", "--set", f"dataset={ds}", "--set", f"out={out}",  # noqa: E731
                         "--set", "labels_per_class=4", "--set", f"distractors=[{dis}]",
-                        "--set", "order=hash", "--set", "samples_per_shard=20",
-                        "--set", "spill_mb=0.002"]
+                        "--set", f"order={order}", "--set", "samples_per_shard=20", *hashed]
     _run(args(str(tmp_path / "ref")))
-    cut, rerun = _killed_then_rerun(args, tmp_path, [
-        "_work/runs/:7", "unlabelled/shard-:3", "oracle.parquet:1", "split.json:1"],
-        str(tmp_path / "ref"))
-    assert all(cut.values()), cut  # each kill left the output incomplete
-    assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
-
-
-def test_split_killed_anywhere(tmp_path):
-    """The default (permutation-order) split: labelled shards, pool shards, the oracle."""
-    from tests.data.conftest import make_dataset
-    ds, dis = str(tmp_path / "ds"), str(tmp_path / "dis")
-    make_dataset(ds, 90, ["a", "b", "c"], prefix="img", seed=3)
-    make_dataset(dis, 40, ["x", "y"], prefix="dis", seed=4, per_shard=7)
-    args = lambda out: ["data", "split", "--set", f"dataset={ds}", "--set", f"out={out}",  # noqa: E731
-                        "--set", "labels_per_class=4", "--set", f"distractors=[{dis}]",
-                        "--set", "samples_per_shard=20"]
-    _run(args(str(tmp_path / "ref")))
-    cut, rerun = _killed_then_rerun(args, tmp_path, [
-        "labelled/dataset.json:1", "unlabelled/shard-:3", "oracle.parquet:1"],
-        str(tmp_path / "ref"))
+    cut, rerun = _killed_then_rerun(args, tmp_path, points, str(tmp_path / "ref"))
     assert all(cut.values()), cut  # each kill left the output incomplete
     assert rerun == dict.fromkeys(cut, []), rerun  # each rerun: the reference, byte for byte
 

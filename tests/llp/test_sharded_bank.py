@@ -6,9 +6,7 @@ ranks."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
+import shutil
 
 import pytest
 import torch
@@ -17,28 +15,16 @@ from semisup_core import checkpoint
 from semisup_core.llp.propagation import aggregation_loss, log_density
 from semisup_core.train import train
 from tests.llp.sharded_ranks import problem
-from tests.llp.test_llp_training import _llp, _pseudo, llp_data  # noqa: F401 (a fixture)
+from tests.llp.test_llp_training import _llp, _pseudo
+from tests.ranks import run_ranks
 from tests.train.test_train import _max_rel_diff, _torchrun, _weights
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_each_block_sums_to_the_whole_bank_with_gradients(tmp_path, world):
     """97 entries over 2 or 3 ranks (uneven blocks; with a sampled support the last block holds
     none of it): L_A of every query, its gradient, and log ρ equal the whole bank's."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={world}", os.path.join(REPO, "tests", "llp", "sharded_ranks.py"),
-           str(tmp_path)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    assert proc.returncode == 0, err[-3000:]
+    run_ranks("tests/llp/sharded_ranks.py", world, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank-{r}.pt") for r in range(world)]
     bank, bank_labels, v, own, labels, support, labelled = problem()
     for name, sup in (("full", None), ("support", support)):
@@ -79,7 +65,7 @@ def test_two_ranks_hold_half_the_bank_and_resume_exactly(tmp_path, llp_data):
     assert "llp.bank" not in checkpoint.load_extra(ckpt)  # no rank writes the whole bank
     single = straight.model_copy(update={"out": str(tmp_path / "single")})
     os.makedirs(single.out)
-    subprocess.run(["cp", "-r", os.path.join(crashed.out, "checkpoints"), single.out], check=True)
+    shutil.copytree(os.path.join(crashed.out, "checkpoints"), os.path.join(single.out, "checkpoints"))
     proc = _torchrun(2, crashed.model_copy(update={"fail_at_step": None}), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "crashed")

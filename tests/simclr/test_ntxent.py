@@ -3,18 +3,11 @@ and with the negatives of two ranks under torchrun (loss and gradients)."""
 
 from __future__ import annotations
 
-import math
-import os
-import signal
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from semisup_core.train.objectives import ContrastiveConfig, contrastive_loss
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.ranks import run_ranks
 
 
 def nt_xent_brute(z1: torch.Tensor, z2: torch.Tensor, t: float,
@@ -61,18 +54,7 @@ def test_nt_xent_across_two_ranks_is_the_formula_with_gradients(tmp_path):
     views; their mean is the formula's, and the gradients the views receive (through the
     gather's backward, summed over ranks, then averaged as DDP does) are the formula's."""
     n, d, t = 8, 6, 0.2
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(REPO, "tests", "simclr", "ntxent_ranks.py"), str(tmp_path), str(n),
-           str(d), str(t)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    assert proc.returncode == 0, err[-3000:]
+    run_ranks("tests/simclr/ntxent_ranks.py", 2, str(tmp_path), str(n), str(d), str(t))
     ranks = [torch.load(tmp_path / f"rank-{r}.pt") for r in range(2)]
     z1, z2 = _views(n, d)
     ref_z = torch.cat([z1, z2]).requires_grad_(True)

@@ -154,7 +154,6 @@ def test_a_momentum_encoder_fills_the_memory(tmp_path, unlabelled_blocks):
     batch's first views (its weights before the step), and after the step its weights are
     m θ_before + (1-m) θ_after (GroupNorm and no projection head, so that the first views
     alone give the descriptors the whole batch's forward gives)."""
-    from semisup_core.train import augment
     from semisup_core.train.loop import Trainer, _loader
     cfg = _simclr(tmp_path / "run", unlabelled_blocks, model_kwargs={"width": 4, "norm": "group"},
                   contrastive={"views": "simclr", "proj_layers": 0, "temperature": 0.2,
