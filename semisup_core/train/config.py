@@ -133,6 +133,10 @@ class TrainConfig(TrainRecipe):
     def _teacher(self):
         if self.objective == "distill" and not (self.distill and self.distill.teacher):
             raise ValueError("objective distill needs distill.teacher (the teacher's model dir)")
+        c = self.contrastive
+        if c is not None and c.memory_momentum and not c.memory:
+            raise ValueError("contrastive.memory_momentum fills the memory: set contrastive.memory "
+                             "(its size) too")
         return self
 
 

@@ -254,6 +254,8 @@ def test_distillation_student_learns_the_teacher(tmp_path, blocks_dataset, unlab
 def test_one_line_errors(tmp_path, blocks_dataset, unlabelled_blocks):
     with pytest.raises(ConfigError, match="objective distill needs distill.teacher"):
         _cfg(tmp_path / "d", unlabelled_blocks, objective="distill")
+    with pytest.raises(ConfigError, match="memory_momentum fills the memory: set contrastive.memory"):
+        _simclr(tmp_path / "m", unlabelled_blocks, contrastive={"memory_momentum": 0.99})
     with pytest.raises(ConfigError, match="distill.teacher .*no model"):
         train(_cfg(tmp_path / "d", unlabelled_blocks, objective="distill",
                    distill={"teacher": str(tmp_path / "missing")}))
