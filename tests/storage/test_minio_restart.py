@@ -84,6 +84,12 @@ def _upload(local_dir: str, uri: str) -> str:
     return uri
 
 
+def _tree(prefix: str) -> dict[str, bytes]:
+    """Every object under ``prefix`` (its own name in them replaced)."""
+    return {u[len(prefix):]: storage.get_bytes(u).replace(prefix.encode(), b"<out>")
+            for u in storage.list_uris(prefix)}
+
+
 def _score_and_select(teacher, pool, out):
     from semisup_core.teacher_student.score import ScoreConfig, score
     from semisup_core.teacher_student.select import SelectConfig, select
@@ -193,9 +199,39 @@ def test_the_hash_split_retries_through_a_minio_restart(minio, tmp_path, monkeyp
     restarts[0].join()
     assert minio.stops == 1
 
-    def tree(prefix):
-        return {u[len(prefix):]: storage.get_bytes(u).replace(prefix.encode(), b"<out>")
-                for u in storage.list_uris(prefix)}
-
-    ref, got = tree("s3://semisup/ref"), tree("s3://semisup/faulted")
+    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
     assert got == ref and not [u for u in got if "_work" in u]
+
+
+def test_the_weak_training_sets_streamed_copy_retries_through_a_minio_restart(minio, tmp_path,
+                                                                              monkeypatch):
+    """The synsets stage on the store with its resampled set: MinIO killed as the copy uploads
+    its 3rd spilled run, back 3 s later; every output equals an uninterrupted run's, and the
+    copy's work files are gone."""
+    from semisup_core.wsl.synsets import SynsetsConfig, run_synsets
+    from tests.wsl.conftest import write_tagged
+    from tests.wsl.test_weak import TAGS
+    data = _upload(write_tagged(str(tmp_path / "tagged"), TAGS)[0], "s3://semisup/tagged")
+
+    def run(out):
+        run_synsets(SynsetsConfig(data=data, out=out, draws=3, seed=2, samples_per_shard=20,
+                                  spill_mb=0.0005))
+
+    run("s3://semisup/ref")
+    real, uploads, restarts = storage.put_bytes, [], []
+
+    def put_bytes(uri, payload):
+        if "/train/_work/" in uri:
+            uploads.append(uri)
+            if len(uploads) == 3:
+                restarts.append(minio.restart_after(3.0))
+        return real(uri, payload)
+
+    monkeypatch.setattr(storage, "put_bytes", put_bytes)
+    run("s3://semisup/faulted")
+    restarts[0].join()
+    assert minio.stops == 1
+
+    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
+    assert got == ref and any("/train/shard-" in u for u in got)
+    assert not [u for u in got if "_work" in u]
