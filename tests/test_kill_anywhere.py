@@ -394,14 +394,17 @@ def _runner_args(module, tmp_path, name: str):
     ("llp-run", ["split-n10-s0/unlabelled/dataset.json:1", "dedup/pool/dataset.json:1",
                  "pseudo_labels/epoch-002:1", "report/report.md:1"]),
     ("wsl-run", ["synsets/train/shard-:1", "pretrain/model.safetensors:1",
-                 "report/report.md:1"])])
+                 "report/report.md:1"]),
+    ("simclr-run", ["pretrain/snapshots/epoch-002/model.safetensors:1",
+                    "distill/model.safetensors:1", "analysis/probe.json:1"])])
 def test_end_to_end_runners_killed_anywhere(tmp_path, runner, points):
     """A runner chains the stages in one process, each skipped or resumed when its output
     exists: killed in its data split, its dedup, a propagation round, its synsets' copy, a
-    pre-training's final weights or its report, the rerun's whole tree (data, models, pseudo
+    pre-training's snapshot or final weights, a distillation, the probe or its report, the rerun's whole tree (data, models, pseudo
     -labels, report) equals an uninterrupted run's, byte for byte."""
-    from tests.pipelines import test_llp_run, test_wsl_run
-    module = {"llp-run": test_llp_run, "wsl-run": test_wsl_run}[runner]
+    from tests.pipelines import test_llp_run, test_simclr_run, test_wsl_run
+    module = {"llp-run": test_llp_run, "wsl-run": test_wsl_run,
+              "simclr-run": test_simclr_run}[runner]
     args = _runner_args(module, tmp_path, runner)
     _run(args(str(tmp_path / "ref")))
     cut, rerun = _killed_then_rerun(args, tmp_path, points, str(tmp_path / "ref"))
