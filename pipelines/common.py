@@ -16,7 +16,7 @@ from components.workers.component import worker_indices
 
 
 def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, dedup_embedder,
-              dedup_threshold) -> tuple[dict, object]:
+              dedup_threshold, split_order="permutation") -> tuple[dict, object]:
     """import + split (N labels per class; the rest of Fashion-MNIST and the MNIST distractors
     unlabelled) -> embed the test set and the pool -> dedup. Returns the datasets (labelled,
     pool = the deduplicated pool, oracle, test) and the dedup task."""
@@ -28,7 +28,7 @@ def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, de
                    ("mnist-train", "mnist", mnist, "train"))}
     split = split_data(dataset=imports["fmnist-train"].outputs["dataset"], root=data_root,
                        labels_per_class=labels_per_class, seed=seed,
-                       distractor=imports["mnist-train"].outputs["dataset"])
+                       distractor=imports["mnist-train"].outputs["dataset"], order=split_order)
     # every dataset travels as an artifact (a reference to shards under data_root): kfp.local
     # 2.17 replaces task-output *parameters* that enter a ParallelFor with the loop item
     data = {"labelled": split.outputs["labelled"], "pool": split.outputs["pool"],
@@ -94,7 +94,7 @@ def demo_arguments(cfg, out: str, local: bool = True) -> dict:
                 workdir=storage.join(out, f"seed-{cfg.seed}", "work"),
                 fashion_mnist=absolute(cfg.fashion_mnist),
                 mnist=absolute(cfg.mnist) if cfg.distractors else "",
-                labels_per_class=cfg.labels_per_class, seed=cfg.seed,
+                labels_per_class=cfg.labels_per_class, seed=cfg.seed, split_order=cfg.split_order,
                 dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
                 dedup_threshold=cfg.dedup.threshold,
                 launcher=cfg.launcher.model_dump(mode="json"))

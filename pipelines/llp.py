@@ -39,6 +39,7 @@ def llp(data_root: str = _L.out + "/data",
         fashion_mnist: str = _L.fashion_mnist,
         mnist: str = _L.mnist,
         labels_per_class: int = _L.labels_per_class,
+        split_order: str = _L.split_order,
         seed: int = _L.seed,
         baseline: dict = _L.baseline.model_dump(mode="json", exclude_none=True),
         recipe: dict = _L.llp.model_dump(mode="json", exclude_none=True),
@@ -66,6 +67,8 @@ def llp(data_root: str = _L.out + "/data",
         fashion_mnist: Fashion-MNIST IDX directory: the labelled task.
         mnist: MNIST IDX directory, mixed into the pool as distractors ('' = no distractors).
         labels_per_class: labelled images per class; the rest of the training set joins the pool.
+        split_order: permutation (every recorded result) or hash (streaming; the split pipeline
+            writes it as parallel tasks into the same data_root, where this run reuses it).
         seed: seed of the labelled draw and of both models.
         baseline: the supervised baseline's recipe (labels only).
         recipe: LLP's training recipe (objective llp; its llp section: embed_dim, temperature, bank_momentum, k, density_k, density, pseudo_labels, confidence, category_weight, warm_epochs, softmax_support).
@@ -76,7 +79,7 @@ def llp(data_root: str = _L.out + "/data",
         launcher: where both training tasks train (LauncherSpec): pod, pytorchjob (LLP's pods run images/llp) or torchrun.
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
-                         dedup_embedder, dedup_threshold)
+                         dedup_embedder, dedup_threshold, split_order)
     base = train(data=data["labelled"], recipe=baseline, seed=seed, checkpoints=workdir,
                  launcher=launcher).set_display_name("train supervised baseline")
     base_eval = evaluate(model=base.outputs["model"], data=data["test"],

@@ -46,6 +46,7 @@ def simclr(data_root: str = _S.out + "/data",
            fashion_mnist: str = _S.fashion_mnist,
            mnist: str = _S.mnist,
            labels_per_class: int = _S.labels_per_class,
+           split_order: str = _S.split_order,
            seed: int = _S.seed,
            baseline: dict = _recipe(_S.baseline),
            pretrain: dict = _recipe(_S.pretrain),
@@ -75,6 +76,8 @@ def simclr(data_root: str = _S.out + "/data",
         fashion_mnist: Fashion-MNIST IDX directory: the labelled task.
         mnist: MNIST IDX directory, mixed into the pool as distractors ('' = no distractors).
         labels_per_class: labelled images per class; the rest of the training set joins the pool.
+        split_order: permutation (every recorded result) or hash (streaming; the split pipeline
+            writes it as parallel tasks into the same data_root, where this run reuses it).
         seed: seed of the labelled draw and of every model.
         baseline: the supervised baseline's recipe (labels only).
         pretrain: contrastive pre-training's recipe (objective contrastive; views simclr, proj_layers, proj_dim, temperature, memory; optim lars).
@@ -87,7 +90,7 @@ def simclr(data_root: str = _S.out + "/data",
         launcher: where every training task trains (LauncherSpec): pod, pytorchjob (pods run images/contrastive, images/train, images/distill) or torchrun.
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
-                         dedup_embedder, dedup_threshold)
+                         dedup_embedder, dedup_threshold, split_order)
     base = train(data=data["labelled"], recipe=baseline, seed=seed, checkpoints=workdir,
                  launcher=launcher).set_display_name("train supervised baseline")
     base_eval = evaluate(model=base.outputs["model"], data=data["test"],

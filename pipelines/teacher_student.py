@@ -57,6 +57,7 @@ def teacher_student(
         fashion_mnist: str = _D.fashion_mnist,
         mnist: str = _D.mnist,
         labels_per_class: int = _D.labels_per_class,
+        split_order: str = _D.split_order,
         seed: int = _D.seed,
         teacher: dict = _D.teacher.model_dump(mode="json", exclude_none=True),
         student: dict = _D.student.model_dump(mode="json", exclude_none=True),
@@ -98,6 +99,8 @@ def teacher_student(
         fashion_mnist: Fashion-MNIST IDX directory: the labelled task.
         mnist: MNIST IDX directory, mixed into the pool as distractors ('' = no distractors).
         labels_per_class: labelled images per class; the rest of the training set joins the pool.
+        split_order: permutation (every recorded result) or hash (streaming; the split pipeline
+            writes it as parallel tasks into the same data_root, where this run reuses it).
         seed: seed of the labelled draw and of every model.
         teacher: the teacher's training recipe (model, model_kwargs, epochs, batch_size, optim, augment).
         student: the student's pre-training recipe on the selected set.
@@ -122,7 +125,7 @@ def teacher_student(
         launcher: where every training task trains (LauncherSpec): backend pod (its own pod), pytorchjob (a PyTorchJob: workers, nproc_per_node, gpus_per_node, cpu, memory, elastic_min/max, namespace; needs workdir on the store) or torchrun (the launcher's local backend, what kfp.local runs).
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
-                         dedup_embedder, dedup_threshold)
+                         dedup_embedder, dedup_threshold, split_order)
     # the optional artifacts from their URIs ('' = a reference to none: KFP's importer refuses
     # an empty URI)
     tags = reference(uri=candidates).set_display_name("tag candidates")

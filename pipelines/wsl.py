@@ -55,6 +55,7 @@ def wsl(data_root: str = _S.out + "/data",
         fashion_mnist: str = _S.fashion_mnist,
         mnist: str = _S.mnist,
         labels_per_class: int = _S.labels_per_class,
+        split_order: str = _S.split_order,
         seed: int = _S.seed,
         tag_noise_rate: float = _S.tags.noise_rate,
         tag_confusion_share: float = _S.tags.confusion_share,
@@ -96,6 +97,8 @@ def wsl(data_root: str = _S.out + "/data",
         fashion_mnist: Fashion-MNIST IDX directory: the labelled task.
         mnist: MNIST IDX directory, mixed into the pool as distractors ('' = no distractors).
         labels_per_class: labelled images per class; the rest of the training set joins the pool.
+        split_order: permutation (every recorded result) or hash (streaming; the split pipeline
+            writes it as parallel tasks into the same data_root, where this run reuses it).
         seed: seed of the labelled draw, the simulated tags, the resampling and every model.
         tag_noise_rate: the pool's SIMULATED tags: share of tags replaced by noise.
         tag_confusion_share: simulated tags: share of the noise drawn from another class's tags.
@@ -120,7 +123,7 @@ def wsl(data_root: str = _S.out + "/data",
         launcher: where every training task trains (LauncherSpec): pod, pytorchjob (pods run images/weak-train, images/train) or torchrun.
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
-                         dedup_embedder, dedup_threshold)
+                         dedup_embedder, dedup_threshold, split_order)
     syn = synsets_step(data=data["pool"], spec=synsets, seed=seed, simulate_tags=True,
                        oracle=data["oracle"], noise_rate=tag_noise_rate,
                        confusion_share=tag_confusion_share,

