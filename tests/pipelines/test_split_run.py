@@ -57,3 +57,17 @@ def test_the_split_pipeline_writes_the_one_process_split(tmp_path, tiny_raw, cap
     outs = [Artifact(tmp_path / n) for n in ("l", "p", "o")]
     labelled, pool, _ = runner.split_data(train, str(data), 10, 0, digits, *outs, order="hash")
     assert labelled == str(split / "labelled") and pool == str(split / "unlabelled")
+
+
+def test_the_in_process_runners_split_in_hash_order_when_asked(tmp_path, tiny_raw):
+    from semisup_core.data.dataset import read_meta
+    from semisup_core.data.demo_data import DemoData, prepare_data
+    uris = {o: prepare_data(DemoData(out=str(tmp_path / o), labels_per_class=10, split_order=o,
+                                     **tiny_raw)) for o in ("permutation", "hash")}
+    assert uris["hash"]["pool"].endswith("split-n10-s0-hash/unlabelled")
+    assert uris["permutation"]["pool"].endswith("split-n10-s0/unlabelled")
+    split = read_meta(os.path.join(os.path.dirname(uris["hash"]["pool"]), "unlabelled"))
+    same = read_meta(uris["permutation"]["pool"])
+    assert split.num_samples == same.num_samples  # the same pool, in another order
+    assert json.load(open(os.path.join(os.path.dirname(uris["hash"]["pool"]), "split.json")))[
+        "order"] == "hash"
