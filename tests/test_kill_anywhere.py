@@ -391,15 +391,15 @@ def _runner_args(module, tmp_path, name: str):
 
 
 @pytest.mark.parametrize("runner,points", [
-    ("llp-run", ["split-n10-s0/unlabelled/dataset.json:1", "dedup/pool/dataset.json:1",
-                 "pseudo_labels/epoch-002:1", "report/report.md:1"]),
+    ("llp-run", ["split-n10-s0/unlabelled/dataset.json:1", "pseudo_labels/epoch-002:1",
+                 "report/report.md:1"]),
     ("wsl-run", ["synsets/train/shard-:1", "pretrain/model.safetensors:1",
                  "report/report.md:1"]),
     ("simclr-run", ["pretrain/snapshots/epoch-002/model.safetensors:1",
                     "distill/model.safetensors:1", "analysis/probe.json:1"])])
 def test_end_to_end_runners_killed_anywhere(tmp_path, runner, points):
     """A runner chains the stages in one process, each skipped or resumed when its output
-    exists: killed in its data split, its dedup, a propagation round, its synsets' copy, a
+    exists: killed in its data split, a propagation round, its synsets' copy, a
     pre-training's snapshot or final weights, a distillation, the probe or its report, the rerun's whole tree (data, models, pseudo
     -labels, report) equals an uninterrupted run's, byte for byte."""
     from tests.pipelines import test_llp_run, test_simclr_run, test_wsl_run
