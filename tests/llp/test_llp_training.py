@@ -88,16 +88,19 @@ def test_llp_resumes_exactly_with_its_bank_and_labels(tmp_path, llp_data):
         train(lost.model_copy(update={"fail_at_step": None}))
 
 
-@pytest.mark.parametrize("bank", ["replica", "sharded"])
-def test_llp_two_processes_match_one(tmp_path, llp_data, bank):
+@pytest.mark.parametrize("bank,init", [("replica", "random"), ("sharded", "random"),
+                                       ("sharded", "forward")])
+def test_llp_two_processes_match_one(tmp_path, llp_data, bank, init):
     """Every rank holds the bank (replica) or half of it (sharded: L_A's sums per block,
     all-reduced); the batch's rows, embeddings and labels are gathered in rank order, so 2
     ranks x 16 apply what 1 rank x 32 applies (GroupNorm: no per-rank statistics).
     At lr 0.05 the weights agree to 1.6e-5 after 16 steps; at 0.2 float noise is amplified to
-    3e-4 (already in the warm-start epoch, before any propagation), with the same pseudo-labels."""
+    3e-4 (already in the warm-start epoch, before any propagation), with the same pseudo-labels.
+    ``bank_init: forward``: each rank embeds half the images, the halves are gathered."""
     cfg = _llp(tmp_path / "ddp", llp_data, epochs=2, optim={"lr": 0.05, "warmup_epochs": 0.5},
                model_kwargs={"width": 8, "norm": "group"}, checkpoint={"every_steps": 100},
-               llp={"embed_dim": 16, "warm_epochs": 1, "k": 5, "density_k": 10, "bank": bank})
+               llp={"embed_dim": 16, "warm_epochs": 1, "k": 5, "density_k": 10, "bank": bank,
+                    "bank_init": init})
     proc = _torchrun(2, cfg, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     train(cfg.model_copy(update={"out": str(tmp_path / "single")}))
