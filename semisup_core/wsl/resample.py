@@ -108,6 +108,11 @@ def _work(out: str, *parts: str) -> str:
     return storage.join(out, "_work", *parts)
 
 
+def _clear(out: str) -> None:
+    for uri in list(storage.list_uris(_work(out))):
+        storage.delete(uri)
+
+
 def _spill(out: str, spill: int, buffers: dict[int, list]) -> None:
     for shard, rows in buffers.items():
         pos, image, ext = zip(*rows)
@@ -126,6 +131,7 @@ def write_resampled(cfg, meta, keys: list[str], labels: list[list[int]], vocab: 
     idx, drawn = draw(labels, len(vocab), cfg.power, n, cfg.seed)
     copy, order, start = copy_numbers(idx)
     sps = cfg.samples_per_shard
+    _clear(out)  # a killed copy's runs (perhaps of another spill_mb): the copy starts over
     row_of = {k: i for i, k in enumerate(keys)}
     buffers: dict[int, list] = {}  # output shard -> [(draw position, image, ext)]
     spills = held = 0
@@ -170,8 +176,7 @@ def write_resampled(cfg, meta, keys: list[str], labels: list[list[int]], vocab: 
                                      "tags_simulated": (meta.extra or {}).get("tags_simulated")}))
     write_table(storage.join(out, "targets.parquet"), pa.table(
         {"key": pa.array(keys, pa.string()), "labels": pa.array(labels, pa.list_(pa.int32()))}))
-    for uri in list(storage.list_uris(_work(out))):
-        storage.delete(uri)
+    _clear(out)
     log.info("resampled weak training set: %d samples of %d images (power %.2f) in %s",
              n, images, cfg.power, out)
     return {"uri": out, "samples": n, "images": images, "power": cfg.power}
