@@ -90,6 +90,22 @@ def _tree(prefix: str) -> dict[str, bytes]:
             for u in storage.list_uris(prefix)}
 
 
+def _stop_at_upload(monkeypatch, minio, part: str, n: int, down_s: float = 3.0) -> list:
+    """Kill MinIO as the ``n``-th object whose URI holds ``part`` starts uploading; it starts
+    again ``down_s`` later (the returned list gets the restarting thread)."""
+    real, uploads, restarts = storage.put_bytes, [], []
+
+    def put_bytes(uri, payload):
+        if part in uri:
+            uploads.append(uri)
+            if len(uploads) == n:
+                restarts.append(minio.restart_after(down_s))
+        return real(uri, payload)
+
+    monkeypatch.setattr(storage, "put_bytes", put_bytes)
+    return restarts
+
+
 def _score_and_select(teacher, pool, out):
     from semisup_core.teacher_student.score import ScoreConfig, score
     from semisup_core.teacher_student.select import SelectConfig, select
@@ -185,16 +201,7 @@ def test_the_hash_split_retries_through_a_minio_restart(minio, tmp_path, monkeyp
     dis = _upload(str(tmp_path / "dis"), "s3://semisup/dis")
     kw = dict(pool_extra=[dis], samples_per_shard=20, num_workers=2, spill_mb=0.002)
     split_hashed(ds, "s3://semisup/ref", 4, 5, **kw)
-    real, uploads, restarts = storage.put_bytes, [], []
-
-    def put_bytes(uri, payload):
-        if "/_work/runs/" in uri:
-            uploads.append(uri)
-            if len(uploads) == 5:
-                restarts.append(minio.restart_after(3.0))
-        return real(uri, payload)
-
-    monkeypatch.setattr(storage, "put_bytes", put_bytes)
+    restarts = _stop_at_upload(monkeypatch, minio, "/_work/runs/", 5)
     split_hashed(ds, "s3://semisup/faulted", 4, 5, **kw)
     restarts[0].join()
     assert minio.stops == 1
@@ -218,16 +225,7 @@ def test_the_weak_training_sets_streamed_copy_retries_through_a_minio_restart(mi
                                   spill_mb=0.0005))
 
     run("s3://semisup/ref")
-    real, uploads, restarts = storage.put_bytes, [], []
-
-    def put_bytes(uri, payload):
-        if "/train/_work/" in uri:
-            uploads.append(uri)
-            if len(uploads) == 3:
-                restarts.append(minio.restart_after(3.0))
-        return real(uri, payload)
-
-    monkeypatch.setattr(storage, "put_bytes", put_bytes)
+    restarts = _stop_at_upload(monkeypatch, minio, "/train/_work/", 3)
     run("s3://semisup/faulted")
     restarts[0].join()
     assert minio.stops == 1
