@@ -300,9 +300,9 @@ class LLPState:
         """The bank entries ``rows`` (global ids, the same on every rank) on every rank: a
         sharded bank's holders contribute their rows to an all-reduced sum (exact: one term is
         not zero)."""
-        held = (rows >= self.lo) & (rows < self.hi)
         if not self.sharded:
             return self.bank[rows.to(self.device)].float().cpu()
+        held = (rows >= self.lo) & (rows < self.hi)
         out = torch.zeros(len(rows), self.cfg.embed_dim, device=self.device)
         out[held.to(self.device)] = self.bank[(rows[held] - self.lo).to(self.device)].float()
         tdist.all_reduce(out)
