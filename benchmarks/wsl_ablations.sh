@@ -18,7 +18,7 @@ run() {  # name, then --set overrides
   done
   echo "$name seed $SEED start $(date -u +%T)" >> runs/wsl-times.txt
   .venv/bin/semisup stage wsl-run -c configs/wsl_demo.yaml --set out=runs/$name --set seed=$SEED --set semi_weak=false "$@" "${EXTRA[@]}" > runs/$name-s$SEED.log 2>&1
-  echo "$name seed $SEED end $(date -u +%T) rc $?" >> runs/wsl-times.txt
+  rc=$?; echo "$name seed $SEED end $(date -u +%T) rc $rc" >> runs/wsl-times.txt
 }
 run wsl-top --set synsets.vocabulary=top
 run wsl-top-natural --set synsets.vocabulary=top --set synsets.power=1.0

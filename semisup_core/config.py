@@ -7,6 +7,7 @@ next to the stage's outputs (``config.yaml``) so a run can be reproduced.
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import yaml
@@ -18,6 +19,23 @@ from semisup_core.errors import ConfigError, StorageError
 T = TypeVar("T", bound="StageConfig")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true/false. YAML 1.1 (PyYAML's default) also reads on, off,
+    yes and no as booleans, so ``amp: off`` or ``--set llp.density=off`` became False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                              re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """A config's YAML, with YAML 1.2's booleans (``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are errors, values are validated."""
 
@@ -27,7 +45,7 @@ class StageConfig(BaseModel):
 def _parse_scalar(text: str) -> Any:
     """Parse an override value the way YAML would (``1e-3`` -> float, ``[1,2]`` -> list)."""
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
@@ -107,7 +125,7 @@ def read_yaml(uri: str) -> dict:
     except StorageError as err:
         raise ConfigError(f"cannot read config: {err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{uri}: invalid YAML: {str(err).splitlines()[0]}") from None
     if data is None:

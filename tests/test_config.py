@@ -26,6 +26,20 @@ def test_overrides_nested_and_typed(tmp_path):
     assert cfg.augment.hflip is False and cfg.model_kwargs == {"width": 24}
 
 
+def test_off_is_a_word_not_a_boolean(tmp_path):
+    """YAML 1.1 reads off/on/yes/no as booleans: ``amp: off`` in a file or ``--set amp=off``
+    failed as "Input should be 'auto', 'off', ..." (got False). Only true/false are booleans."""
+    path = tmp_path / "c.yaml"
+    path.write_text("out: /tmp/x\ndata: {train: /tmp/d}\namp: off\naugment: {hflip: false}\n")
+    cfg = config.load(TrainConfig, str(path), [])
+    assert cfg.amp == "off" and cfg.augment.hflip is False
+    cfg = config.load(TrainConfig, _write(tmp_path, BASE),
+                      ["amp=off", "augment.hflip=False", "objective=llp", "llp.density=off"])
+    assert cfg.amp == "off" and cfg.augment.hflip is False and cfg.llp.density == "off"
+    # a boolean field still reads the YAML 1.1 words (pydantic parses "no" as False)
+    assert config.load(TrainConfig, _write(tmp_path, BASE), ["augment.hflip=no"]).augment.hflip is False
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("optim.lrr=0.1", "optim.lrr: unknown key"),
     ("epochs=-1", "epochs: Input should be greater than 0"),

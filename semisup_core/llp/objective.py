@@ -5,7 +5,8 @@ Per step (the reference code's order, ``docs/plans/llp.md`` §8):
    a linear head beside the classifier on the pooled features) and class logits;
 2. the loss reads each image's *stored* label and confidence (the ones its previous visit
    wrote; a labelled image always has its true label and c = 1):
-   ``mean(c · L_A) + category_weight · mean(c · L_C)``, L_A the aggregation loss over the whole
+   ``aggregation_weight · mean(c · L_A) + category_weight · mean(c · L_C)``, L_A the aggregation
+   loss over the whole
    memory bank (``propagation.aggregation_loss``), L_C the cross-entropy of the logits on the
    label (zero for an image without one);
 3. after the optimiser step, the bank rows of the batch move towards ``v`` with momentum ``m``
@@ -71,6 +72,9 @@ class LLPConfig(StageConfig):
                            "of the classifier head, what the released code runs)")
     confidence: bool = Field(True, description="weight each image's losses by its confidence c")
     category_weight: float = Field(1.0, ge=0, description="weight of L_C (0: embedding loss only)")
+    aggregation_weight: float = Field(1.0, ge=0, description="weight of L_A (0: cross-entropy on "
+                                      "the labels and pseudo-labels only, the embedding head then "
+                                      "moves only with the backbone; an ablation, not the paper)")
     warm_epochs: float = Field(0.0, ge=0, description="epochs of instance recognition (no labels) "
                                                       "before propagation (the paper: 10)")
     bank_init: Literal["random", "forward"] = Field(
@@ -83,6 +87,13 @@ class LLPConfig(StageConfig):
     softmax_support: int = Field(0, ge=0, description="L_A's sums over 0 = every bank entry (the "
                                  "paper and its code) or m = a random m of them per step (the "
                                  "same on every rank), a ratio estimate that costs m/N of it")
+
+    def model_post_init(self, _ctx) -> None:
+        if self.aggregation_weight == 0 and self.warm_epochs > 0:
+            raise ValueError("warm_epochs train L_A alone (instance recognition): they need "
+                             "aggregation_weight > 0")
+        if self.aggregation_weight == 0 and self.category_weight == 0:
+            raise ValueError("aggregation_weight and category_weight are both 0: nothing to train")
 
 
 class LLPNet(nn.Module):
@@ -194,7 +205,9 @@ class LLPState:
         cfg = self.cfg
         y, c = self.targets(rows, labels, warm)
         bank_labels = self.labels if not warm else torch.full_like(self.labels, -1)
-        if self.sharded:  # every rank's queries against this rank's block, summed over ranks
+        if not cfg.aggregation_weight:  # the ablation without L_A: no bank sums at all
+            l_a = v.sum(1) * 0  # zero, in the graph: DDP then sees the head's (zero) gradient
+        elif self.sharded:  # every rank's queries against this rank's block, summed over ranks
             from semisup_core.train.distributed import all_gather_with_grad
             mine = slice(self.rank * len(v), (self.rank + 1) * len(v))
             l_a = self._math().aggregation_loss(
@@ -205,7 +218,7 @@ class LLPState:
                                                 cfg.temperature, self.support(step))
         has = y >= 0
         l_c = F.cross_entropy(logits.float(), y.clamp_min(0), reduction="none") * has
-        loss = (c * l_a).mean() + cfg.category_weight * (c * l_c).mean()
+        loss = cfg.aggregation_weight * (c * l_a).mean() + cfg.category_weight * (c * l_c).mean()
         return loss, {"l_a": float(l_a.detach().mean()), "l_c": float(l_c.detach().mean())}
 
     @torch.no_grad()

@@ -154,3 +154,41 @@ def test_the_keys_llpstate_keeps_current_equal_a_fresh_build():
     from semisup_core.llp.propagation import propagate_scored
     assert all(torch.equal(a, b) for a, b in zip(
         kept, propagate_scored(q, state.scored, state.key_labels, cfg.temperature, cfg.k)))
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0), (0.5, 2.0)])
+def test_the_loss_is_the_weighted_sum_of_la_and_lc(weights):
+    """Eq. 4 with the ablation weights: aggregation_weight · mean(c·L_A) + category_weight ·
+    mean(c·L_C), L_A as aggregation_loss gives it and L_C the cross-entropy on the stored
+    (pseudo-)labels; with aggregation_weight 0 the embedding head's gradient is zero."""
+    from semisup_core.llp.objective import LLPConfig, LLPState
+    from semisup_core.llp.propagation import aggregation_loss
+    agg, cat = weights
+    cfg = LLPConfig(embed_dim=8, aggregation_weight=agg, category_weight=cat)
+    state = LLPState(cfg, 40, 4, 0, torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    state.labels[:] = torch.randint(0, 4, (40,), generator=g)
+    state.conf[:] = torch.rand(40, generator=g)
+    rows = torch.arange(10, 22)
+    labels = torch.where(rows < 14, state.labels[rows], -1)  # four labelled, eight pseudo
+    v = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1).requires_grad_()
+    logits = torch.randn(12, 4, generator=g)
+    got, _ = state.loss(v, logits, rows, labels, warm=False)
+    y = state.labels[rows]
+    c = torch.where(labels >= 0, 1.0, state.conf[rows])
+    l_a = aggregation_loss(v, state.bank, state.labels, y, rows, cfg.temperature)
+    l_c = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    want = agg * (c * l_a).mean() + cat * (c * l_c).mean()
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    got.backward()
+    assert (v.grad.abs().sum() == 0) == (agg == 0)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"aggregation_weight": 0, "warm_epochs": 1}, "need aggregation_weight > 0"),
+    ({"aggregation_weight": 0, "category_weight": 0}, "nothing to train"),
+])
+def test_ablation_weights_that_train_nothing_are_refused(kwargs, fragment):
+    from semisup_core.llp.objective import LLPConfig
+    with pytest.raises(ValueError, match=fragment):
+        LLPConfig(**kwargs)
