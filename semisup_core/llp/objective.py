@@ -172,8 +172,7 @@ class LLPState:
         self.rho_rows = torch.zeros(0, dtype=torch.long)  # labelled rows at the last density pass
         self.log_rho = torch.zeros(0, dtype=torch.float64)
         self._keys()
-        self.row_keys: list[str] = []  # bank row -> sample key (index_rows)
-        self.rows: dict[str, int] = {}
+        self.index = None  # sample key -> bank row (index_rows: a KeyRows, no dict of N keys)
 
     def targets(self, rows: torch.Tensor, labels: torch.Tensor, warm: bool
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,23 +257,18 @@ class LLPState:
         self.conf[rows[unl][known]] = conf[known]
 
     def index_rows(self, shards: list[str], cache: dict | None, beat=lambda msg: None) -> None:
-        """Every training sample's key, shard by shard: the bank's rows (from the decoded
-        ``cache`` when there is one, else the shards' indexes)."""
-        from semisup_core.data.shards import shard_keys
-        keys: list[str] = []
-        for i, uri in enumerate(shards):
-            keys += [r.key for r in cache[uri]] if cache else shard_keys(uri)
-            beat(f"listing the keys of shard {i + 1} of {len(shards)}")
-        if len(keys) != self.n:
-            raise ConfigError(f"the shards hold {len(keys)} samples, their dataset.json files "
+        """Every training sample's row: its position in the shards (from the decoded ``cache``
+        when there is one, else the shards' indexes), looked up by key through
+        ``data.keyrows.KeyRows`` (12 B a sample, not a Python dict of N keys)."""
+        from semisup_core.data.keyrows import KeyRows
+        index = KeyRows(shards, cache, beat)
+        if len(index) != self.n:
+            raise ConfigError(f"the shards hold {len(index)} samples, their dataset.json files "
                               f"{self.n}")
-        self.row_keys, self.rows = keys, {k: i for i, k in enumerate(keys)}
-        if len(self.rows) != len(keys):
-            raise ConfigError("objective llp: a sample key occurs twice in data.train (its "
-                              "memory bank is addressed by key)")
+        self.index = index
 
     def rows_of(self, keys: list[str]) -> torch.Tensor:
-        return torch.tensor([self.rows[k] for k in keys], device=self.device)
+        return self.index.rows_of(keys, self.device)
 
     @torch.no_grad()
     def fill(self, embed, shards: list[str], channels: int, cache: dict | None,
@@ -300,7 +294,7 @@ class LLPState:
             self.bank[rows[held] - self.lo] = vecs[held]
             lab = labels >= 0
             self.labels[rows[lab]], self.labelled[rows[lab]] = labels[lab], True
-        log.info("memory bank filled by a forward pass (%d images, %.1f s)", len(self.rows),
+        log.info("memory bank filled by a forward pass (%d images, %.1f s)", self.n,
                  time.time() - t0)
 
     @torch.no_grad()
@@ -396,10 +390,20 @@ class LLPState:
 
     def write_labels(self, uri: str) -> None:
         """The label store as a table: key, label (-1: none), confidence, labelled (a true
-        label) -- what the oracle analysis reads."""
+        label) -- what the oracle analysis reads. Written shard by shard (one row group each),
+        the keys listed again from the shards: no column of N keys in memory."""
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        from semisup_core.tables import write_table
-        write_table(uri, pa.table({"key": self.row_keys, "label": self.labels.cpu().numpy(),
-                                   "confidence": self.conf.cpu().numpy(),
-                                   "labelled": self.labelled.cpu().numpy()}))
+        from semisup_core import storage
+        labels, conf, known = (t.cpu().numpy() for t in (self.labels, self.conf, self.labelled))
+        schema = pa.schema([("key", pa.string()), ("label", pa.int64()),
+                            ("confidence", pa.float32()), ("labelled", pa.bool_())])
+        with storage.open_write(uri) as f, pq.ParquetWriter(f, schema) as writer:
+            start = 0
+            for keys in self.index.keys():
+                part = slice(start, start + len(keys))
+                writer.write_table(pa.table({"key": keys, "label": labels[part],
+                                             "confidence": conf[part], "labelled": known[part]},
+                                            schema=schema))
+                start += len(keys)

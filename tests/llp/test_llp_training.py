@@ -113,7 +113,7 @@ def test_llp_two_processes_match_one(tmp_path, llp_data, bank, init):
 def test_llp_refuses_a_pool_without_labels_and_duplicate_keys(tmp_path, llp_data):
     with pytest.raises(ConfigError, match="objective llp needs a labelled dataset"):
         train(_llp(tmp_path / "a", [llp_data[1]]))
-    with pytest.raises(ConfigError, match="a sample key occurs twice"):
+    with pytest.raises(ConfigError, match="occurs twice in the training data"):
         train(_llp(tmp_path / "b", [llp_data[0], llp_data[0]]))
 
 
