@@ -390,7 +390,34 @@ def _runner_args(module, tmp_path, name: str):
     return args
 
 
+def _teacher_student_args(tmp_path):
+    """``semisup stage teacher-student`` on the runner test's tiny data and recipes (2 training
+    steps between checkpoints, so a kill can land in one)."""
+    import yaml
+
+    from tests.pools import write_pool
+    from tests.teacher_student.test_teacher_student import TINY
+    from tests.train.conftest import write_blocks_dataset
+    data = {"labelled": write_blocks_dataset(str(tmp_path / "lab"), 64),
+            "pool": write_pool(str(tmp_path / "pool"), 120, per_shard=30),
+            "test": write_blocks_dataset(str(tmp_path / "test"), 32, seed=9)}
+    tiny = dict(TINY, checkpoint={"every_steps": 2})
+
+    def args(out):
+        path = f"{out}.yaml"
+        with open(path, "w") as f:
+            yaml.safe_dump(dict(out=out, teacher=dict(tiny, epochs=2),
+                                student=dict(tiny, epochs=1), finetune=dict(tiny, epochs=1),
+                                selection={"top_p": 2, "k": 10}, **data), f)
+        return ["stage", "teacher-student", "--config", path]
+    return args
+
+
 @pytest.mark.parametrize("runner,points", [
+    ("teacher-student", ["teacher/checkpoints/step-00000004/model.safetensors:1",
+                         "round-1/scores/shards/shard-000002.parquet:1",
+                         "round-1/select/manifest.parquet:1", "round-1/selected/dataset.json:1",
+                         "student-r1/model.safetensors:1"]),
     ("llp-run", ["split-n10-s0/unlabelled/dataset.json:1", "pseudo_labels/epoch-002:1",
                  "report/report.md:1"]),
     ("wsl-run", ["synsets/train/shard-:1", "pretrain/model.safetensors:1",
@@ -399,13 +426,17 @@ def _runner_args(module, tmp_path, name: str):
                     "distill/model.safetensors:1", "analysis/probe.json:1"])])
 def test_end_to_end_runners_killed_anywhere(tmp_path, runner, points):
     """A runner chains the stages in one process, each skipped or resumed when its output
-    exists: killed in its data split, a propagation round, its synsets' copy, a
+    exists: killed in a teacher's checkpoint, its scoring, selection or materialised set, a
+    student's final weights, its data split, a propagation round, its synsets' copy, a
     pre-training's snapshot or final weights, a distillation, the probe or its report, the rerun's whole tree (data, models, pseudo
     -labels, report) equals an uninterrupted run's, byte for byte."""
     from tests.pipelines import test_llp_run, test_simclr_run, test_wsl_run
-    module = {"llp-run": test_llp_run, "wsl-run": test_wsl_run,
-              "simclr-run": test_simclr_run}[runner]
-    args = _runner_args(module, tmp_path, runner)
+    if runner == "teacher-student":
+        args = _teacher_student_args(tmp_path)
+    else:
+        module = {"llp-run": test_llp_run, "wsl-run": test_wsl_run,
+                  "simclr-run": test_simclr_run}[runner]
+        args = _runner_args(module, tmp_path, runner)
     _run(args(str(tmp_path / "ref")))
     cut, rerun = _killed_then_rerun(args, tmp_path, points, str(tmp_path / "ref"))
     assert all(cut.values()), cut  # each kill left the output incomplete
