@@ -13,6 +13,7 @@ completes). Errors a user can cause raise ``StorageError`` with a one-line messa
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import BinaryIO, Iterator
 
 from semisup_core.errors import StorageError
@@ -46,6 +47,22 @@ def backend_for(uri: str) -> Backend:
 def reset_backends() -> None:
     """Forget cached backends (tests change the S3 environment between cases)."""
     _BACKENDS.clear()
+
+
+_INHERITED: list[dict[str, Backend]] = []  # a forked child's copies of its parent's backends
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a PIL DataLoader worker, the DALI decoder process) must not use its
+    parent's keep-alive connections: two processes writing requests on one socket interleave
+    them, and MinIO answers HTTP 400 (XAmzContentSHA256Mismatch) or stalls. The child starts
+    with no backends and opens its own connections; the parent's are kept, unused and never
+    closed (closing a TLS connection would write on the parent's socket)."""
+    _INHERITED.append(dict(_BACKENDS))
+    _BACKENDS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def put_bytes(uri: str, data: bytes) -> None:

@@ -91,18 +91,20 @@ def _tree(prefix: str) -> dict[str, bytes]:
 
 
 def _stop_at_upload(monkeypatch, minio, part: str, n: int, down_s: float = 3.0) -> list:
-    """Kill MinIO as the ``n``-th object whose URI holds ``part`` starts uploading; it starts
-    again ``down_s`` later (the returned list gets the restarting thread)."""
-    real, uploads, restarts = storage.put_bytes, [], []
+    """Kill MinIO as the ``n``-th object whose URI holds ``part`` starts uploading (any upload:
+    ``put_bytes``, ``open_write``, ``put_file`` all pass the publish failpoint first); it
+    starts again ``down_s`` later (the returned list gets the restarting thread)."""
+    from semisup_core import faults
+    real, uploads, restarts = faults.before_publish, [], []
 
-    def put_bytes(uri, payload):
+    def before_publish(uri):
+        real(uri)
         if part in uri:
             uploads.append(uri)
             if len(uploads) == n:
                 restarts.append(minio.restart_after(down_s))
-        return real(uri, payload)
 
-    monkeypatch.setattr(storage, "put_bytes", put_bytes)
+    monkeypatch.setattr(s3.faults, "before_publish", before_publish)
     return restarts
 
 
@@ -233,3 +235,52 @@ def test_the_weak_training_sets_streamed_copy_retries_through_a_minio_restart(mi
     ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
     assert got == ref and any("/train/shard-" in u for u in got)
     assert not [u for u in got if "_work" in u]
+
+
+def test_embed_and_dedup_retry_through_a_minio_restart(teacher, minio, tmp_path, monkeypatch):
+    """embed (its float16 tables and done markers) and dedup (pairs, manifest, sheet, the pool
+    without near-duplicates) on the store: MinIO killed as the pool's 3rd embedding table
+    uploads, back 3 s later; every object equals an uninterrupted run's."""
+    from semisup_core.dedup.stage import DedupConfig, dedup
+    from semisup_core.embed import EmbedConfig, embed
+    from tests.train.conftest import write_blocks_dataset
+    pool = _upload(write_pool(str(tmp_path / "pool"), 120), "s3://semisup/pool")
+    test = _upload(write_blocks_dataset(str(tmp_path / "test"), 32, seed=9), "s3://semisup/test")
+
+    def run(out):
+        for name, ds in (("test", test), ("pool", pool)):
+            embed(config.build(EmbedConfig, {"dataset": ds, "out": f"{out}/emb-{name}",
+                                             "decoder": "pil", "batch_size": 16}))
+        dedup(config.build(DedupConfig, {"pool": f"{out}/emb-pool", "eval_sets": [f"{out}/emb-test"],
+                                         "out": f"{out}/dedup", "threshold": 0.9}))
+
+    run("s3://semisup/ref")
+    restarts = _stop_at_upload(monkeypatch, minio, "/emb-pool/shards/", 5)  # table, marker, ...
+    run("s3://semisup/faulted")
+    restarts[0].join()
+    assert minio.stops == 1
+    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
+    assert got == ref and any("/dedup/" in u for u in got)
+
+
+def test_materialise_retries_through_a_minio_restart(teacher, minio, tmp_path, monkeypatch):
+    """The selected training set's parallel materialisation on the store (part tars, markers,
+    dataset.json): MinIO killed as worker 1 uploads its 2nd part, back 3 s later; the set equals
+    an uninterrupted run's, file for file."""
+    from semisup_core.data.config import MaterialiseConfig
+    from semisup_core.data.stages import run_materialise
+    pool = _upload(write_pool(str(tmp_path / "pool"), 120), "s3://semisup/pool")
+    _score_and_select(teacher, pool, "s3://semisup/sel")
+
+    def run(out):
+        for w in (0, 1):
+            run_materialise(MaterialiseConfig(manifest="s3://semisup/sel/select", pool=pool, out=out,
+                                              samples_per_shard=4, num_workers=2, worker=w))
+
+    run("s3://semisup/ref")
+    restarts = _stop_at_upload(monkeypatch, minio, "part-0001-", 2)
+    run("s3://semisup/faulted")
+    restarts[0].join()
+    assert minio.stops == 1
+    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
+    assert got == ref and "dataset.json" in {u.rsplit("/", 1)[-1] for u in got}

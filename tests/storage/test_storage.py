@@ -309,3 +309,33 @@ def test_settings_bad_endpoint(raw):
     with pytest.raises(StorageError, match="^bad S3 endpoint"):
         S3Settings.from_env({"S3_ENDPOINT": raw, "AWS_ACCESS_KEY_ID": "a",
                              "AWS_SECRET_ACCESS_KEY": "b"})
+
+
+def test_a_forked_child_opens_its_own_connections(s3_env):
+    """A forked child (a PIL DataLoader worker, the DALI decoder) reading the store while its
+    parent writes: with the parent's keep-alive connections inherited, both wrote requests on
+    one socket and MinIO answered HTTP 400 or stalled (found by embed on MinIO). Each process
+    now has its own; every write and every read is whole."""
+    import multiprocessing
+    parent = storage.backend_for(s3_env)
+    for i in range(4):
+        storage.put_bytes(join(s3_env, f"src/{i}"), payload(50_000, i))
+
+    def child(conn):
+        try:
+            ok = storage.backend_for(s3_env) is not parent and all(
+                storage.get_bytes(join(s3_env, f"src/{i % 4}")) == payload(50_000, i % 4)
+                for i in range(150))
+            conn.send(ok)
+        except Exception as err:  # sent, not raised: the parent's assertion names it
+            conn.send(f"{type(err).__name__}: {err}")
+
+    recv, send = multiprocessing.Pipe(duplex=False)
+    proc = multiprocessing.get_context("fork").Process(target=child, args=(send,))
+    proc.start()
+    for i in range(150):  # the parent writes meanwhile, through its own pool
+        storage.put_bytes(join(s3_env, f"dst/{i}"), payload(50_000, 100 + i))
+    assert recv.recv() is True
+    proc.join(30)
+    assert all(storage.get_bytes(join(s3_env, f"dst/{i}")) == payload(50_000, 100 + i)
+               for i in range(150))
