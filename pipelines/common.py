@@ -5,14 +5,14 @@ import os
 
 from kfp import dsl
 
-from components.data.component import import_data, split_data
+from components.data.component import import_data, materialise, split_data
 from components.dedup.component import dedup as dedup_step
 from components.embed.component import embed
 from components.evaluate.component import evaluate
 from components.score.component import score
 from components.select.component import select
 from components.train.component import train
-from components.workers.component import worker_indices
+from components.workers.component import joined, worker_indices
 
 
 def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, dedup_embedder,
@@ -55,23 +55,37 @@ def score_pool(label: str, teacher, data: dict, p: dict):
     return scored
 
 
-def student_from(label: str, scores: dict, data: dict, p: dict, k):
-    """Select top-K -> pre-train -> fine-tune -> evaluate both, from one teacher's scores
-    (``scores``: select's ``scores`` or ``reuse``). ``p["restrict"]`` and ``p["candidates"]``
-    (an artifact, or absent) restrict the selection to tag candidates."""
+def student_from(label: str, scores: dict, data: dict, p: dict, k, parallel: bool = True):
+    """Select top-K -> materialise -> pre-train -> fine-tune -> evaluate both, from one
+    teacher's scores (``scores``: select's ``scores`` or ``reuse``). ``p["restrict"]`` and
+    ``p["candidates"]`` (an artifact, or absent) restrict the selection to tag candidates.
+    The selected images are copied by ``p["materialise_workers"]`` parallel tasks (a
+    ParallelFor) into select's ``selected`` output; ``parallel`` false (a student inside
+    another ParallelFor: the K sweep) copies them in the select task itself."""
     tags = {"candidates": p["candidates"]} if p.get("candidates") is not None else {}
     sel = select(**scores, pool=data["pool"],
                  strategy=p["strategy"], k=k, k_law=p["k_law"], threshold=p["threshold"],
                  seed=p["seed"], oracle=data["oracle"], restrict=p.get("restrict", "none"),
-                 **tags).set_display_name(f"{label}: select")
+                 materialise=not parallel, **tags).set_display_name(f"{label}: select")
+    after = []
+    if parallel:
+        idx = worker_indices(n=p["materialise_workers"])
+        idx.set_display_name(f"{label}: materialise tasks")
+        with dsl.ParallelFor(items=idx.output) as w:
+            part = materialise(manifest=sel.outputs["manifest"], pool=data["pool"],
+                               selected=sel.outputs["selected"], worker=w,
+                               num_workers=p["materialise_workers"])
+            part.set_display_name(f"{label}: materialise")
+        after = [joined(done=dsl.Collected(part.output))
+                 .set_display_name(f"{label}: selected set written")]
     pre = train(data=sel.outputs["selected"], recipe=p["student"], seed=p["seed"],
-                checkpoints=p["workdir"], launcher=p["launcher"])
+                checkpoints=p["workdir"], launcher=p["launcher"]).after(*after)
     pre.set_display_name(f"{label}: pre-train student")
     pre_eval = evaluate(model=pre.outputs["model"], data=data["test"],
                         name="student, pre-trained only", selection=sel.outputs["metrics"])
     ft = train(data=data["labelled"], recipe=p["finetune"], seed=p["seed"],
                init_from=pre.outputs["model"], inferred=sel.outputs["selected"],
-               checkpoints=p["workdir"], launcher=p["launcher"])
+               checkpoints=p["workdir"], launcher=p["launcher"]).after(*after)
     ft.set_display_name(f"{label}: fine-tune student")
     ft_eval = evaluate(model=ft.outputs["model"], data=data["test"], name="student, fine-tuned",
                        selection=sel.outputs["metrics"])

@@ -70,6 +70,7 @@ def teacher_student(
         threshold: float = _D.selection.threshold,
         use_logits: bool = _D.selection.use_logits,
         score_workers: int = _D.selection.workers,
+        materialise_workers: int = _D.selection.materialise_workers,
         dedup: bool = _DD.enabled,
         dedup_embedder: str = _DD.embedder,
         dedup_threshold: float = _DD.threshold,
@@ -113,6 +114,7 @@ def teacher_student(
         threshold: threshold strategy: minimum teacher score kept.
         use_logits: rank by raw logits instead of softmax (the paper's ablation).
         score_workers: parallel scoring tasks, each taking every n-th shard of the pool.
+        materialise_workers: parallel tasks copying a round's selected images into the student's training set (each its n-th of the selected pool shards).
         dedup: remove the pool's near-duplicates of the test set before scoring (embed + dedup).
         dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
         dedup_threshold: cosine similarity at and above which a pool image duplicates a test image.
@@ -132,7 +134,8 @@ def teacher_student(
     init = reference(uri=teacher_init).set_display_name("teacher init")
     p = dict(seed=seed, student=student, finetune=finetune, top_p=top_p, k=k, strategy=strategy,
              k_law=k_law, threshold=threshold, use_logits=use_logits, workdir=workdir,
-             score_workers=score_workers, launcher=launcher, restrict=restrict,
+             score_workers=score_workers, materialise_workers=materialise_workers,
+             launcher=launcher, restrict=restrict,
              candidates=tags.outputs["artifact"])
 
     base = train(data=data["labelled"], recipe=baseline, seed=seed,
@@ -147,7 +150,8 @@ def teacher_student(
     r1 = _round("round 1", teach.outputs["model"], data, p)
 
     with dsl.ParallelFor(items=k_sweep) as kk:
-        sweep = student_from("K sweep", {"reuse": r1["select"].outputs["manifest"]}, data, p, kk)
+        sweep = student_from("K sweep", {"reuse": r1["select"].outputs["manifest"]}, data, p, kk,
+                             parallel=False)
     gathered = gather_metrics(items=dsl.Collected(sweep["eval"].outputs["metrics"]))
     gathered.set_display_name("K sweep: gather")
     inputs = dict(baseline=base_eval.outputs["metrics"], teacher=teach_eval.outputs["metrics"],
@@ -179,6 +183,7 @@ def arguments(cfg: DemoConfig, out: str, local: bool = True, profile: str = "cpu
                 finetune=cfg.finetune.model_dump(mode="json", exclude_none=True),
                 top_p=sel.top_p, k=sel.k, strategy=sel.strategy, k_law=sel.k_law,
                 threshold=sel.threshold, use_logits=sel.use_logits, score_workers=sel.workers,
+                materialise_workers=sel.materialise_workers,
                 self_training=cfg.self_training, rounds=cfg.rounds, k_sweep=list(cfg.k_sweep),
                 restrict=sel.restrict, candidates=sel.candidates or "",
                 teacher_init=cfg.teacher_init or "",

@@ -73,6 +73,7 @@ def wsl(data_root: str = _S.out + "/data",
         threshold: float = _S.selection.threshold,
         use_logits: bool = _S.selection.use_logits,
         score_workers: int = _S.selection.workers,
+        materialise_workers: int = _S.selection.materialise_workers,
         semi_weak: bool = _S.semi_weak,
         dedup: bool = _S.dedup.enabled,
         dedup_embedder: str = _S.dedup.embedder,
@@ -116,6 +117,7 @@ def wsl(data_root: str = _S.out + "/data",
         threshold: threshold strategy: minimum teacher score kept.
         use_logits: rank by raw logits instead of softmax (the paper's ablation).
         score_workers: parallel scoring tasks per teacher, each taking every n-th shard of the pool.
+        materialise_workers: parallel tasks copying each selection's images into its student's training set.
         semi_weak: also run the four teacher/student variants (plain, semi-weak, tag candidates ranked, balanced-with-tags).
         dedup: remove the pool's near-duplicates of the test set before anything uses it (embed + dedup).
         dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
@@ -144,7 +146,8 @@ def wsl(data_root: str = _S.out + "/data",
     with dsl.If(semi_weak == True, name="teacher-student"):  # noqa: E712 (a KFP condition)
         p = dict(seed=seed, student=student, finetune=student_finetune, top_p=top_p, k=k,
                  strategy=strategy, k_law=k_law, threshold=threshold, use_logits=use_logits,
-                 workdir=workdir, score_workers=score_workers, launcher=launcher)
+                 workdir=workdir, score_workers=score_workers,
+                 materialise_workers=materialise_workers, launcher=launcher)
         plain = score_pool("plain", base.outputs["model"], data, p)
         plain = student_from("plain", {"scores": dsl.Collected(plain.outputs["scores"])}, data,
                              p, k)
@@ -181,7 +184,8 @@ def arguments(cfg: WSLRunConfig, out: str, local: bool = True, profile: str = "c
                 student=_recipe(cfg.student), student_finetune=_recipe(cfg.student_finetune),
                 top_p=sel.top_p, k=sel.k, strategy=sel.strategy, k_law=sel.k_law,
                 threshold=sel.threshold, use_logits=sel.use_logits, score_workers=sel.workers,
-                semi_weak=cfg.semi_weak, **PROFILES[profile].parameters())
+                materialise_workers=sel.materialise_workers, semi_weak=cfg.semi_weak,
+                **PROFILES[profile].parameters())
 
 
 def finish(cfg: WSLRunConfig, out: str, run_dir: str, artifacts: list[str], seconds: float) -> dict:

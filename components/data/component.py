@@ -84,3 +84,27 @@ def split_phase(dataset: Input[Dataset], root: str, phase: str, labels_per_class
     return run(dataset=dataset, root=root, labels_per_class=labels_per_class, seed=seed,
                distractor=distractor, phase=phase, worker=worker, num_workers=num_workers,
                spill_mb=spill_mb)
+
+
+@dsl.component(base_image=image("data"), install_kfp_package=False)
+def materialise(manifest: Input[Dataset], pool: Input[Dataset], selected: Input[Dataset],
+                worker: int = 0, num_workers: int = 1, samples_per_shard: int = 4096) -> str:
+    """One of num_workers parallel tasks that copy a select step's chosen images into the
+    student's training set (``semisup data materialise``).
+
+    Args:
+        manifest: the select step's manifest output (manifest.parquet).
+        pool: the pool it was selected from.
+        selected: the select step's selected output, written here (its select step ran with
+            materialise off): part tars and a part marker per task; the task that finds every
+            part writes dataset.json. On a cluster it must be on the store the pod can write.
+        worker: this task's index: it copies the selected pool shards worker::num_workers.
+        num_workers: parallel tasks.
+        samples_per_shard: samples per output shard.
+
+    Returns:
+        This task's worker index and whether dataset.json is written (the fan-in collects it).
+    """
+    from components.data.runner import materialise as run
+    return run(manifest=manifest, pool=pool, selected=selected, worker=worker,
+               num_workers=num_workers, samples_per_shard=samples_per_shard)

@@ -98,3 +98,24 @@ def split_phase(dataset, root: str, labels_per_class: int, seed: int, distractor
         return f"{phase} {worker}: done before"
     run_split(cfg)
     return f"{phase} {worker}"
+
+
+def materialise(manifest, pool, selected, worker: int, num_workers: int,
+                samples_per_shard: int) -> str:
+    """This task's share of the selected set, written into the select step's ``selected``
+    artifact (``semisup_core.data.stages.run_materialise``); skipped once dataset.json is there."""
+    from components.artifacts import location, store_configured
+    from semisup_core.data.config import MaterialiseConfig
+    from semisup_core.data.stages import run_materialise
+    out = location(selected)
+    if (selected.uri or "").startswith(("minio://", "s3://")) and not store_configured():
+        raise ConfigError(f"materialise writes into {selected.uri}, an artifact on the store: "
+                          "the task needs the store's endpoint and credentials (S3_ENDPOINT...)")
+    if storage.exists(storage.join(out, "dataset.json")):
+        log.info("%s already exists; skipping worker %d", out, worker)
+        return f"materialise {worker}: done before"
+    done = run_materialise(config.build(MaterialiseConfig, {
+        "manifest": location(manifest), "pool": dataset_uri(pool), "out": out,
+        "samples_per_shard": samples_per_shard, "worker": worker, "num_workers": num_workers},
+        "materialise component"))
+    return f"materialise {worker}" + (": dataset.json written" if done["complete"] else "")

@@ -14,7 +14,7 @@ def select(pool: Input[Dataset], manifest: Output[Dataset], selected: Output[Dat
            reuse: Input[Dataset] = None, strategy: str = "balanced", k: int = 16000,
            k_law: str = "frequency", threshold: float = 0.5, seed: int = 0,
            oracle: Input[Dataset] = None, restrict: str = "none",
-           candidates: Input[Dataset] = None):
+           candidates: Input[Dataset] = None, materialise: bool = True):
     """Merge every scoring worker's output into the top-K images per class.
 
     Args:
@@ -35,14 +35,17 @@ def select(pool: Input[Dataset], manifest: Output[Dataset], selected: Output[Dat
         candidates: the tag candidates (a synsets step's candidates output, or a reference to
             a Parquet table key, class_id); required unless restrict is none; with the oracle
             their precision and recall are analysed too.
+        materialise: copy the selected images into ``selected`` here (one task); false leaves
+            it to parallel materialise tasks after this one (the pipelines' materialise_workers).
 
     Returns:
         manifest: manifest.parquet (class_id, rank, score, shard, key, id), summary.json and
             scores.json (the score directories read).
-        selected: the student's training set: one sample per (image, class) pair.
+        selected: the student's training set: one sample per (image, class) pair (with
+            materialise false: written by the materialise tasks).
         metrics: selected count, precision and distractor share (with an oracle).
     """
     from components.select.runner import run
     run(scores=scores, pool=pool, manifest=manifest, selected=selected, metrics=metrics,
         strategy=strategy, k=k, k_law=k_law, threshold=threshold, seed=seed, oracle=oracle,
-        reuse=reuse, restrict=restrict, candidates=candidates)
+        reuse=reuse, restrict=restrict, candidates=candidates, materialise=materialise)

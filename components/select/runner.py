@@ -26,11 +26,12 @@ def _score_dirs(scores, reuse) -> list[str]:
 
 def run(scores, pool, manifest, selected, metrics, strategy: str, k: int, k_law: str,
         threshold: float, seed: int, oracle=None, reuse=None, restrict: str = "none",
-        candidates=None) -> dict:
+        candidates=None, materialise: bool = True) -> dict:
     """``scores``: the score artifacts of every worker (a KFP ``dsl.Collected`` list); or
     ``reuse``: another select step's manifest artifact, whose scores are read again (a K sweep
     inside a ParallelFor cannot consume the scoring loop's Collected outputs). ``candidates``:
-    the tag candidates table's artifact (a reference to '' = none) for ``restrict``."""
+    the tag candidates table's artifact (a reference to '' = none) for ``restrict``;
+    ``materialise`` false leaves ``selected`` to the materialise tasks."""
     out = location(manifest)
     pool = dataset_uri(pool)
     oracle = dataset_uri(oracle) if oracle is not None else ""
@@ -42,7 +43,8 @@ def run(scores, pool, manifest, selected, metrics, strategy: str, k: int, k_law:
         "select component"))
     storage.write_json(storage.join(out, SCORES_INDEX), {"scores": dirs})
     table = read_manifest(storage.join(out, "manifest.parquet"))
-    manifest_dataset(table, pool, location(selected))
+    if materialise:
+        manifest_dataset(table, pool, location(selected))
     doc = {"k": k, "strategy": strategy, "k_law": k_law, "restrict": restrict,
            "selected": summary["selected"],
            "unique_images": summary["unique_images"], "per_class": summary["per_class"],

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 from semisup_core import config, storage
 from semisup_core.analysis import selection_analysis
 from semisup_core.config import StageConfig
+from semisup_core.data.config import MaterialiseConfig
 from semisup_core.data.dataset import read_meta
 from semisup_core.data.manifest import manifest_dataset
 from semisup_core.errors import ConfigError
@@ -45,6 +46,11 @@ class SelectionSpec(StageConfig):
     threshold: float = 0.5
     use_logits: bool = Field(False, description="rank by logits (ablation) instead of softmax")
     workers: int = Field(1, ge=1, description="scoring workers (shards i::N each)")
+    materialise_workers: int = Field(
+        MaterialiseConfig.model_fields["num_workers"].default, ge=1,
+        description="tasks that copy the selected images into the student's training set "
+        "(selected pool shards i::N each; the pipeline runs them in parallel, this runner one "
+        "after another: the same samples, packed into shards per worker)")
     restrict: Restrict = Field("none", description=RESTRICT_HELP + " (with tags: set top_p to "
                                "the class count)")
     candidates: str | None = Field(None, validate_default=True, description=CANDIDATES_HELP)
@@ -124,7 +130,10 @@ class Runner:
                                       restrict=s.restrict, candidates=s.candidates))
         selected = self._path(f"round-{r}", "selected")
         if not storage.exists(storage.join(selected, "dataset.json")):
-            manifest_dataset(read_manifest(storage.join(sel, "manifest.parquet")), self.cfg.pool, selected)
+            manifest = read_manifest(storage.join(sel, "manifest.parquet"))
+            for w in range(s.materialise_workers):
+                manifest_dataset(manifest, self.cfg.pool, selected, worker=w,
+                                 num_workers=s.materialise_workers)
         return selected, summary
 
     def round(self, teacher: str, r: int) -> str:

@@ -35,9 +35,10 @@ def _metrics(out: str) -> dict:
 
 
 def test_full_variant_set(tmp_path, tiny_raw, capsys):
-    """Self-training, two rounds, two scoring workers (ParallelFor + Collected), a K sweep."""
+    """Self-training, two rounds, two scoring and two materialise workers (ParallelFor +
+    Collected), a K sweep."""
     rc, out = _run(tmp_path, tiny_raw, rounds=2, k_sweep=[5],
-                   selection=dict(TINY["selection"], workers=2))
+                   selection=dict(TINY["selection"], workers=2, materialise_workers=2))
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| student, fine-tuned |" in printed and "Report:" in printed
@@ -63,6 +64,16 @@ def test_full_variant_set(tmp_path, tiny_raw, capsys):
     assert any("worker-00000-of-00002" in p for p in partials)
     assert any("worker-00001-of-00002" in p for p in partials)
     assert len([d for d in os.listdir(run_dir) if d.startswith("for-loop")]) >= 4
+    # two materialise tasks wrote each round's selected set into select's output; the K
+    # sweep's student (inside a ParallelFor) had its set written by its select task
+    sets = [os.path.dirname(p) for p in storage.list_uris(run_dir)
+            if p.endswith("/selected/dataset.json")]
+    parted = [d for d in sets if os.path.isdir(os.path.join(d, "_parts"))]
+    assert len(parted) >= 3 and len(sets) > len(parted)  # rounds 1, 2, self-training; sweep
+    for d in parted:  # (the tiny pool has one shard: worker 1's part holds nothing)
+        assert sorted(os.listdir(os.path.join(d, "_parts"))) == ["0000-of-0002.json",
+                                                                 "0001-of-0002.json"]
+        assert any(n.startswith("part-0000-") for n in os.listdir(d))
 
 
 def test_switched_off_variants(tmp_path, tiny_raw):

@@ -74,3 +74,38 @@ def test_a_reference_to_nothing_is_no_init_model(tmp_path, tiny_raw):
           init_from=ref)
     assert second.metadata["fine_tuned"] is True
     assert second.metadata["model_kwargs"] == {"width": 4}  # the init model's architecture
+
+
+def test_materialise_tasks_write_selects_output_like_one_process(tmp_path, teacher, pool,
+                                                                monkeypatch):
+    """The materialise component: two tasks write into the select step's ``selected`` output
+    (the second to finish writes dataset.json), the same samples as select materialising in
+    its own task; a rerun is skipped; an artifact on the store without the store's
+    credentials in the task is one line."""
+    from components.data.runner import materialise
+    from components.select.runner import run as select_run
+    from semisup_core.data.dataset import iter_dataset
+    from semisup_core.teacher_student.score import ScoreConfig, score
+    scores = str(tmp_path / "scores")
+    score(ScoreConfig(model=teacher, pool=pool, out=scores, top_p=2, partial_k=30,
+                      batch_size=16, decoder="pil", decode_workers=0))
+    metrics = types.SimpleNamespace(path=str(tmp_path / "m"), uri=str(tmp_path / "m"),
+                                    metadata={}, log_metric=lambda *a: None)
+    one, parts = _artifact(tmp_path / "one"), _artifact(tmp_path / "parts")
+    for sel, materialise_here in ((one, True), (parts, False)):
+        select_run(scores=[_artifact(scores)], pool=_artifact(pool),
+                   manifest=_artifact(str(sel.path) + "-manifest"), selected=sel,
+                   metrics=metrics, strategy="balanced", k=10, k_law="frequency",
+                   threshold=0.5, seed=0, materialise=materialise_here)
+    manifest = _artifact(str(parts.path) + "-manifest")
+    done = [materialise(manifest, _artifact(pool), parts, w, 2, 8) for w in (0, 1)]
+    assert done[1].endswith("dataset.json written")
+    assert materialise(manifest, _artifact(pool), parts, 0, 2, 8).endswith("done before")
+    samples = lambda a: sorted((s.key, s.cls) for s in iter_dataset(a.path))  # noqa: E731
+    assert samples(parts) == samples(one) and len(samples(one)) > 0
+    for var in ("S3_ENDPOINT", "MINIO_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    remote = types.SimpleNamespace(path=str(tmp_path / "r"), uri="minio://mlpipeline/x/selected",
+                                   metadata={})
+    with pytest.raises(ConfigError, match="needs the store's endpoint and credentials"):
+        materialise(manifest, _artifact(pool), remote, 0, 2, 8)

@@ -91,3 +91,18 @@ def test_semi_weak_teacher_starts_from_a_pre_trained_model(tmp_path, data):
     assert d_init < d_fresh  # a few steps from the pre-trained weights stay near them
     with pytest.raises(ConfigError, match="teacher_model .* and teacher_init .* exclude each other"):
         run_teacher_student(_cfg(tmp_path / "both", data, teacher_model=pre, teacher_init=pre))
+
+
+def test_materialise_workers_copy_the_same_samples(tmp_path, data):
+    """selection.materialise_workers 2: the selected set is written as two parts (one after
+    the other in this runner), the same (key, class) samples as one worker."""
+    from semisup_core.data.dataset import iter_dataset
+    one = _cfg(tmp_path / "one", data, baseline=False, finetune=dict(TINY, enabled=False))
+    two = _cfg(tmp_path / "two", data, baseline=False, finetune=dict(TINY, enabled=False),
+               selection={"top_p": 2, "k": 10, "materialise_workers": 2})
+    for cfg in (one, two):
+        run_teacher_student(cfg)
+    sets = [str(tmp_path / d / "run" / "round-1" / "selected") for d in ("one", "two")]
+    samples = [sorted((s.key, s.cls) for s in iter_dataset(u)) for u in sets]
+    assert samples[0] == samples[1] and samples[0]
+    assert storage.exists(storage.join(sets[1], "_parts", "0001-of-0002.json"))
