@@ -25,6 +25,7 @@ from semisup_core.errors import DataError, StorageError
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"step-(\d{8})/state\.json$")
+_STEP_FILE = re.compile(r"step-(\d{8})/[^/]+$")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -125,13 +126,22 @@ def latest(out: str) -> tuple[int, str] | None:
 
 
 def _prune(out: str, keep: int) -> None:
-    for _, ckpt in list_checkpoints(out)[:-keep]:
+    """All but the ``keep`` newest complete checkpoints go, and so do the files of incomplete
+    ones (a run killed while writing them) older than the newest: nothing reads those again.
+    An incomplete one newer than the newest (a killed run got further than its rerun has) is
+    left; the rerun writes that step again."""
+    complete = list_checkpoints(out)
+    if not complete:
+        return
+    for _, ckpt in complete[:-keep]:
         # state.json first: a half-pruned checkpoint is then invisible, never half-valid
-        for name in ("state.json", "model.safetensors", "optim.safetensors", "extra.safetensors"):
-            storage.delete(storage.join(ckpt, name))
-        for uri in storage.list_uris(ckpt):  # the ranks' own files
-            if uri.replace("\\", "/").rsplit("/", 1)[-1].startswith("extra-rank-"):
-                storage.delete(uri)
+        storage.delete(storage.join(ckpt, "state.json"))
+    kept = {c for _, c in complete[-keep:]}
+    newest = complete[-1][0]
+    for uri in storage.list_uris(storage.join(out, "checkpoints")):
+        m = _STEP_FILE.search(uri.replace("\\", "/"))
+        if m and int(m.group(1)) < newest and storage.parent(uri) not in kept:
+            storage.delete(uri)  # weights, optimiser, extra, the ranks' own files
 
 
 def restore(ckpt: str, model, optimizer=None) -> dict:

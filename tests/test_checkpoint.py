@@ -47,6 +47,18 @@ def test_latest_ignores_incomplete_and_prunes_old(tmp_path):
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
     assert checkpoint.latest(str(tmp_path))[0] == 15
+    # the next checkpoint prunes what nothing reads again: a killed one older than the newest
+    # complete (its weights and a rank's file) goes; the newer killed one (step 20, which a
+    # rerun writes again) stays
+    older = tmp_path / "checkpoints" / "step-00000012"
+    older.mkdir()
+    for name in ("model.safetensors", "extra-rank-00001-of-00002.safetensors"):
+        (older / name).write_bytes(b"half")
+    checkpoint.save_checkpoint(str(tmp_path), 16, model, optim, {}, keep=2)
+    assert [s for s, _ in checkpoint.list_checkpoints(str(tmp_path))] == [15, 16]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [
+        "step-00000015", "step-00000016", "step-00000020"]
+    assert os.listdir(partial) == ["model.safetensors"]
 
 
 def test_no_pickle_anywhere(tmp_path):
