@@ -11,7 +11,10 @@ Damage is counted, never fatal to the other shards: an undecodable image is skip
 key in the marker; a shard whose tar is damaged (truncated mid-member, zero bytes, no
 members) keeps the images read before the damage and the marker records the rest as
 ``lost``; on the CPU, DALI decodes in a worker process, so a native crash of its decoder
-(some corrupt PNGs make it segfault) costs that shard a PIL redo, not the task. A model or
+(some corrupt PNGs make it segfault) costs that shard a PIL redo, not the task. On a GPU
+(``mixed``) DALI decodes in this process: a crash there kills the task, but each shard's
+decoding is announced first (``<shard>.dali-attempt``), so the retry finds the shard the
+attempt died on and decodes it with PIL instead of crashing again. A model or
 device failure (inference) is never taken for a decoding one: it fails the task. A shard
 that dataset.json lists but the store lacks fails the task before anything is scored.
 """
@@ -59,6 +62,18 @@ def worker_split(worker: int | None, num_workers: int | None) -> tuple[int, int]
 
 def marker_uri(out: str, name: str) -> str:
     return storage.join(out, "shards", f"{name}.done.json")
+
+
+def attempt_uri(out: str, name: str) -> str:
+    """Written just before DALI decodes a shard in this process, removed once the shard is
+    written: one left behind names the shard a killed attempt was decoding."""
+    return storage.join(out, "shards", f"{name}.dali-attempt")
+
+
+def dali_in_process(device: str) -> bool:
+    """Whether DALI decodes in the task's own process: on a GPU (``mixed``: its output stays
+    on the device), not on the CPU (a child process)."""
+    return device == "cuda"
 
 
 def dali_available() -> bool:
@@ -190,15 +205,24 @@ class ShardLoop:
         """(uri, (keys, images) or None) per shard: DALI's decoding of it, or None where DALI
         stopped (a corrupt record) or crashed. On the CPU DALI runs in a worker process (a
         segfault in its decoder kills the worker: that shard is reported as failed and a new
-        worker takes the rest); on a GPU (``mixed``) in this process."""
-        if self.device == "cuda":
+        worker takes the rest); on a GPU (``mixed``) in this process, each shard announced by
+        its attempt marker (``attempt_uri``): a shard an earlier attempt died on goes to PIL."""
+        if dali_in_process(self.device):
             for uri in todo:
+                attempt = attempt_uri(self.out, shard_name(uri))
+                if storage.exists(attempt):
+                    self._dali_failed(uri, "an earlier attempt died while DALI decoded this "
+                                           "shard (a crash in the decoder)")
+                    yield uri, None
+                    continue
+                storage.put_bytes(attempt, b"")
                 try:
-                    yield uri, dali_decode(uri, self.channels, self.batch_size,
-                                           self.decode_threads, "cuda")
+                    decoded = dali_decode(uri, self.channels, self.batch_size,
+                                          self.decode_threads, self.device)
                 except RuntimeError as e:  # DALI stops at the first undecodable record
                     self._dali_failed(uri, e)
-                    yield uri, None
+                    decoded = None
+                yield uri, decoded
             return
         # not a DataLoader: its SIGCHLD handler raises a worker's death inside whatever this
         # process runs at that moment (the model), where it cannot be told from a model error
@@ -269,6 +293,8 @@ class ShardLoop:
             keys, images, corrupt, members = decoded
             outputs = self.run_images(images)  # outside any catch: a model error fails the task
             write(uri, list(keys), outputs, list(corrupt), np.asarray(members))
+            if dali_in_process(self.device) and use_dali(self.decoder):
+                storage.delete(attempt_uri(self.out, shard_name(uri)))  # after its marker
             done += 1
             if self.fail_after_shards is not None and done >= self.fail_after_shards:
                 raise RuntimeError(f"injected failure after {done} shard(s)")

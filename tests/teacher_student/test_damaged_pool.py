@@ -66,6 +66,46 @@ def test_a_native_crash_of_the_dali_decoder_costs_a_pil_redo(teacher, clean_pool
     assert len(died) == 1 and "shard-000002" in died[0] and "exit code -11" in died[0]
 
 
+_IN_PROCESS_CRASH = """
+import faulthandler, os, signal, sys
+import semisup_core.inference as inference
+from semisup_core.teacher_student.score import ScoreConfig, score
+inference.dali_in_process = lambda device: True  # as on a GPU (mixed), here with DALI cpu
+real = inference.dali_decode
+def crashing(uri, *a, **kw):
+    if uri.endswith("shard-000002.tar"):  # deterministic: every attempt dies on this shard
+        faulthandler.disable()
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return real(uri, *a, **kw)
+inference.dali_decode = crashing
+teacher, pool, out = sys.argv[1:]
+score(ScoreConfig(model=teacher, pool=pool, out=out, top_p=2, partial_k=30, batch_size=16,
+                  decoder="dali"))
+"""
+
+
+def test_a_crash_of_dali_in_the_tasks_own_process_costs_one_retry(teacher, clean_pool, tmp_path):
+    """On a GPU DALI decodes in the task's process (``mixed``), so a native crash kills the
+    task. The retry must not crash again on the same shard: the attempt marker left behind
+    names it, and PIL decodes it; the other shards keep DALI; the tables equal PIL's and no
+    attempt marker is left."""
+    import subprocess
+    import sys
+    pil = _score(teacher, clean_pool, tmp_path / "pil", decoder="pil")
+    out = str(tmp_path / "gpu")
+    args = [sys.executable, "-c", _IN_PROCESS_CRASH, teacher, clean_pool, out]
+    first = subprocess.run(args, capture_output=True, text=True)
+    assert first.returncode == -signal.SIGSEGV, first.stderr[-1500:]
+    assert sorted(n for n in os.listdir(os.path.join(out, "shards")) if "attempt" in n) == [
+        "shard-000002.dali-attempt"]
+    retry = subprocess.run(args, capture_output=True, text=True)
+    assert retry.returncode == 0, retry.stderr[-1500:]
+    assert "an earlier attempt died while DALI decoded this shard" in retry.stderr
+    assert _tables(out) == _tables(tmp_path / "pil")
+    assert not [n for n in os.listdir(os.path.join(out, "shards")) if "attempt" in n]
+    assert sum(_marker(out, f"shard-{i:06d}")["images"] for i in range(6)) == pil["images"]
+
+
 @pytest.mark.parametrize("decoder", ["dali", "pil"])
 def test_a_model_error_fails_the_task_and_is_not_rescored(teacher, clean_pool, tmp_path,
                                                          monkeypatch, caplog, decoder):
