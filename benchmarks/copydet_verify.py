@@ -43,12 +43,34 @@ from semisup_core import checkpoint  # noqa: E402
 from semisup_core.dedup.calibration import TRANSFORMS, transform  # noqa: E402
 
 
-class Verifier(nn.Module):
-    """Two images stacked as channels -> the logit of "one is a copy of the other"."""
+def align(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
+    """``b`` shifted by the integer (dy, dx), |dy|, |dx| <= radius, that best matches ``a``
+    (largest <a, shifted b> / |shifted b|), the border filled black as ``translate`` does."""
+    n, h, w = a.shape
+    af, bp = a.float(), F.pad(b.float(), (radius,) * 4)
+    shifts = [(dy, dx) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
+    best = torch.full((n,), -1.0)
+    pick = torch.zeros(n, dtype=torch.long)
+    for k, (dy, dx) in enumerate(shifts):
+        s = bp[:, dy:dy + h, dx:dx + w]
+        score = (af * s).sum((1, 2)) / s.pow(2).sum((1, 2)).sqrt().clamp_min(1e-6)
+        better = score > best
+        best, pick = torch.where(better, score, best), torch.where(better, k, pick)
+    out = torch.empty_like(b)
+    for k, (dy, dx) in enumerate(shifts):
+        m = pick == k
+        if m.any():
+            out[m] = bp[m, dy:dy + h, dx:dx + w].to(b.dtype)
+    return out
 
-    def __init__(self, width: int = 32):
+
+class Verifier(nn.Module):
+    """Two images stacked as channels -> the logit of "one is a copy of the other"; with
+    ``radius`` the second is first shifted onto the first (``align``)."""
+
+    def __init__(self, width: int = 32, radius: int = 0):
         super().__init__()
-        w = width
+        w, self.radius = width, radius
 
         def block(i, o, s):
             return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
@@ -58,6 +80,8 @@ class Verifier(nn.Module):
         self.head = nn.Linear(4 * w, 1)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.radius:
+            b = align(a, b, self.radius)
         x = torch.stack([a, b], 1).float() / 127.5 - 1
         return self.head(self.body(x).mean((2, 3))).squeeze(1)
 
@@ -96,7 +120,7 @@ def pairs(images: np.ndarray, near: np.ndarray, rng: np.random.Generator):
 
 def train_verifier(images, near, args) -> Verifier:
     torch.manual_seed(args.seed)
-    net = Verifier(args.width)
+    net = Verifier(args.width, args.align)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4,
                           nesterov=True)
     steps = args.epochs * (2 * len(images) // args.batch)
@@ -160,6 +184,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--align", type=int, default=0, help="shift the pair's second image onto "
+                    "the first by up to this many pixels before verifying (0: off)")
     ap.add_argument("--neg-k", type=int, default=10, help="negatives among the k nearest others")
     ap.add_argument("--k", type=int, default=5, help="candidates verified per image")
     ap.add_argument("--copies", type=int, default=1000)
@@ -177,7 +203,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / "verifier.pt"
     if weights.exists():
-        net = Verifier(args.width)
+        net = Verifier(args.width, args.align)
         net.load_state_dict(torch.load(weights, weights_only=True))
         net.eval()
     else:
