@@ -66,7 +66,8 @@ def marker_uri(out: str, name: str) -> str:
 
 def attempt_uri(out: str, name: str) -> str:
     """Written just before DALI decodes a shard in this process, removed once the shard is
-    written: one left behind names the shard a killed attempt was decoding."""
+    decoded (or, when PIL redoes the shard, once it is written): one left behind names the
+    shard a killed attempt was decoding."""
     return storage.join(out, "shards", f"{name}.dali-attempt")
 
 
@@ -222,6 +223,8 @@ class ShardLoop:
                 except RuntimeError as e:  # DALI stops at the first undecodable record
                     self._dali_failed(uri, e)
                     decoded = None
+                else:  # decoded: a crash from here on (inference, a preemption) is not DALI's
+                    storage.delete(attempt)
                 yield uri, decoded
             return
         # not a DataLoader: its SIGCHLD handler raises a worker's death inside whatever this
@@ -294,7 +297,7 @@ class ShardLoop:
             outputs = self.run_images(images)  # outside any catch: a model error fails the task
             write(uri, list(keys), outputs, list(corrupt), np.asarray(members))
             if dali_in_process(self.device) and use_dali(self.decoder):
-                storage.delete(attempt_uri(self.out, shard_name(uri)))  # after its marker
+                storage.delete(attempt_uri(self.out, shard_name(uri)))  # a PIL redo's, after its marker
             done += 1
             if self.fail_after_shards is not None and done >= self.fail_after_shards:
                 raise RuntimeError(f"injected failure after {done} shard(s)")
