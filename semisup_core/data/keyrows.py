@@ -2,7 +2,8 @@
 
 A method that keeps per-image state (LLP's memory bank and label store) addresses it by row:
 the samples of ``shards`` numbered in stored order. The stream gives each batch's keys; a
-``dict`` of N keys costs ~100 B a key in Python (tens of GB at 10^8 images, on every rank).
+``dict`` of N keys and the key strings cost ~140 B a key in Python (14 GB at 10^8 images, on
+every rank).
 ``KeyRows`` holds each key's 64-bit hash (pandas' ``hash_array``, SipHash with a fixed key: the
 same in every process) sorted, with the row beside it: 12 B a sample below 2^31 samples, 16 B
 above. A lookup hashes the batch's keys and binary-searches them.
