@@ -43,34 +43,43 @@ from semisup_core import checkpoint  # noqa: E402
 from semisup_core.dedup.calibration import TRANSFORMS, transform  # noqa: E402
 
 
-def align(a: torch.Tensor, b: torch.Tensor, radius: int) -> torch.Tensor:
-    """``b`` shifted by the integer (dy, dx), |dy|, |dx| <= radius, that best matches ``a``
-    (largest <a, shifted b> / |shifted b|), the border filled black as ``translate`` does."""
+def rescale(b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``b`` (N x H x W) magnified by ``scale`` about its centre (bilinear; black outside)."""
+    if scale == 1.0:
+        return b.float()
+    n, h, w = b.shape
+    theta = torch.tensor([[1 / scale, 0, 0], [0, 1 / scale, 0]]).expand(n, 2, 3)
+    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+    return F.grid_sample(b.float().unsqueeze(1), grid, align_corners=False).squeeze(1)
+
+
+def align(a: torch.Tensor, b: torch.Tensor, radius: int,
+          scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
+    """``b`` rescaled by one of ``scales`` and shifted by the integer (dy, dx), |dy|, |dx| <=
+    radius, that best matches ``a`` (largest <a, moved b> / |moved b|), the border black."""
     n, h, w = a.shape
-    af, bp = a.float(), F.pad(b.float(), (radius,) * 4)
-    shifts = [(dy, dx) for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
+    af = a.float()
     best = torch.full((n,), -1.0)
-    pick = torch.zeros(n, dtype=torch.long)
-    for k, (dy, dx) in enumerate(shifts):
-        s = bp[:, dy:dy + h, dx:dx + w]
-        score = (af * s).sum((1, 2)) / s.pow(2).sum((1, 2)).sqrt().clamp_min(1e-6)
-        better = score > best
-        best, pick = torch.where(better, score, best), torch.where(better, k, pick)
-    out = torch.empty_like(b)
-    for k, (dy, dx) in enumerate(shifts):
-        m = pick == k
-        if m.any():
-            out[m] = bp[m, dy:dy + h, dx:dx + w].to(b.dtype)
-    return out
+    out = torch.empty(n, h, w)
+    for scale in scales:
+        bp = F.pad(rescale(b, scale), (radius,) * 4)
+        for dy in range(2 * radius + 1):
+            for dx in range(2 * radius + 1):
+                s = bp[:, dy:dy + h, dx:dx + w]
+                score = (af * s).sum((1, 2)) / s.pow(2).sum((1, 2)).sqrt().clamp_min(1e-6)
+                better = score > best
+                best = torch.where(better, score, best)
+                out[better] = s[better]
+    return out.round().clamp(0, 255).to(b.dtype)
 
 
 class Verifier(nn.Module):
     """Two images stacked as channels -> the logit of "one is a copy of the other"; with
     ``radius`` the second is first shifted onto the first (``align``)."""
 
-    def __init__(self, width: int = 32, radius: int = 0):
+    def __init__(self, width: int = 32, radius: int = 0, scales: tuple[float, ...] = (1.0,)):
         super().__init__()
-        w, self.radius = width, radius
+        w, self.radius, self.scales = width, radius, tuple(scales)
 
         def block(i, o, s):
             return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
@@ -81,7 +90,7 @@ class Verifier(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.radius:
-            b = align(a, b, self.radius)
+            b = align(a, b, self.radius, self.scales)
         x = torch.stack([a, b], 1).float() / 127.5 - 1
         return self.head(self.body(x).mean((2, 3))).squeeze(1)
 
@@ -120,7 +129,7 @@ def pairs(images: np.ndarray, near: np.ndarray, rng: np.random.Generator):
 
 def train_verifier(images, near, args) -> Verifier:
     torch.manual_seed(args.seed)
-    net = Verifier(args.width, args.align)
+    net = Verifier(args.width, args.align, args.scales)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4,
                           nesterov=True)
     steps = args.epochs * (2 * len(images) // args.batch)
@@ -186,6 +195,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--align", type=int, default=0, help="shift the pair's second image onto "
                     "the first by up to this many pixels before verifying (0: off)")
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                    help="with --align: magnifications of the second image tried too (a crop "
+                    "magnifies its content by 1.02-1.25)")
     ap.add_argument("--neg-k", type=int, default=10, help="negatives among the k nearest others")
     ap.add_argument("--k", type=int, default=5, help="candidates verified per image")
     ap.add_argument("--copies", type=int, default=1000)
@@ -203,7 +215,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / "verifier.pt"
     if weights.exists():
-        net = Verifier(args.width, args.align)
+        net = Verifier(args.width, args.align, args.scales)
         net.load_state_dict(torch.load(weights, weights_only=True))
         net.eval()
     else:
