@@ -162,6 +162,16 @@ def save(cfg: BaseModel, out_dir: str, name: str = "config.yaml") -> str:
     return uri
 
 
+def _optional_section(ann) -> type[BaseModel] | None:
+    """The model of an ``X | None`` field whose X is a config section, else None."""
+    import types
+    import typing
+    if typing.get_origin(ann) not in (typing.Union, types.UnionType):
+        return None
+    models = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 and type(None) in typing.get_args(ann) else None
+
+
 def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
     """One help line per (nested) field: ``key.path  type = default  description``.
 
@@ -174,6 +184,11 @@ def describe(cls: type[BaseModel], prefix: str = "") -> list[str]:
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines += describe(ann, key + ".")
+            continue
+        section = _optional_section(ann)
+        if section is not None:  # an objective's own settings (null: its defaults)
+            lines.append(f"  {key:<28} section or null = null  {field.description or ''}".rstrip())
+            lines += describe(section, key + ".")
             continue
         if field.is_required():
             default = "REQUIRED"

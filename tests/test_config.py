@@ -95,6 +95,8 @@ def test_describe_lists_every_leaf_field_with_defaults():
     lines = "\n".join(config.describe(TrainConfig))
     assert "optim.lr" in lines and "per 256 images" in lines
     assert "out" in lines and "REQUIRED" in lines and "checkpoint.every_steps" in lines
+    # an objective's optional section is listed with its own fields
+    assert "llp.aggregation_weight" in lines and "contrastive.temperature" in lines
 
 
 _SECTIONED = {"configs/fmnist_supervised.yaml": {"train": "train", "evaluate": "evaluate"},
