@@ -291,13 +291,14 @@ class ShardLoop:
             shards = ((uri, decoded) for uri, *decoded in loader)
         done = 0
         for uri, decoded in tqdm(shards, total=len(todo), desc=desc, unit="shard"):
+            redo = decoded is None and use_dali(self.decoder)
             if decoded is None:  # DALI failed on it: PIL, which counts and skips corrupt images
                 decoded = decode_shard(uri, self.channels, (self.counts or {}).get(uri))
             keys, images, corrupt, members = decoded
             outputs = self.run_images(images)  # outside any catch: a model error fails the task
             write(uri, list(keys), outputs, list(corrupt), np.asarray(members))
-            if dali_in_process(self.device) and use_dali(self.decoder):
-                storage.delete(attempt_uri(self.out, shard_name(uri)))  # a PIL redo's, after its marker
+            if redo and dali_in_process(self.device):  # the attempt marker, after the shard's
+                storage.delete(attempt_uri(self.out, shard_name(uri)))
             done += 1
             if self.fail_after_shards is not None and done >= self.fail_after_shards:
                 raise RuntimeError(f"injected failure after {done} shard(s)")

@@ -108,6 +108,20 @@ def _stop_at_upload(monkeypatch, minio, part: str, n: int, down_s: float = 3.0) 
     return restarts
 
 
+def _restarted_equals_reference(monkeypatch, minio, run, part: str, n: int) -> dict[str, bytes]:
+    """``run`` into s3://semisup/ref, then again into s3://semisup/faulted with MinIO killed
+    at the ``n``-th upload holding ``part`` (``_stop_at_upload``); asserts it was killed once
+    and every object equals the reference's; returns the faulted run's objects."""
+    run("s3://semisup/ref")
+    restarts = _stop_at_upload(monkeypatch, minio, part, n)
+    run("s3://semisup/faulted")
+    restarts[0].join()
+    assert minio.stops == 1
+    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
+    assert got == ref
+    return got
+
+
 def _score_and_select(teacher, pool, out):
     from semisup_core.teacher_student.score import ScoreConfig, score
     from semisup_core.teacher_student.select import SelectConfig, select
@@ -202,14 +216,9 @@ def test_the_hash_split_retries_through_a_minio_restart(minio, tmp_path, monkeyp
     ds = _upload(str(tmp_path / "ds"), "s3://semisup/ds")
     dis = _upload(str(tmp_path / "dis"), "s3://semisup/dis")
     kw = dict(pool_extra=[dis], samples_per_shard=20, num_workers=2, spill_mb=0.002)
-    split_hashed(ds, "s3://semisup/ref", 4, 5, **kw)
-    restarts = _stop_at_upload(monkeypatch, minio, "/_work/runs/", 5)
-    split_hashed(ds, "s3://semisup/faulted", 4, 5, **kw)
-    restarts[0].join()
-    assert minio.stops == 1
-
-    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
-    assert got == ref and not [u for u in got if "_work" in u]
+    got = _restarted_equals_reference(
+        monkeypatch, minio, lambda out: split_hashed(ds, out, 4, 5, **kw), "/_work/runs/", 5)
+    assert not [u for u in got if "_work" in u]
 
 
 def test_the_weak_training_sets_streamed_copy_retries_through_a_minio_restart(minio, tmp_path,
@@ -226,14 +235,8 @@ def test_the_weak_training_sets_streamed_copy_retries_through_a_minio_restart(mi
         run_synsets(SynsetsConfig(data=data, out=out, draws=3, seed=2, samples_per_shard=20,
                                   spill_mb=0.0005))
 
-    run("s3://semisup/ref")
-    restarts = _stop_at_upload(monkeypatch, minio, "/train/_work/", 3)
-    run("s3://semisup/faulted")
-    restarts[0].join()
-    assert minio.stops == 1
-
-    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
-    assert got == ref and any("/train/shard-" in u for u in got)
+    got = _restarted_equals_reference(monkeypatch, minio, run, "/train/_work/", 3)
+    assert any("/train/shard-" in u for u in got)
     assert not [u for u in got if "_work" in u]
 
 
@@ -254,13 +257,8 @@ def test_embed_and_dedup_retry_through_a_minio_restart(teacher, minio, tmp_path,
         dedup(config.build(DedupConfig, {"pool": f"{out}/emb-pool", "eval_sets": [f"{out}/emb-test"],
                                          "out": f"{out}/dedup", "threshold": 0.9}))
 
-    run("s3://semisup/ref")
-    restarts = _stop_at_upload(monkeypatch, minio, "/emb-pool/shards/", 5)  # table, marker, ...
-    run("s3://semisup/faulted")
-    restarts[0].join()
-    assert minio.stops == 1
-    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
-    assert got == ref and any("/dedup/" in u for u in got)
+    got = _restarted_equals_reference(monkeypatch, minio, run, "/emb-pool/shards/", 5)
+    assert any("/dedup/" in u for u in got)  # (the 5th upload: table, marker, ...)
 
 
 def test_materialise_retries_through_a_minio_restart(teacher, minio, tmp_path, monkeypatch):
@@ -277,10 +275,5 @@ def test_materialise_retries_through_a_minio_restart(teacher, minio, tmp_path, m
             run_materialise(MaterialiseConfig(manifest="s3://semisup/sel/select", pool=pool, out=out,
                                               samples_per_shard=4, num_workers=2, worker=w))
 
-    run("s3://semisup/ref")
-    restarts = _stop_at_upload(monkeypatch, minio, "part-0001-", 2)
-    run("s3://semisup/faulted")
-    restarts[0].join()
-    assert minio.stops == 1
-    ref, got = _tree("s3://semisup/ref"), _tree("s3://semisup/faulted")
-    assert got == ref and "dataset.json" in {u.rsplit("/", 1)[-1] for u in got}
+    got = _restarted_equals_reference(monkeypatch, minio, run, "part-0001-", 2)
+    assert "dataset.json" in {u.rsplit("/", 1)[-1] for u in got}
