@@ -33,6 +33,8 @@ _STAGES = {
     "select": ("semisup_core.teacher_student.select:SelectConfig", "semisup_core.teacher_student.select:select"),
     "embed": ("semisup_core.embed:EmbedConfig", "semisup_core.embed:embed"),
     "dedup": ("semisup_core.dedup.stage:DedupConfig", "semisup_core.dedup.stage:dedup"),
+    "verify-pairs": ("semisup_core.dedup.verifier:VerifyPairsConfig",
+                     "semisup_core.dedup.verifier:verify_pairs"),
     "teacher-student": ("semisup_core.teacher_student.run:TeacherStudentConfig",
                         "semisup_core.teacher_student.run:run_teacher_student"),
     "llp": ("semisup_core.train:TrainConfig", "semisup_core.llp.stage:train_llp"),
@@ -65,6 +67,8 @@ _HELP = {
     "select": "merge scores into the ranked manifest (balanced/unbalanced/random/threshold)",
     "embed": "L2-normalised embeddings of every image of a dataset (float16 tables per shard)",
     "dedup": "remove the pool's near-duplicates of evaluation images (pairs, manifest, sheet)",
+    "verify-pairs": "training pairs of dedup's copy verifier (a pool image and an edit of it "
+                    "or of a look-alike)",
     "teacher-student": "the whole Yalniz et al. pipeline in one process (variants as config)",
     "llp": "train with Local Label Propagation (the train stage, objective llp; DDP under torchrun)",
     "llp-run": "LLP end to end in one process: data, dedup, baseline, LLP, evaluate, report",

@@ -39,6 +39,7 @@ DESCRIPTION = {
     "translate": "shifted 1-10% of the side in x and y, the border filled black",
 }
 GRID = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
+GRID_LOGITS = (-4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0)  # with a verifier: its logit margin
 
 
 def transform(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -106,9 +107,13 @@ def _rates(thr: float, hits: dict, sims: dict, other: np.ndarray, pair: np.ndarr
 
 
 def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
-              eval_shards: np.ndarray) -> dict:
+              eval_shards: np.ndarray, scorer=None, gallery: np.ndarray | None = None) -> dict:
     """The calibration of ``dedup`` (module doc); ``index`` holds the evaluation vectors in the
-    order of ``eval_keys`` (of the sets ``eval_sets``); the copies are of the first set's."""
+    order of ``eval_keys`` (of the sets ``eval_sets``); the copies are of the first set's.
+    With a verifier (``scorer``, and ``gallery``: the evaluation images in index order) each
+    copy's ``verify_candidates`` nearest are verified and the best one is its match, the
+    false-flag statistic is the best verified of each drawn image's nearest *others*, and
+    ``pair_fpr`` is measured on 20,000 random pairs of distinct drawn images."""
     from semisup_core.dedup.stage import set_name
     rng = np.random.default_rng(cfg.seed)
     info = embedding_info(cfg.eval_sets[0])
@@ -121,22 +126,39 @@ def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
     src = np.array([pos[k] for k in keys])
     hits, sims = {}, {}
     nprobe = None
+    k = cfg.verify_candidates if scorer is not None else 1
+    stack = np.stack(images) if scorer is not None else None
     for t in TRANSFORMS:
         copies = [transform(a, t, rng) for a in images]
         q = _embed(copies, info, channels)
         if t == "exact":
             base = q
-        s, i = knn.search(index, q, 1, nprobe=nprobe)
-        hits[t], sims[t] = i[:, 0] == src, s[:, 0]
-    s, i = knn.search(index, base, 2, nprobe=nprobe)
-    other = np.where(i[:, 0] == src, s[:, 1], s[:, 0])  # the nearest evaluation image but itself
-    g = base @ base.T
-    pair = g[~np.eye(len(g), dtype=bool)]
+        s, i = knn.search(index, q, k, nprobe=nprobe)
+        if scorer is None:
+            hits[t], sims[t] = i[:, 0] == src, s[:, 0]
+        else:
+            from semisup_core.dedup.verifier import best_verified
+            best, col = best_verified(scorer, np.stack(copies), gallery, i)
+            hits[t], sims[t] = i[np.arange(len(i)), col] == src, best
+    s, i = knn.search(index, base, k + 1, nprobe=nprobe)
+    if scorer is None:
+        other = np.where(i[:, 0] == src, s[:, 1], s[:, 0])  # the nearest evaluation image but itself
+        g = base @ base.T
+        pair = g[~np.eye(len(g), dtype=bool)]
+    else:  # the k nearest others, verified
+        others = np.stack([np.concatenate([r[r != j], [-1]])[:k] for r, j in zip(i, src)])
+        other, _ = best_verified(scorer, stack, gallery, others)
+        a = rng.integers(len(stack), size=20000)
+        b = (a + rng.integers(1, len(stack), size=20000)) % len(stack)  # never a itself
+        pair = scorer(stack[a], stack[b])
     allowed = int(cfg.target_fpr * len(other))  # images that may be flagged at target_fpr
     ranked = np.sort(other)[::-1]
-    thr = min(1.0, float(ranked[allowed]) + 1e-6) if allowed < len(ranked) else float(ranked[-1])
+    cap = 1.0 if scorer is None else np.inf
+    thr = min(cap, float(ranked[allowed]) + 1e-6) if allowed < len(ranked) else float(ranked[-1])
     chosen = _rates(thr, hits, sims, other, pair)
+    grid = GRID if scorer is None else GRID_LOGITS
     return {**chosen, "images": len(keys), "eval_set": dataset, "embedder": info["model"],
+            "verifier": getattr(cfg, "verifier", None), "candidates": k,
             "target_fpr": cfg.target_fpr, "transforms": DESCRIPTION,
             "top1_is_source": {t: float(np.mean(hits[t])) for t in hits},
-            "grid": [_rates(x, hits, sims, other, pair) for x in GRID]}
+            "grid": [_rates(x, hits, sims, other, pair) for x in grid]}

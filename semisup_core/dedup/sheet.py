@@ -1,6 +1,7 @@
 """The contact sheet of ``dedup``: pairs of (pool image, nearest evaluation image) with their
-similarity, so a person can judge the threshold. The left half shows the closest pairs, the
-right half the pairs just above and just below the threshold (red: removed, grey: kept)."""
+similarity (with a verifier: its logit margin, then the cosine), so a person can judge the
+threshold. The left half shows the closest pairs, the right half the pairs just above and just
+below the threshold (red: removed, grey: kept)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,11 @@ def _images(dataset: str, wanted: dict[str, set[str]]) -> dict[tuple[str, str], 
 
 def _rows(near: pa.Table, threshold: float, n: int) -> tuple[list[dict], list[dict]]:
     rows = near.to_pylist()
-    rows.sort(key=lambda r: (-r["similarity"], r["pool_key"]))
+    rows.sort(key=lambda r: (-r["score"], r["pool_key"]))
     closest = rows[:n]
     rest = [r for r in rows if r not in closest]
-    rest.sort(key=lambda r: (abs(r["similarity"] - threshold), r["pool_key"]))
-    return closest, sorted(rest[:n], key=lambda r: -r["similarity"])
+    rest.sort(key=lambda r: (abs(r["score"] - threshold), r["pool_key"]))
+    return closest, sorted(rest[:n], key=lambda r: -r["score"])
 
 
 def contact_sheet(near: pa.Table, threshold: float, cfg, cell: int = 64) -> bytes:
@@ -78,8 +79,10 @@ def contact_sheet(near: pa.Table, threshold: float, cfg, cell: int = 64) -> byte
                 if img is not None:
                     sheet.paste(img.convert("RGB").resize((cell, cell), Image.NEAREST),
                                 (x + j * (cell + 4), y))
-            colour = (200, 0, 0) if r["similarity"] >= threshold else (110, 110, 110)
-            draw.text((x, y + cell + 2), f"{r['similarity']:.4f}", fill=colour)
+            colour = (200, 0, 0) if r["score"] >= threshold else (110, 110, 110)
+            text = f"{r['score']:.4f}" if cfg.verifier is None else \
+                f"{r['score']:.2f} (cos {r['similarity']:.3f})"
+            draw.text((x, y + cell + 2), text, fill=colour)
     if not chosen:
         draw.text((4, 30), "no pair within the margin of the threshold", fill="black")
     buf = io.BytesIO()

@@ -17,6 +17,12 @@ leakage. From the ``embed`` outputs of the pool and of each evaluation set (same
 ``calibrate: true`` first measures the threshold (``calibration.py``): copies of evaluation
 images under transforms must be found, distinct images must not be; with ``threshold: null``
 the calibrated one is used.
+
+With a ``verifier`` (a trained ``pair_verifier``, ``verifier.py``) the cosine only proposes:
+each pool image's ``verify_candidates`` nearest evaluation images are verified pair by pair,
+the pool image's pair is the candidate the verifier rates highest, and ``threshold`` is on the
+verifier's logit margin (copy minus distinct); ``score`` holds the decision's value (the cosine
+without a verifier).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import logging
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from semisup_core import config, knn, storage
 from semisup_core.config import StageConfig
@@ -40,7 +46,7 @@ log = logging.getLogger(__name__)
 PAIRS = pa.schema([("pool_key", pa.string()), ("pool_shard", pa.string()),
                    ("eval_set", pa.string()), ("eval_key", pa.string()),
                    ("eval_shard", pa.string()), ("similarity", pa.float32()),
-                   ("duplicate", pa.bool_())])
+                   ("score", pa.float32()), ("duplicate", pa.bool_())])
 
 
 #: the threshold calibrated on the demo data (Fashion-MNIST test, pixels embedder: 0.9978 for a
@@ -66,11 +72,16 @@ class DedupConfig(StageConfig):
     eval_sets: list[str] = Field(min_length=1, description="embed outputs of the evaluation "
                                                            "sets (the test set first)")
     out: str = Field(description="output directory URI")
-    threshold: float | None = Field(DEFAULT_THRESHOLD, gt=-1, le=1, description="cosine "
-                                    "similarity at and above which a pair is a near-duplicate "
-                                    "(default: calibrated on Fashion-MNIST with the pixels "
-                                    "embedder; recalibrate for other data); null: the calibrated "
-                                    "one (needs calibrate: true)")
+    threshold: float | None = Field(DEFAULT_THRESHOLD, description="cosine similarity at and "
+                                    "above which a pair is a near-duplicate (default: calibrated "
+                                    "on Fashion-MNIST with the pixels embedder; recalibrate for "
+                                    "other data); with a verifier its logit margin instead (no "
+                                    "default); null: the calibrated one (needs calibrate: true)")
+    verifier: str | None = Field(None, description="a trained pair_verifier's model directory "
+                                 "(verify-pairs + train, docs/dedup.md): verify each pool "
+                                 "image's nearest evaluation images pair by pair")
+    verify_candidates: int = Field(5, ge=1, le=100, description="with a verifier: nearest "
+                                   "evaluation images verified per pool image")
     calibrate: bool = Field(False, description="measure recall per transform and the false-"
                                                "positive rate first (calibration.json)")
     calibration_images: int = Field(1000, ge=10, description="evaluation images copied")
@@ -81,8 +92,25 @@ class DedupConfig(StageConfig):
     nlist: int | None = Field(None, ge=1, description="IVF lists (auto: ~4 sqrt(n))")
     nprobe: int | None = Field(None, ge=1, description="IVF lists visited per query")
     sheet_pairs: int = Field(24, ge=0, description="pairs on each half of the contact sheet")
-    sheet_margin: float = Field(0.02, ge=0, description="pairs this far below the threshold "
-                                                        "are kept for the sheet")
+    sheet_margin: float | None = Field(None, ge=0, description="pairs this far below the "
+                                       "threshold are kept for the sheet (null: 0.02 of a cosine, "
+                                       "2 logits with a verifier)")
+
+    @model_validator(mode="after")
+    def _threshold_units(self):
+        if self.verifier is None:
+            if self.threshold is not None and not -1 < self.threshold <= 1:
+                raise ValueError(f"threshold {self.threshold} is not a cosine similarity "
+                                 "(-1, 1]")
+        elif "threshold" not in self.model_fields_set:
+            raise ValueError("with a verifier the threshold is a logit margin: give threshold, "
+                             "or threshold: null with calibrate: true")
+        return self
+
+    def margin(self) -> float:
+        if self.sheet_margin is not None:
+            return self.sheet_margin
+        return 2.0 if self.verifier else 0.02
 
 
 def _spec(cfg: DedupConfig, n: int, d: int) -> knn.IndexSpec:
@@ -131,6 +159,42 @@ def eval_index(cfg: DedupConfig):
     return index, np.array(keys, object), np.array(shards, object), np.array(sets, object), spec
 
 
+def eval_images(cfg: DedupConfig, keys: np.ndarray, shards: np.ndarray, sets: np.ndarray
+                ) -> np.ndarray:
+    """Every evaluation image (N x H x W x C uint8) in the index's row order, for the verifier
+    (held in memory: 10,000 28 px images are 8 MB, 50,000 224 px ones 7.5 GB)."""
+    from semisup_core.dedup.sheet import read_images
+    out = None
+    for uri in cfg.eval_sets:
+        dataset = embedding_info(uri)["dataset"]
+        mine = np.flatnonzero(sets == set_name(dataset))
+        wanted: dict[str, set[str]] = {}
+        for i in mine:
+            wanted.setdefault(shards[i], set()).add(keys[i])
+        got = read_images(dataset, wanted)
+        for i in mine:
+            img = got.get((shards[i], keys[i]))
+            if img is None:
+                raise StorageError(f"dedup: {keys[i]} of {uri} is not in {dataset}")
+            if out is None:
+                out = np.zeros((len(keys), *img.shape), np.uint8)
+            if img.shape != out.shape[1:]:
+                raise ConfigError(f"dedup: the verifier needs evaluation images of one size; "
+                                  f"{keys[i]} is {img.shape}, others {out.shape[1:]}")
+            out[i] = img
+    return out
+
+
+def shard_images(dataset: str, shard: str, keys: list[str]) -> np.ndarray:
+    """The images of ``keys`` (one shard of ``dataset``) in that order."""
+    from semisup_core.dedup.sheet import read_images
+    got = read_images(dataset, {shard: set(keys)})
+    missing = [k for k in keys if (shard, k) not in got]
+    if missing:
+        raise StorageError(f"dedup: {missing[0]} of shard {shard} is not in {dataset}")
+    return np.stack([got[(shard, k)] for k in keys]) if keys else np.zeros((0, 1, 1, 1), np.uint8)
+
+
 def dedup(cfg: DedupConfig) -> dict:
     """Find the pool's near-duplicates of the evaluation sets and write the kept pool."""
     from semisup_core.dedup import calibration
@@ -139,44 +203,59 @@ def dedup(cfg: DedupConfig) -> dict:
     config.save(cfg, cfg.out)
     index, ekeys, eshards, esets, spec = eval_index(cfg)
     knn.save(index, storage.join(cfg.out, "index", "eval.faiss"))
+    scorer = gallery = None
+    if cfg.verifier:
+        from semisup_core.dedup.verifier import PairScorer, best_verified
+        scorer, gallery = PairScorer(cfg.verifier), eval_images(cfg, ekeys, eshards, esets)
     threshold = cfg.threshold
     if cfg.calibrate:
-        cal = calibration.calibrate(cfg, index, ekeys, esets, eshards)
+        cal = calibration.calibrate(cfg, index, ekeys, esets, eshards, scorer, gallery)
         storage.write_json(storage.join(cfg.out, "calibration.json"), cal)
         if threshold is None:
             threshold = cal["threshold"]
     names = embedding_shards(cfg.pool)
     state_uri = storage.join(cfg.out, "nearest", "threshold.json")
-    if storage.exists(state_uri) and storage.read_json(state_uri)["threshold"] != threshold:
-        raise ConfigError(f"{cfg.out} was searched with threshold "
-                          f"{storage.read_json(state_uri)['threshold']}, now {threshold}: use a "
-                          "new out")
-    storage.write_json(state_uri, {"threshold": threshold})
-    low = threshold - cfg.sheet_margin
+    state = {"threshold": threshold, "verifier": cfg.verifier,
+             "verify_candidates": cfg.verify_candidates if cfg.verifier else None}
+    if storage.exists(state_uri):
+        before = {"verifier": None, "verify_candidates": None, **storage.read_json(state_uri)}
+        if before != state:
+            raise ConfigError(f"{cfg.out} was searched with {before}, now {state}: use a new out")
+    storage.write_json(state_uri, state)
+    low = threshold - cfg.margin()
+    pool_dataset = embedding_info(cfg.pool)["dataset"]
+    k = cfg.verify_candidates if scorer else 1
     for name in names:
         done = storage.join(cfg.out, "nearest", f"{name}.done.json")
         if storage.exists(done):
             continue
         t = shard_table(cfg.pool, name)
         keys, vectors = t["key"].to_pylist(), table_vectors(t)
-        sims, ids = knn.search(index, vectors, 1, nprobe=spec.nprobe if spec.kind != "flat" else None)
-        s, i = sims[:, 0], ids[:, 0]
-        near = np.flatnonzero((i >= 0) & (s >= low))
+        sims, ids = knn.search(index, vectors, k, nprobe=spec.nprobe if spec.kind != "flat" else None)
+        if scorer:
+            score, col = best_verified(scorer, shard_images(pool_dataset, name, keys), gallery, ids)
+            rows = np.arange(len(keys))
+            s, i = sims[rows, col], ids[rows, col]
+        else:
+            s, i = sims[:, 0], ids[:, 0]
+            score = s
+        near = np.flatnonzero((i >= 0) & (score >= low))
         t = pa.table({"pool_key": pa.array([keys[j] for j in near], pa.string()),
                       "pool_shard": pa.array([name] * len(near), pa.string()),
                       "eval_set": pa.array(esets[i[near]].tolist(), pa.string()),
                       "eval_key": pa.array(ekeys[i[near]].tolist(), pa.string()),
                       "eval_shard": pa.array(eshards[i[near]].tolist(), pa.string()),
                       "similarity": pa.array(s[near], pa.float32()),
-                      "duplicate": pa.array(s[near] >= threshold, pa.bool_())}, schema=PAIRS)
+                      "score": pa.array(score[near], pa.float32()),
+                      "duplicate": pa.array(score[near] >= threshold, pa.bool_())}, schema=PAIRS)
         write_table(storage.join(cfg.out, "nearest", f"{name}.parquet"), t)
         storage.write_json(done, {"shard": name, "images": len(keys),
-                                  "duplicates": int((s >= threshold).sum())})
+                                  "duplicates": int(((i >= 0) & (score >= threshold)).sum())})
     near = pa.concat_tables([read_table(storage.join(cfg.out, "nearest", f"{n}.parquet"))
                              for n in names]) if names else PAIRS.empty_table()
     pairs = near.filter(near["duplicate"])
     order = np.lexsort((np.array(pairs["pool_key"].to_pylist(), object).astype(str),
-                        -pairs["similarity"].to_numpy()))
+                        -pairs["score"].to_numpy()))
     pairs = pairs.take(order)
     write_table(storage.join(cfg.out, "pairs.parquet"), pairs.drop(["duplicate"]))
     removed = set(pairs["pool_key"].to_pylist())
@@ -198,10 +277,13 @@ def dedup(cfg: DedupConfig) -> dict:
                "removed_fraction": len(removed) / max(pool_n, 1), "threshold": threshold,
                "per_eval_set": per_set, "eval_images": int(index.ntotal),
                "index": spec.factory(), "nprobe": spec.nprobe if spec.kind != "flat" else None,
-               "embedder": embedding_info(cfg.pool)["model"], "calibrated": cfg.calibrate}
+               "embedder": embedding_info(cfg.pool)["model"], "calibrated": cfg.calibrate,
+               "verifier": cfg.verifier,
+               "verify_candidates": cfg.verify_candidates if cfg.verifier else None,
+               "score": "verifier logit margin" if cfg.verifier else "cosine similarity"}
     storage.write_json(storage.join(cfg.out, "summary.json"), summary)
     log.info("dedup: %d of %d pool images are near-duplicates of an evaluation image "
-             "(similarity >= %.4f); sheet: %s", len(removed), pool_n, threshold,
+             "(%s >= %.4f); sheet: %s", len(removed), pool_n, summary["score"], threshold,
              storage.join(cfg.out, "contact_sheet.png"))
     return summary
 

@@ -6,6 +6,6 @@ embedding ``N x feature_dim`` (used by dedup, LLP and SimCLR later).
 """
 
 from semisup_core.models.registry import create_model, list_models, model_info, register_model
-from semisup_core.models import small_resnet, torchvision_models  # noqa: F401  (registers models)
+from semisup_core.models import pair_verifier, small_resnet, torchvision_models  # noqa: F401,E501  (registers models)
 
 __all__ = ["create_model", "list_models", "model_info", "register_model"]
