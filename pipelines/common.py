@@ -13,10 +13,11 @@ from components.score.component import score
 from components.select.component import select
 from components.train.component import train
 from components.workers.component import joined, worker_indices
+from semisup_core.dedup.stage import DedupSpec
 
 
 def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, dedup_embedder,
-              dedup_threshold, split_order="permutation") -> tuple[dict, object]:
+              dedup_threshold, split_order="permutation", dedup_verifier="") -> tuple[dict, object]:
     """import + split (N labels per class; the rest of Fashion-MNIST and the MNIST distractors
     unlabelled) -> embed the test set and the pool -> dedup. Returns the datasets (labelled,
     pool = the deduplicated pool, oracle, test) and the dedup task."""
@@ -39,7 +40,9 @@ def demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup, de
     emb_pool.set_display_name("dedup: embed pool")
     dd = dedup_step(pool=data["pool"], pool_embeddings=emb_pool.outputs["embeddings"],
                     eval_embeddings=emb_test.outputs["embeddings"], threshold=dedup_threshold,
-                    seed=seed, enabled=dedup).set_display_name("dedup: pool vs test set")
+                    seed=seed, enabled=dedup, verifier=dedup_verifier,
+                    verify_candidates=DedupSpec().verify_candidates)
+    dd.set_display_name("dedup: pool vs test set")
     data["pool"] = dd.outputs["deduped"]  # what the methods read: the deduplicated pool
     return data, dd
 
@@ -110,7 +113,7 @@ def demo_arguments(cfg, out: str, local: bool = True) -> dict:
                 mnist=absolute(cfg.mnist) if cfg.distractors else "",
                 labels_per_class=cfg.labels_per_class, seed=cfg.seed, split_order=cfg.split_order,
                 dedup=cfg.dedup.enabled, dedup_embedder=cfg.dedup.embedder,
-                dedup_threshold=cfg.dedup.threshold,
+                dedup_threshold=cfg.dedup.threshold, dedup_verifier=cfg.dedup.verifier or "",
                 launcher=cfg.launcher.model_dump(mode="json"))
 
 

@@ -41,6 +41,8 @@ def dedup_pipeline(
         target_fpr: float = _DD.target_fpr,
         index: str = _DD.index,
         seed: int = _DD.seed,
+        verifier: str = _DD.verifier or "",
+        verify_candidates: int = _DD.verify_candidates,
         infer_cpu: str = _R.infer.cpu,
         infer_memory: str = _R.infer.memory,
         infer_gpus: int = _R.infer.gpus,
@@ -61,6 +63,10 @@ def dedup_pipeline(
         target_fpr: the largest share of distinct images the calibrated threshold flags.
         index: auto, flat, ivf_flat or ivf_pq.
         seed: seed of the calibration draw.
+        verifier: a trained pair_verifier's model directory URI ("": none; docs/dedup.md): each
+            pool image's nearest test images are verified pair by pair, the threshold is then
+            its logit margin (negative with calibrate: the calibrated one).
+        verify_candidates: with a verifier, nearest test images verified per pool image.
     """
     pool = import_data(source="fashion-mnist", src=fashion_mnist, root=data_root,
                        name="fmnist-train", split="train").set_display_name("import pool")
@@ -71,7 +77,8 @@ def dedup_pipeline(
     dedup_step(pool=pool.outputs["dataset"], pool_embeddings=emb_pool.outputs["embeddings"],
                eval_embeddings=emb_test.outputs["embeddings"], threshold=threshold,
                calibrate=calibrate, calibration_images=calibration_images, target_fpr=target_fpr,
-               index=index, seed=seed).set_display_name("dedup")
+               index=index, seed=seed, verifier=verifier,
+               verify_candidates=verify_candidates).set_display_name("dedup")
     on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values(), locals())
 
 
@@ -81,6 +88,7 @@ def arguments(cfg: DedupRunConfig, out: str, local: bool = True, profile: str = 
     return dict(data_root=storage.join(out, "data"), fashion_mnist=src, embedder=cfg.embedder,
                 threshold=cfg.threshold, calibrate=cfg.calibrate,
                 calibration_images=cfg.calibration_images, seed=cfg.seed,
+                verifier=cfg.verifier or "", verify_candidates=cfg.verify_candidates,
                 **PROFILES[profile].parameters(("infer", "light")))
 
 

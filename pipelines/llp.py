@@ -46,6 +46,7 @@ def llp(data_root: str = _L.out + "/data",
         dedup: bool = _DD.enabled,
         dedup_embedder: str = _DD.embedder,
         dedup_threshold: float = _DD.threshold,
+        dedup_verifier: str = _DD.verifier or "",
         warm_start: str = _L.warm_start,
         launcher: dict = LauncherSpec().model_dump(mode="json"),
         train_cpu: str = _R.train.cpu,
@@ -74,12 +75,15 @@ def llp(data_root: str = _L.out + "/data",
         recipe: LLP's training recipe (objective llp; its llp section: embed_dim, temperature, bank_momentum, k, density_k, density, pseudo_labels, confidence, category_weight, warm_epochs, softmax_support).
         dedup: remove the pool's near-duplicates of the test set before LLP trains on it.
         dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
-        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image.
+        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image
+            (with a verifier: its logit margin).
+        dedup_verifier: a trained pair_verifier's model directory URI ("": none; docs/dedup.md):
+            each pool image's 5 nearest test images are verified pair by pair.
         warm_start: baseline (LLP starts from the supervised baseline's weights) or none (from scratch).
         launcher: where both training tasks train (LauncherSpec): pod, pytorchjob (LLP's pods run images/llp) or torchrun.
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
-                         dedup_embedder, dedup_threshold, split_order)
+                         dedup_embedder, dedup_threshold, split_order, dedup_verifier)
     base = train(data=data["labelled"], recipe=baseline, seed=seed, checkpoints=workdir,
                  launcher=launcher).set_display_name("train supervised baseline")
     base_eval = evaluate(model=base.outputs["model"], data=data["test"],

@@ -56,6 +56,7 @@ def simclr(data_root: str = _S.out + "/data",
            dedup: bool = _DD.enabled,
            dedup_embedder: str = _DD.embedder,
            dedup_threshold: float = _DD.threshold,
+           dedup_verifier: str = _DD.verifier or "",
            launcher: dict = LauncherSpec().model_dump(mode="json"),
            train_cpu: str = _R.train.cpu,
            train_memory: str = _R.train.memory,
@@ -86,11 +87,14 @@ def simclr(data_root: str = _S.out + "/data",
         distill_temperature: tau of the distillation's softmaxes.
         dedup: remove the pool's near-duplicates of the test set before pre-training on it.
         dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
-        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image.
+        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image
+            (with a verifier: its logit margin).
+        dedup_verifier: a trained pair_verifier's model directory URI ("": none; docs/dedup.md):
+            each pool image's 5 nearest test images are verified pair by pair.
         launcher: where every training task trains (LauncherSpec): pod, pytorchjob (pods run images/contrastive, images/train, images/distill) or torchrun.
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
-                         dedup_embedder, dedup_threshold, split_order)
+                         dedup_embedder, dedup_threshold, split_order, dedup_verifier)
     base = train(data=data["labelled"], recipe=baseline, seed=seed, checkpoints=workdir,
                  launcher=launcher).set_display_name("train supervised baseline")
     base_eval = evaluate(model=base.outputs["model"], data=data["test"],

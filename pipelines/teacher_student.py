@@ -74,6 +74,7 @@ def teacher_student(
         dedup: bool = _DD.enabled,
         dedup_embedder: str = _DD.embedder,
         dedup_threshold: float = _DD.threshold,
+        dedup_verifier: str = _DD.verifier or "",
         self_training: bool = _D.self_training,
         rounds: int = _D.rounds,
         k_sweep: list = _D.k_sweep,
@@ -117,7 +118,10 @@ def teacher_student(
         materialise_workers: parallel tasks copying a round's selected images into the student's training set (each its n-th of the selected pool shards).
         dedup: remove the pool's near-duplicates of the test set before scoring (embed + dedup).
         dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
-        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image.
+        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image
+            (with a verifier: its logit margin).
+        dedup_verifier: a trained pair_verifier's model directory URI ("": none; docs/dedup.md):
+            each pool image's 5 nearest test images are verified pair by pair.
         self_training: also run the self-training variant (teacher = the baseline, same architecture as the student).
         rounds: teacher/student rounds, 1-3; the student of a round is the next round's teacher.
         k_sweep: extra K values, each pre-training and fine-tuning another student (accuracy vs K).
@@ -127,7 +131,7 @@ def teacher_student(
         launcher: where every training task trains (LauncherSpec): backend pod (its own pod), pytorchjob (a PyTorchJob: workers, nproc_per_node, gpus_per_node, cpu, memory, elastic_min/max, namespace; needs workdir on the store) or torchrun (the launcher's local backend, what kfp.local runs).
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
-                         dedup_embedder, dedup_threshold, split_order)
+                         dedup_embedder, dedup_threshold, split_order, dedup_verifier)
     # the optional artifacts from their URIs ('' = a reference to none: KFP's importer refuses
     # an empty URI)
     tags = reference(uri=candidates).set_display_name("tag candidates")

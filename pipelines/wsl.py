@@ -78,6 +78,7 @@ def wsl(data_root: str = _S.out + "/data",
         dedup: bool = _S.dedup.enabled,
         dedup_embedder: str = _S.dedup.embedder,
         dedup_threshold: float = _S.dedup.threshold,
+        dedup_verifier: str = _S.dedup.verifier or "",
         launcher: dict = LauncherSpec().model_dump(mode="json"),
         train_cpu: str = _R.train.cpu,
         train_memory: str = _R.train.memory,
@@ -121,11 +122,14 @@ def wsl(data_root: str = _S.out + "/data",
         semi_weak: also run the four teacher/student variants (plain, semi-weak, tag candidates ranked, balanced-with-tags).
         dedup: remove the pool's near-duplicates of the test set before anything uses it (embed + dedup).
         dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
-        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image.
+        dedup_threshold: cosine similarity at and above which a pool image duplicates a test image
+            (with a verifier: its logit margin).
+        dedup_verifier: a trained pair_verifier's model directory URI ("": none; docs/dedup.md):
+            each pool image's 5 nearest test images are verified pair by pair.
         launcher: where every training task trains (LauncherSpec): pod, pytorchjob (pods run images/weak-train, images/train) or torchrun.
     """
     data, dd = demo_data(data_root, fashion_mnist, mnist, labels_per_class, seed, dedup,
-                         dedup_embedder, dedup_threshold, split_order)
+                         dedup_embedder, dedup_threshold, split_order, dedup_verifier)
     syn = synsets_step(data=data["pool"], spec=synsets, seed=seed, simulate_tags=True,
                        oracle=data["oracle"], noise_rate=tag_noise_rate,
                        confusion_share=tag_confusion_share,

@@ -11,15 +11,16 @@ def dedup(pool: Input[Dataset], pool_embeddings: Input[Dataset], eval_embeddings
           deduped: Output[Dataset], result: Output[Dataset], metrics: Output[Metrics],
           threshold: float = 0.998, calibrate: bool = False, calibration_images: int = 1000,
           target_fpr: float = 0.001, index: str = "auto", nprobe: int = 0, seed: int = 0,
-          enabled: bool = True):
+          enabled: bool = True, verifier: str = "", verify_candidates: int = 5):
     """Near-duplicates of the evaluation set in the pool, removed.
 
     Args:
         pool: the unlabelled pool.
         pool_embeddings: the embed output of the pool.
         eval_embeddings: the embed output of the evaluation set (same embedder).
-        threshold: cosine similarity at and above which a pair is a near-duplicate; with
-            calibrate, a negative value takes the calibrated threshold.
+        threshold: cosine similarity at and above which a pair is a near-duplicate (with a
+            verifier: its logit margin); with calibrate, a negative value takes the calibrated
+            threshold.
         calibrate: measure recall per transform and the false-positive rate first.
         calibration_images: evaluation images copied by the calibration.
         target_fpr: calibration: the largest share of distinct images flagged.
@@ -27,6 +28,9 @@ def dedup(pool: Input[Dataset], pool_embeddings: Input[Dataset], eval_embeddings
         nprobe: IVF lists visited per query (0: from the size).
         seed: seed of the calibration draw and the IVF training sample.
         enabled: false passes the pool through unchanged.
+        verifier: a trained pair_verifier's model directory URI ("": none): each pool image's
+            nearest evaluation images are verified pair by pair.
+        verify_candidates: with a verifier, nearest evaluation images verified per pool image.
 
     Returns:
         deduped: the pool as the next steps read it (its shards, minus the removed keys).
@@ -37,4 +41,5 @@ def dedup(pool: Input[Dataset], pool_embeddings: Input[Dataset], eval_embeddings
     run(pool=pool, pool_embeddings=pool_embeddings, eval_embeddings=eval_embeddings,
         deduped=deduped, result=result, metrics=metrics, threshold=threshold, calibrate=calibrate,
         calibration_images=calibration_images, target_fpr=target_fpr, index=index,
-        nprobe=nprobe, seed=seed, enabled=enabled)
+        nprobe=nprobe, seed=seed, enabled=enabled, verifier=verifier,
+        verify_candidates=verify_candidates)

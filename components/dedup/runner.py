@@ -10,7 +10,7 @@ from components.artifacts import dataset_uri, location, write_ref
 
 def run(pool, pool_embeddings, eval_embeddings, deduped, result, metrics, threshold: float,
         calibrate: bool, calibration_images: int, target_fpr: float, index: str, nprobe: int,
-        seed: int, enabled: bool = True) -> dict:
+        seed: int, enabled: bool = True, verifier: str = "", verify_candidates: int = 5) -> dict:
     """``deduped`` refers to the pool's shards with ``exclude`` = this run's removed keys."""
     if not enabled:
         write_ref(deduped, dataset_uri(pool))
@@ -21,7 +21,8 @@ def run(pool, pool_embeddings, eval_embeddings, deduped, result, metrics, thresh
         "pool": location(pool_embeddings), "eval_sets": [location(eval_embeddings)],
         "out": location(result), "threshold": None if calibrate and threshold < 0 else threshold,
         "calibrate": calibrate, "calibration_images": calibration_images,
-        "target_fpr": target_fpr, "index": index, "nprobe": nprobe or None, "seed": seed},
+        "target_fpr": target_fpr, "index": index, "nprobe": nprobe or None, "seed": seed,
+        "verifier": verifier or None, "verify_candidates": verify_candidates},
         "dedup component")
     summary = dedup(cfg)
     write_ref(deduped, dataset_uri(pool), exclude=location(result))

@@ -8,7 +8,8 @@ leakage. From the ``embed`` outputs of the pool and of each evaluation set (same
 2. for every pool image its nearest evaluation image; a pair with cosine similarity
    >= ``threshold`` is a near-duplicate. Per pool shard ``out/nearest/<shard>.parquet`` keeps
    every pair within ``sheet_margin`` below the threshold (``pool_key, pool_shard, eval_set,
-   eval_key, eval_shard, similarity, duplicate``), then a done marker, so a rerun resumes;
+   eval_key, eval_shard, similarity, score, duplicate``), then a done marker, so a rerun
+   resumes;
 3. ``out/pairs.parquet`` (the near-duplicates), ``out/removed.parquet`` (their pool keys: the
    manifest ``score`` reads through ``exclude``), ``out/manifest.parquet`` (the pool that is
    kept: ``key, shard``), ``out/contact_sheet.png`` (the closest pairs and the pairs around the
@@ -54,6 +55,15 @@ PAIRS = pa.schema([("pool_key", pa.string()), ("pool_shard", pa.string()),
 DEFAULT_THRESHOLD = 0.998
 
 
+def _check_threshold(threshold: float | None, verifier: str | None, given: bool) -> None:
+    if verifier is None:
+        if threshold is not None and not -1 < threshold <= 1:
+            raise ValueError(f"threshold {threshold} is not a cosine similarity (-1, 1]")
+    elif not given:
+        raise ValueError("with a verifier the threshold is a logit margin: give threshold, "
+                         "or threshold: null with calibrate: true")
+
+
 class DedupSpec(StageConfig):
     """Dedup as a step of a pipeline (teacher_student): on by default."""
 
@@ -61,8 +71,17 @@ class DedupSpec(StageConfig):
                                             "before scoring")
     embedder: str = Field("pixels", description="embed's model: pixels | efficientnet_lite0 | a "
                                                 "model directory URI")
-    threshold: float = Field(DEFAULT_THRESHOLD, gt=-1, le=1, description="cosine similarity of "
-                             "a near-duplicate pair")
+    threshold: float = Field(DEFAULT_THRESHOLD, description="cosine similarity of a "
+                             "near-duplicate pair (with a verifier: its logit margin)")
+    verifier: str | None = Field(None, description="a trained pair_verifier's model directory: "
+                                 "verify each pool image's nearest test images pair by pair")
+    verify_candidates: int = Field(5, ge=1, le=100, description="with a verifier: nearest test "
+                                   "images verified per pool image")
+
+    @model_validator(mode="after")
+    def _threshold_units(self):
+        _check_threshold(self.threshold, self.verifier, "threshold" in self.model_fields_set)
+        return self
 
 
 class DedupConfig(StageConfig):
@@ -98,13 +117,7 @@ class DedupConfig(StageConfig):
 
     @model_validator(mode="after")
     def _threshold_units(self):
-        if self.verifier is None:
-            if self.threshold is not None and not -1 < self.threshold <= 1:
-                raise ValueError(f"threshold {self.threshold} is not a cosine similarity "
-                                 "(-1, 1]")
-        elif "threshold" not in self.model_fields_set:
-            raise ValueError("with a verifier the threshold is a logit margin: give threshold, "
-                             "or threshold: null with calibrate: true")
+        _check_threshold(self.threshold, self.verifier, "threshold" in self.model_fields_set)
         return self
 
     def margin(self) -> float:
@@ -305,9 +318,19 @@ class DedupRunConfig(StageConfig):
     seed: int = Field(0, description="seed of the calibration draw")
     embedder: str = Field("pixels", description="embed's model")
     calibrate: bool = Field(True, description="measure the threshold first")
-    threshold: float = Field(-1.0, ge=-1, le=1, description="with calibrate, a negative value "
-                                                            "takes the calibrated threshold")
+    threshold: float = Field(-1.0, description="with calibrate, a negative value takes the "
+                                               "calibrated threshold")
     calibration_images: int = Field(1000, ge=10)
+    verifier: str | None = Field(None, description="a trained pair_verifier's model directory "
+                                 "(docs/dedup.md); the threshold is then its logit margin")
+    verify_candidates: int = Field(5, ge=1, le=100, description="with a verifier: nearest test "
+                                   "images verified per pool image")
+
+    @model_validator(mode="after")
+    def _threshold_units(self):
+        if self.verifier is None and not -1 <= self.threshold <= 1:
+            raise ValueError(f"threshold {self.threshold} is not a cosine similarity [-1, 1]")
+        return self
 
 
 def dedup_pool(spec: DedupSpec, pool: str, test: str, out: str) -> tuple[str, dict]:
@@ -325,5 +348,6 @@ def dedup_pool(spec: DedupSpec, pool: str, test: str, out: str) -> tuple[str, di
         embed(EmbedConfig(dataset=data, out=emb[name], model=spec.embedder))
     result = storage.join(out, "dedup")
     summary = dedup(DedupConfig(pool=emb["pool"], eval_sets=[emb["test"]], out=result,
-                                threshold=spec.threshold))
+                                threshold=spec.threshold, verifier=spec.verifier,
+                                verify_candidates=spec.verify_candidates))
     return without_keys(pool, removed_keys(result), storage.join(out, "pool")), summary
