@@ -8,7 +8,8 @@ import re
 
 #: pipeline module name -> pipeline function name
 PIPELINES = {"teacher_student": "teacher_student", "dedup": "dedup_pipeline", "llp": "llp",
-             "simclr": "simclr", "wsl": "wsl", "split": "split_pipeline"}
+             "simclr": "simclr", "wsl": "wsl", "split": "split_pipeline",
+             "copy_verifier": "copy_verifier"}
 
 
 #: the Secret with the platform MinIO's endpoint and credentials (k8s/base; README "Going to a

@@ -35,6 +35,7 @@ from semisup_core.data.shards import ShardWriter
 from semisup_core.dedup.calibration import TRANSFORMS, transform
 from semisup_core.embed import embedding_info, embedding_shards, shard_table, table_vectors
 from semisup_core.errors import ConfigError, DataError
+from semisup_core.train.config import TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -224,3 +225,59 @@ def best_verified(scorer: PairScorer, images: np.ndarray, gallery: np.ndarray, i
             scores[start + rows, cols] = scorer(images[start + rows], gallery[sub[rows, cols]])
     col = scores.argmax(1) if k else np.zeros(n, np.int64)
     return scores[np.arange(n), col], col
+
+
+def verifier_recipe() -> TrainRecipe:
+    """The verifier's training recipe (configs/copy_verifier.yaml's, measured in docs/dedup.md):
+    pair_verifier width 16, shifts within 3 px and five magnifications, supervised cross-entropy,
+    3 epochs of batch 256, no random crop (it would move the seam between the two images)."""
+    return TrainRecipe(model="pair_verifier",
+                       model_kwargs={"width": 16, "align": 3,
+                                     "scales": [0.82, 0.9, 1.0, 1.1, 1.22]},
+                       epochs=3, batch_size=256,
+                       optim={"lr": 0.1, "weight_decay": 5e-4, "warmup_epochs": 0.3},
+                       augment={"crop_padding": 0, "hflip": True})
+
+
+class CopyVerifierRunConfig(StageConfig):
+    """``semisup run copy_verifier``: train dedup's copy verifier on Fashion-MNIST's training
+    set (the pool) and dedup the pool against the test set with it, calibrated
+    (configs/copy_verifier_demo.yaml)."""
+
+    out: str = Field("runs/copy-verifier-run", description="where data and the outputs go")
+    fashion_mnist: str = Field("/usr/share/datasets/fashion-mnist", description="Fashion-MNIST IDX dir")
+    seed: int = Field(0, description="seed of the pairs, the verifier and the calibration draw")
+    descriptor: str = Field("pixels", description="embed's model that proposes the candidates: "
+                                                  "a copy descriptor's model directory URI "
+                                                  "(configs/copy_descriptor.yaml), or pixels")
+    pairs_images: int = Field(VerifyPairsConfig.model_fields["images"].default, ge=2,
+                              description="pool images the pairs are drawn from")
+    pairs_per_image: int = Field(VerifyPairsConfig.model_fields["pairs_per_image"].default, ge=1,
+                                 description="positive pairs per image, and as many negatives")
+    neighbours: int = Field(VerifyPairsConfig.model_fields["neighbours"].default, ge=1,
+                            description="negatives among each image's nearest other images")
+    recipe: TrainRecipe = Field(default_factory=lambda: verifier_recipe(),
+                                description="the verifier's training recipe (model pair_verifier)")
+    verify_candidates: int = Field(5, ge=1, le=100, description="nearest test images verified "
+                                                                "per pool image")
+    calibration_images: int = Field(1000, ge=10, description="test images copied by the "
+                                                             "calibration")
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _onto_default(cls, v):
+        """A partial recipe (``recipe: {epochs: 1}``) changes those fields of the default one."""
+        if not isinstance(v, dict):
+            return v
+
+        def merge(base: dict, over: dict) -> dict:
+            return {**base, **{k: merge(base[k], x) if isinstance(x, dict) and
+                               isinstance(base.get(k), dict) else x for k, x in over.items()}}
+        return merge(verifier_recipe().model_dump(mode="json", exclude_none=True), v)
+
+    @field_validator("recipe")
+    @classmethod
+    def _recipe(cls, v):
+        if v.model != "pair_verifier":
+            raise ValueError(f"the verifier is a pair_verifier, not {v.model}")
+        return v

@@ -231,7 +231,7 @@ def test_embed_and_dedup_component_defaults_are_the_stage_configs():
             assert getattr(e, k) == v, k
     d = DedupConfig(pool="-", eval_sets=["-"], out="-")
     for k, v in defaults(dedup).items():
-        if k not in ("enabled", "nprobe"):
+        if k not in ("enabled", "nprobe", "verifier_model"):
             assert getattr(d, k) == (v or None if k == "verifier" else v), k  # "" is KFP's None
 
 

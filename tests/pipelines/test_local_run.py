@@ -135,3 +135,32 @@ def test_the_dedup_pipeline_calibrates_and_removes_the_injected_duplicates(tmp_p
     assert summary["pool_images"] == len(pk) == 400
     assert summary["removed"] == int(((pv @ tv.T).max(1) >= 0.999).sum())
     assert os.path.getsize(os.path.join(dest, "contact_sheet.png")) > 0
+
+
+def test_the_copy_verifier_pipeline_trains_a_verifier_and_dedups_with_it(tmp_path, tiny_raw, capsys):
+    """`semisup run copy_verifier`: pairs from the pool, a pair_verifier trained by the train
+    component, dedup verifying each pool image's candidates with that model (wiring; the
+    verifier's decisions are tested against per-pair scoring in tests/dedup/test_verifier.py)."""
+    cfg = {"out": str(tmp_path / "cv"), "fashion_mnist": tiny_raw["fashion_mnist"],
+           "pairs_images": 100, "pairs_per_image": 1, "neighbours": 3, "verify_candidates": 2,
+           "calibration_images": 20,
+           "recipe": {"epochs": 1, "batch_size": 32, "threads": 1,
+                      "model_kwargs": {"width": 4, "align": 1, "scales": [1.0]}}}
+    path = tmp_path / "cv.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", "copy_verifier", "--config", str(path)]) == 0
+    assert "Calibration (20 test images copied)" in capsys.readouterr().out
+    seed = os.path.join(cfg["out"], "seed-0")
+    summary = json.load(open(os.path.join(seed, "dedup", "summary.json")))
+    cal = json.load(open(os.path.join(seed, "dedup", "calibration.json")))
+    state = json.load(open(os.path.join(seed, "verifier", "state.json")))
+    assert summary["score"] == "verifier logit margin" and summary["verify_candidates"] == 2
+    assert summary["verifier"].endswith("model") and summary["threshold"] == cal["threshold"]
+    assert cal["candidates"] == 2 and cal["images"] == 20
+    assert state["model"]["name"] == "pair_verifier" and state["classes"] == ["distinct", "copy"]
+    run_dir = os.path.join(cfg["out"], "kfp", sorted(os.listdir(os.path.join(cfg["out"], "kfp")))[-1])
+    pairs = [os.path.join(run_dir, d, "pairs") for d in os.listdir(run_dir) if d.startswith("verify-pairs")]
+    assert json.load(open(os.path.join(pairs[0], "dataset.json")))["num_samples"] == 200
+    import pyarrow.parquet as pq
+    rows = pq.read_table(os.path.join(seed, "dedup", "pairs.parquet")).to_pylist()
+    assert len(rows) == summary["removed"] and all(r["score"] >= summary["threshold"] for r in rows)
