@@ -217,6 +217,9 @@ def dedup_summary(dd: dict) -> str:
     """One line on what dedup removed (or that it was off)."""
     if not dd.get("enabled", True):
         return "Dedup: off (the pool was not checked against the test set)."
+    rule = (f"verifier margin >= {dd['threshold']:.2f} over the {dd['verify_candidates']} "
+            f"nearest by {dd['embedder']} embeddings" if dd.get("verifier") else
+            f"cosine >= {dd['threshold']:.4f}, {dd['embedder']} embeddings")
     return (f"Dedup: {dd['removed']:,} of {dd['pool_images']:,} pool images "
             f"({100 * dd['removed_fraction']:.2f}%) removed as near-duplicates of the test set "
-            f"(cosine >= {dd['threshold']:.4f}, {dd['embedder']} embeddings, {dd['index']} index).")
+            f"({rule}, {dd['index']} index).")

@@ -208,6 +208,14 @@ def shard_images(dataset: str, shard: str, keys: list[str]) -> np.ndarray:
     return np.stack([got[(shard, k)] for k in keys]) if keys else np.zeros((0, 1, 1, 1), np.uint8)
 
 
+def _nearest(out: str, shard: str) -> pa.Table:
+    """A shard's nearest table; one written before ``score`` existed gets it (its cosine)."""
+    t = read_table(storage.join(out, "nearest", f"{shard}.parquet"))
+    if "score" not in t.column_names:
+        t = t.add_column(t.column_names.index("similarity") + 1, "score", t["similarity"])
+    return t
+
+
 def dedup(cfg: DedupConfig) -> dict:
     """Find the pool's near-duplicates of the evaluation sets and write the kept pool."""
     from semisup_core.dedup import calibration
@@ -264,8 +272,7 @@ def dedup(cfg: DedupConfig) -> dict:
         write_table(storage.join(cfg.out, "nearest", f"{name}.parquet"), t)
         storage.write_json(done, {"shard": name, "images": len(keys),
                                   "duplicates": int(((i >= 0) & (score >= threshold)).sum())})
-    near = pa.concat_tables([read_table(storage.join(cfg.out, "nearest", f"{n}.parquet"))
-                             for n in names]) if names else PAIRS.empty_table()
+    near = pa.concat_tables([_nearest(cfg.out, n) for n in names]) if names else PAIRS.empty_table()
     pairs = near.filter(near["duplicate"])
     order = np.lexsort((np.array(pairs["pool_key"].to_pylist(), object).astype(str),
                         -pairs["score"].to_numpy()))

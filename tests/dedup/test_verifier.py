@@ -17,6 +17,7 @@ from semisup_core.dedup.verifier import (PairScorer, VerifyPairsConfig, pair_nei
 from semisup_core.embed import EmbedConfig, embed, read_embeddings
 from semisup_core.errors import ConfigError
 from semisup_core.models.pair_verifier import align, rescale
+from semisup_core.report import dedup_summary
 from semisup_core.tables import read_table
 from semisup_core.train import TrainConfig, train
 from tests.dedup.test_embed_dedup import _write
@@ -190,6 +191,7 @@ def test_dedup_with_a_verifier_equals_verifying_each_candidate(pool, verifier):
         assert r["duplicate"] == (r["score"] >= thr)
     removed = {k for k, (_, s) in want.items() if s >= thr}
     assert summary["removed"] == len(removed) > 0 and summary["verifier"] == verifier
+    assert f"verifier margin >= {thr:.2f} over the 3 nearest" in dedup_summary(summary)
     assert set(read_table(storage.join(out, "removed.parquet"))["key"].to_pylist()) == removed
     with pytest.raises(ConfigError, match="with a verifier the threshold is a logit margin"):
         config.build(DedupConfig, {"pool": pool["emb"], "eval_sets": [pool["emb_test"]],
@@ -224,3 +226,22 @@ def test_calibration_with_a_verifier_keeps_the_false_flag_target(pool, verifier)
         assert all(hi["recall"][t] <= lo["recall"][t] for t in lo["recall"])
     summary = storage.read_json(storage.join(out, "summary.json"))
     assert summary["threshold"] == cal["threshold"] and summary["score"] == "verifier logit margin"
+
+
+def test_a_dedup_output_written_before_the_score_column_resumes(pool):
+    """Nearest tables of an older run (no ``score``) are read with their cosine as the score."""
+    import pyarrow.parquet as pq
+    root = pool["root"]
+    out = str(root / "dd-old")
+    cfg = {"pool": pool["emb"], "eval_sets": [pool["emb_test"]], "out": out, "threshold": 0.5}
+    first = dedup(config.build(DedupConfig, cfg))
+    pairs = read_table(storage.join(out, "pairs.parquet"))
+    for u in storage.list_uris(storage.join(out, "nearest")):
+        if u.endswith(".parquet"):
+            t = pq.read_table(u)
+            pq.write_table(t.drop(["score"]), u)
+    storage.delete(storage.join(out, "pairs.parquet"))
+    again = dedup(config.build(DedupConfig, cfg))
+    assert first["removed"] == again["removed"] > 0
+    assert read_table(storage.join(out, "pairs.parquet")).equals(pairs)
+    assert "cosine >= 0.5000" in dedup_summary(again)
