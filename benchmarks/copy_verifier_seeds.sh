@@ -8,6 +8,7 @@
 #   - with STAGE=1, the dedup stage itself on the 60k pool and the test set, calibrated
 #     (calibration.json, summary.json) -> runs/copy-verifier/seed<N>/dedup.
 # Resumable: every step skips what is finished (training resumes from its checkpoint).
+# THREADS=1: one torch thread per training (two chains side by side on 2 cores).
 # Usage: benchmarks/copy_verifier_seeds.sh [SEED ...]   (default 2 0 1); log: runs/copy-verifier/times.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ for seed in "${@:-2 0 1}"; do
     if [ ! -f $model/model.safetensors ]; then
       log "seed $s verifier start"
       $S stage train -c $C --section train --set data.train=$pairs --set out=$model \
-        --set seed=$s > $dir.train.log 2>&1
+        --set seed=$s ${THREADS:+--set threads=$THREADS} > $dir.train.log 2>&1
       log "seed $s verifier end"
     fi
     if [ ! -f runs/copy-verifier/report-seed$s.json ]; then

@@ -170,7 +170,7 @@ class PairScorer:
     N x H x W x C), both orders averaged. Images of another size than it was trained on are
     resized to it."""
 
-    def __init__(self, model_dir: str, device: str | None = None, batch: int = 1024):
+    def __init__(self, model_dir: str, device: str | None = None, batch: int | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, state = checkpoint.load_model(model_dir, self.device)
         spec = state["model"]
@@ -178,9 +178,11 @@ class PairScorer:
             raise ConfigError(f"verifier {model_dir} is a {spec['name']} over classes "
                               f"{state.get('classes')}; a verifier is a pair_verifier trained on "
                               "verify-pairs output (classes distinct, copy)")
-        self.mean, self.std, self.batch = state["mean"], state["std"], batch
+        self.mean, self.std = state["mean"], state["std"]
         h, w2 = state["image_size"]
         self.size = (int(h), int(w2) // 2)
+        # pairs per forward: 1,024 of 28 px; ~80 of 224 px (the first conv's activations ~1 GB)
+        self.batch = batch or max(8, min(1024, 2 ** 22 // (self.size[0] * self.size[1])))
         self.channels = int(spec["in_chans"])
         self.model_dir = model_dir
 
