@@ -69,13 +69,20 @@ def evaluate(scorer: PairScorer, E, gallery: np.ndarray, k: int, seed: int, n_co
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="a copydet_probe descriptor run dir")
-    ap.add_argument("--verifier", required=True, help="a trained pair_verifier's model dir")
-    ap.add_argument("--out", type=Path, required=True, help="the report JSON to write")
+    ap.add_argument("--summarize", nargs="+", type=Path, help="report JSON files: print the "
+                    "mean ± std table over them and exit")
+    ap.add_argument("--run", type=Path, help="a copydet_probe descriptor run dir")
+    ap.add_argument("--verifier", help="a trained pair_verifier's model dir")
+    ap.add_argument("--out", type=Path, help="the report JSON to write")
     ap.add_argument("--seed", type=int, default=0, help="the copy draw's seed")
     ap.add_argument("--k", type=int, default=5, help="candidates verified per image")
     ap.add_argument("--copies", type=int, default=1000)
     args = ap.parse_args()
+    if args.summarize:
+        print(summary([json.loads(p.read_text()) for p in args.summarize]))
+        return
+    if not (args.run and args.verifier and args.out):
+        ap.error("--run, --verifier and --out are required")
     t0 = time.time()
     train_all, test = idx("train-images-idx3-ubyte.gz"), idx("t10k-images-idx3-ubyte.gz")
     perm = np.random.default_rng(0).permutation(len(train_all))  # copydet_probe's split
@@ -119,6 +126,27 @@ def markdown(report: dict) -> str:
                      + " | ".join(cells) + " |")
     lines += ["", "Each cell: recall at the threshold (in brackets: the share whose best verified "
               "candidate is the source, whatever the score)."]
+    return "\n".join(lines)
+
+
+def summary(reports: list[dict]) -> str:
+    """Mean ± std over seeds (sample std) of each row: threshold, false flags, recall."""
+    seeds = [r["args"]["seed"] for r in reports]
+
+    def ms(values, pct=False, digits=3):
+        v = np.array(values) * (100 if pct else 1)
+        sd = v.std(ddof=1) if len(v) > 1 else 0.0
+        return f"{v.mean():.{digits}f} ± {sd:.{digits}f}"
+    lines = [f"Seeds {seeds} (descriptor, verifier and copy draw), mean ± std:", "",
+             "| where | threshold (logit) | false flags | " + " | ".join(TRANSFORMS) + " |",
+             "|---|---:|---:|" + "---:|" * len(TRANSFORMS)]
+    for where, name in ROWS.items():
+        rs = [r[where] for r in reports]
+        lines.append(f"| {name} | {ms([x['threshold'] for x in rs], digits=2)} | "
+                     f"{ms([x['false_flag_rate'] for x in rs], pct=True, digits=2)}% | " +
+                     " | ".join(ms([x["recall"][t] for x in rs]) for t in TRANSFORMS) + " |")
+    worst = {t: min(r["held_out"]["recall"][t] for r in reports) for t in TRANSFORMS}
+    lines += ["", "Worst seed, held-out pool: " + ", ".join(f"{t} {v:.3f}" for t, v in worst.items())]
     return "\n".join(lines)
 
 
