@@ -2,13 +2,15 @@
 # Issue 16: dedup's copy verifier over three seeds (docs/dedup.md "The copy verifier").
 # For each seed: the copy descriptor (benchmarks/copydet_probe.py, ~37 min alone), the pool
 # embedded by it, the verifier's pairs (semisup stage verify-pairs), the verifier trained by the
-# one loop (semisup stage train, ~40 min alone), then
+# one loop (semisup stage train, ~8 min alone), then
 #   - the descriptor protocol (benchmarks/copydet_verify.py: threshold frozen on 10k held-out
 #     pool images) -> runs/copy-verifier/report-seed<N>.json;
 #   - with STAGE=1, the dedup stage itself on the 60k pool and the test set, calibrated
 #     (calibration.json, summary.json) -> runs/copy-verifier/seed<N>/dedup.
 # Resumable: every step skips what is finished (training resumes from its checkpoint).
-# THREADS=1: one torch thread per training (two chains side by side on 2 cores).
+# THREADS=1: one torch thread per training. Run one chain at a time: two 2-thread trainings side
+# by side on 2 cores ran 5-30x slower each (seed 2's verifier: 71 min beside the descriptor,
+# 0.3 s a step alone).
 # Usage: benchmarks/copy_verifier_seeds.sh [SEED ...]   (default 2 0 1); log: runs/copy-verifier/times.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
