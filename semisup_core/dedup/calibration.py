@@ -14,6 +14,9 @@ the pool and searched in the evaluation index:
   per-pair rate; far smaller, and weaker: a pool image meets every evaluation image).
 
 The chosen threshold is the smallest whose ``false_flag_rate`` is <= ``target_fpr``.
+``highest_flags`` and ``calibration_flags.png`` show the drawn images with the highest
+false-flag statistic beside their partner: a real duplicate inside the evaluation set counts
+as a false flag, and only a person can tell it from a look-alike.
 """
 
 from __future__ import annotations
@@ -106,6 +109,25 @@ def _rates(thr: float, hits: dict, sims: dict, other: np.ndarray, pair: np.ndarr
             "pair_fpr": float(np.mean(pair >= thr))}
 
 
+def _partner_images(cfg, rows: list[int], eval_keys, eval_sets, eval_shards, gallery
+                    ) -> list[np.ndarray]:
+    """The evaluation images at index rows ``rows`` (from ``gallery`` when it is loaded)."""
+    if gallery is not None:
+        return [gallery[r] for r in rows]
+    from semisup_core.dedup.sheet import read_images
+    from semisup_core.dedup.stage import set_name
+    datasets = {set_name(embedding_info(u)["dataset"]): embedding_info(u)["dataset"]
+                for u in cfg.eval_sets}
+    got = {}
+    for name, dataset in datasets.items():
+        wanted: dict[str, set[str]] = {}
+        for r in rows:
+            if eval_sets[r] == name:
+                wanted.setdefault(eval_shards[r], set()).add(eval_keys[r])
+        got.update({(name, *k): v for k, v in read_images(dataset, wanted).items()})
+    return [got[(eval_sets[r], eval_shards[r], eval_keys[r])] for r in rows]
+
+
 def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
               eval_shards: np.ndarray, scorer=None, gallery: np.ndarray | None = None) -> dict:
     """The calibration of ``dedup`` (module doc); ``index`` holds the evaluation vectors in the
@@ -143,11 +165,13 @@ def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
     s, i = knn.search(index, base, k + 1, nprobe=nprobe)
     if scorer is None:
         other = np.where(i[:, 0] == src, s[:, 1], s[:, 0])  # the nearest evaluation image but itself
+        partner = np.where(i[:, 0] == src, i[:, 1], i[:, 0])
         g = base @ base.T
         pair = g[~np.eye(len(g), dtype=bool)]
     else:  # the k nearest others, verified
         others = np.stack([np.concatenate([r[r != j], [-1]])[:k] for r, j in zip(i, src)])
-        other, _ = best_verified(scorer, stack, gallery, others)
+        other, col = best_verified(scorer, stack, gallery, others)
+        partner = others[np.arange(len(others)), col]
         a = rng.integers(len(stack), size=20000)
         b = (a + rng.integers(1, len(stack), size=20000)) % len(stack)  # never a itself
         pair = scorer(stack[a], stack[b])
@@ -156,9 +180,20 @@ def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
     cap = 1.0 if scorer is None else np.inf
     thr = min(cap, float(ranked[allowed]) + 1e-6) if allowed < len(ranked) else float(ranked[-1])
     chosen = _rates(thr, hits, sims, other, pair)
+    top = [int(n) for n in np.argsort(-other, kind="stable")[:cfg.sheet_pairs] if partner[n] >= 0]
+    flagged = [{"key": keys[n], "other_key": str(eval_keys[partner[n]]),
+                "other_set": str(eval_sets[partner[n]]), "score": float(other[n])} for n in top]
+    if cfg.sheet_pairs:
+        from semisup_core import storage
+        from semisup_core.dedup.sheet import flags_sheet
+        partners = _partner_images(cfg, [partner[n] for n in top], eval_keys, eval_sets,
+                                   eval_shards, gallery)
+        storage.put_bytes(storage.join(cfg.out, "calibration_flags.png"), flags_sheet(
+            [(images[n], p, float(other[n])) for n, p in zip(top, partners)], thr))
     grid = GRID if scorer is None else GRID_LOGITS
     return {**chosen, "images": len(keys), "eval_set": dataset, "embedder": info["model"],
             "verifier": getattr(cfg, "verifier", None), "candidates": k,
             "target_fpr": cfg.target_fpr, "transforms": DESCRIPTION,
             "top1_is_source": {t: float(np.mean(hits[t])) for t in hits},
+            "highest_flags": flagged,
             "grid": [_rates(x, hits, sims, other, pair) for x in grid]}

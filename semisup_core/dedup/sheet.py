@@ -88,3 +88,27 @@ def contact_sheet(near: pa.Table, threshold: float, cfg, cell: int = 64) -> byte
     buf = io.BytesIO()
     sheet.save(buf, "PNG")
     return buf.getvalue()
+
+
+def flags_sheet(pairs: list[tuple[np.ndarray, np.ndarray, float]], threshold: float,
+                cell: int = 64, per_row: int = 4) -> bytes:
+    """PNG bytes of the calibration's highest false-flag statistics: each drawn evaluation image
+    beside the other evaluation image that scores highest against it, with the score (red: at
+    or above the chosen threshold, i.e. counted as a false flag). A real duplicate inside the
+    evaluation set shows up here as a "false" flag; a person can tell."""
+    rows = max(1, -(-len(pairs) // per_row))
+    w_pair, h_row = 2 * cell + 8, cell + 16
+    sheet = Image.new("RGB", (per_row * (w_pair + 16), rows * h_row + 22), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 4), f"calibration: drawn image | its best other evaluation image "
+                      f"(threshold {threshold:.4g})", fill="black")
+    for n, (a, b, score) in enumerate(pairs):
+        x, y = (n % per_row) * (w_pair + 16), 22 + (n // per_row) * h_row
+        for j, img in enumerate((a, b)):
+            sheet.paste(Image.fromarray(np.squeeze(img)).convert("RGB").resize(
+                (cell, cell), Image.NEAREST), (x + j * (cell + 4), y))
+        draw.text((x, y + cell + 2), f"{score:.4g}",
+                  fill=(200, 0, 0) if score >= threshold else (110, 110, 110))
+    buf = io.BytesIO()
+    sheet.save(buf, "PNG")
+    return buf.getvalue()

@@ -165,6 +165,12 @@ def test_calibration_finds_exact_copies_and_reports_every_transform(sets):
                                                           "photometric", "translate"}
     assert cal["recall"]["exact"] == 1.0 and cal["false_flag_rate"] <= 0.05
     assert storage.read_json(storage.join(out, "summary.json"))["threshold"] == cal["threshold"]
+    keys, vecs = read_embeddings(str(root / "emb-eval-c"))
+    row = {k: i for i, k in enumerate(keys)}
+    top = cal["highest_flags"][0]  # the drawn image whose nearest other test image is closest
+    assert top["score"] == pytest.approx(float(vecs[row[top["key"]]] @ vecs[row[top["other_key"]]]),
+                                         abs=2e-3)  # float16 tables vs the calibration's float32
+    assert storage.get_bytes(storage.join(out, "calibration_flags.png"))[:4] == b"\x89PNG"
 
 
 def test_translate_matches_a_numpy_shift():

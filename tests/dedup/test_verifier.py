@@ -226,6 +226,19 @@ def test_calibration_with_a_verifier_keeps_the_false_flag_target(pool, verifier)
         assert all(hi["recall"][t] <= lo["recall"][t] for t in lo["recall"])
     summary = storage.read_json(storage.join(out, "summary.json"))
     assert summary["threshold"] == cal["threshold"] and summary["score"] == "verifier logit margin"
+    flags = cal["highest_flags"]
+    assert len(flags) == 20 and [f["score"] for f in flags] == sorted((f["score"] for f in flags),
+                                                                     reverse=True)
+    scorer = PairScorer(verifier)
+    images = {k: img for k, img in zip(sorted(read_embeddings(pool["emb_test"])[0]),
+                                       [decode_image(s.image) for u in shard_uris(
+                                           pool["test"], read_meta(pool["test"]))
+                                        for s in iter_shard(u)])}
+    for f in flags[:3]:  # each listed score is the verifier's on that pair
+        assert f["other_key"] != f["key"]
+        assert _one_by_one(scorer, images[f["key"]], images[f["other_key"]]) == \
+            pytest.approx(f["score"], abs=1e-4)
+    assert storage.get_bytes(storage.join(out, "calibration_flags.png"))[:4] == b"\x89PNG"
 
 
 def test_a_dedup_output_written_before_the_score_column_resumes(pool):
