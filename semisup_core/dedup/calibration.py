@@ -16,7 +16,9 @@ the pool and searched in the evaluation index:
 The chosen threshold is the smallest whose ``false_flag_rate`` is <= ``target_fpr``.
 ``highest_flags`` and ``calibration_flags.png`` show the drawn images with the highest
 false-flag statistic beside their partner: a real duplicate inside the evaluation set counts
-as a false flag, and only a person can tell it from a look-alike.
+as a false flag, and only a person can tell it from a look-alike. Pairs a person judged to be
+the same image go into ``known_duplicates``; the calibration then leaves them out of the
+false-flag statistic and of the per-pair rate (they are not distinct pairs).
 """
 
 from __future__ import annotations
@@ -109,6 +111,15 @@ def _rates(thr: float, hits: dict, sims: dict, other: np.ndarray, pair: np.ndarr
             "pair_fpr": float(np.mean(pair >= thr))}
 
 
+def _known_duplicates(cfg) -> dict[str, set[str]]:
+    """``known_duplicates`` (pairs of evaluation keys) as key -> the keys it duplicates."""
+    out: dict[str, set[str]] = {}
+    for a, b in getattr(cfg, "known_duplicates", None) or []:
+        out.setdefault(a, set()).add(b)
+        out.setdefault(b, set()).add(a)
+    return out
+
+
 def _partner_images(cfg, rows: list[int], eval_keys, eval_sets, eval_shards, gallery
                     ) -> list[np.ndarray]:
     """The evaluation images at index rows ``rows`` (from ``gallery`` when it is loaded)."""
@@ -162,19 +173,29 @@ def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
             from semisup_core.dedup.verifier import best_verified
             best, col = best_verified(scorer, np.stack(copies), gallery, i)
             hits[t], sims[t] = i[np.arange(len(i)), col] == src, best
-    s, i = knn.search(index, base, k + 1, nprobe=nprobe)
+    # each drawn image's k nearest *other* evaluation images, leaving out those a person marked
+    # as the same image (known_duplicates): they are not distinct pairs
+    same = _known_duplicates(cfg)
+    extra = max((len(v) for v in same.values()), default=0)
+    s, i = knn.search(index, base, k + 1 + extra, nprobe=nprobe)
+    keep = [[c for c in range(i.shape[1]) if i[n, c] >= 0 and i[n, c] != src[n]
+             and eval_keys[i[n, c]] not in same.get(keys[n], ())][:k] for n in range(len(i))]
+    others = np.stack([np.concatenate([i[n, c], np.full(k - len(c), -1, i.dtype)])
+                       for n, c in enumerate(keep)])
+    distinct = ~np.array([[keys[b] in same.get(keys[a], ()) for b in range(len(keys))]
+                          for a in range(len(keys))]) if same else np.ones((len(keys),) * 2, bool)
+    np.fill_diagonal(distinct, False)
     if scorer is None:
-        other = np.where(i[:, 0] == src, s[:, 1], s[:, 0])  # the nearest evaluation image but itself
-        partner = np.where(i[:, 0] == src, i[:, 1], i[:, 0])
-        g = base @ base.T
-        pair = g[~np.eye(len(g), dtype=bool)]
+        other = np.array([s[n, c[0]] if c else -np.inf for n, c in enumerate(keep)], np.float32)
+        partner = others[:, 0]  # the nearest evaluation image but itself
+        pair = (base @ base.T)[distinct]
     else:  # the k nearest others, verified
-        others = np.stack([np.concatenate([r[r != j], [-1]])[:k] for r, j in zip(i, src)])
         other, col = best_verified(scorer, stack, gallery, others)
         partner = others[np.arange(len(others)), col]
         a = rng.integers(len(stack), size=20000)
         b = (a + rng.integers(1, len(stack), size=20000)) % len(stack)  # never a itself
-        pair = scorer(stack[a], stack[b])
+        ok = distinct[a, b]
+        pair = scorer(stack[a[ok]], stack[b[ok]])
     allowed = int(cfg.target_fpr * len(other))  # images that may be flagged at target_fpr
     ranked = np.sort(other)[::-1]
     cap = 1.0 if scorer is None else np.inf
@@ -196,4 +217,5 @@ def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
             "target_fpr": cfg.target_fpr, "transforms": DESCRIPTION,
             "top1_is_source": {t: float(np.mean(hits[t])) for t in hits},
             "highest_flags": flagged,
+            "known_duplicates": sorted(sorted(p) for p in (getattr(cfg, "known_duplicates", None) or [])),
             "grid": [_rates(x, hits, sims, other, pair) for x in grid]}

@@ -106,6 +106,10 @@ class DedupConfig(StageConfig):
     calibration_images: int = Field(1000, ge=10, description="evaluation images copied")
     target_fpr: float = Field(0.001, gt=0, lt=1, description="calibration: the largest share "
                               "of distinct images flagged that the chosen threshold allows")
+    known_duplicates: list[tuple[str, str]] = Field([], description="calibration: pairs of "
+                                                    "evaluation keys a person judged to be the "
+                                                    "same image (calibration_flags.png); not "
+                                                    "counted as false flags")
     seed: int = 0
     index: str = Field("auto", description="auto (from the size) | flat | ivf_flat | ivf_pq")
     nlist: int | None = Field(None, ge=1, description="IVF lists (auto: ~4 sqrt(n))")

@@ -171,6 +171,16 @@ def test_calibration_finds_exact_copies_and_reports_every_transform(sets):
     assert top["score"] == pytest.approx(float(vecs[row[top["key"]]] @ vecs[row[top["other_key"]]]),
                                          abs=2e-3)  # float16 tables vs the calibration's float32
     assert storage.get_bytes(storage.join(out, "calibration_flags.png"))[:4] == b"\x89PNG"
+    # a person marks the top pair as one image: it is no false flag any more, the next one is
+    pair = [top["key"], top["other_key"]]
+    _dedup(sets, str(root / "emb-pool-c"), str(root / "emb-eval-c"), out + "-known", calibrate=True,
+           threshold=None, calibration_images=30, target_fpr=0.05, known_duplicates=[pair])
+    again = storage.read_json(storage.join(out + "-known", "calibration.json"))
+    assert again["known_duplicates"] == [sorted(pair)]
+    assert all({f["key"], f["other_key"]} != set(pair) for f in again["highest_flags"])
+    mine = [f for f in again["highest_flags"] if f["key"] == top["key"]]
+    assert mine and mine[0]["score"] <= top["score"]
+    assert again["threshold"] <= cal["threshold"]  # a statistic can only fall
 
 
 def test_translate_matches_a_numpy_shift():
