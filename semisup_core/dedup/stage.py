@@ -64,7 +64,18 @@ def _check_threshold(threshold: float | None, verifier: str | None, given: bool)
                          "or threshold: null with calibrate: true")
 
 
-class DedupSpec(StageConfig):
+class VerifierOption(StageConfig):
+    """dedup's optional copy verifier (``verifier.py``), in every config that runs dedup."""
+
+    verifier: str | None = Field(None, description="a trained pair_verifier's model directory "
+                                 "(verify-pairs + train, docs/dedup.md): each pool image's "
+                                 "nearest evaluation images are verified pair by pair, and the "
+                                 "threshold is the verifier's logit margin")
+    verify_candidates: int = Field(5, ge=1, le=100, description="with a verifier: nearest "
+                                   "evaluation images verified per pool image")
+
+
+class DedupSpec(VerifierOption):
     """Dedup as a step of a pipeline (teacher_student): on by default."""
 
     enabled: bool = Field(True, description="remove the pool's near-duplicates of the test set "
@@ -73,10 +84,6 @@ class DedupSpec(StageConfig):
                                                 "model directory URI")
     threshold: float = Field(DEFAULT_THRESHOLD, description="cosine similarity of a "
                              "near-duplicate pair (with a verifier: its logit margin)")
-    verifier: str | None = Field(None, description="a trained pair_verifier's model directory: "
-                                 "verify each pool image's nearest test images pair by pair")
-    verify_candidates: int = Field(5, ge=1, le=100, description="with a verifier: nearest test "
-                                   "images verified per pool image")
 
     @model_validator(mode="after")
     def _threshold_units(self):
@@ -84,7 +91,7 @@ class DedupSpec(StageConfig):
         return self
 
 
-class DedupConfig(StageConfig):
+class DedupConfig(VerifierOption):
     """Remove near-duplicates of evaluation images from the pool."""
 
     pool: str = Field(description="embed output of the unlabelled pool")
@@ -96,11 +103,6 @@ class DedupConfig(StageConfig):
                                     "on Fashion-MNIST with the pixels embedder; recalibrate for "
                                     "other data); with a verifier its logit margin instead (no "
                                     "default); null: the calibrated one (needs calibrate: true)")
-    verifier: str | None = Field(None, description="a trained pair_verifier's model directory "
-                                 "(verify-pairs + train, docs/dedup.md): verify each pool "
-                                 "image's nearest evaluation images pair by pair")
-    verify_candidates: int = Field(5, ge=1, le=100, description="with a verifier: nearest "
-                                   "evaluation images verified per pool image")
     calibrate: bool = Field(False, description="measure recall per transform and the false-"
                                                "positive rate first (calibration.json)")
     calibration_images: int = Field(1000, ge=10, description="evaluation images copied")
@@ -320,7 +322,7 @@ def removed_keys(out: str) -> set[str]:
     return set(read_table(uri)["key"].to_pylist())
 
 
-class DedupRunConfig(StageConfig):
+class DedupRunConfig(VerifierOption):
     """``semisup run dedup``: the dedup pipeline on Fashion-MNIST (pool: its training set),
     calibrated; configs/dedup_demo.yaml."""
 
@@ -332,10 +334,6 @@ class DedupRunConfig(StageConfig):
     threshold: float = Field(-1.0, description="with calibrate, a negative value takes the "
                                                "calibrated threshold")
     calibration_images: int = Field(1000, ge=10)
-    verifier: str | None = Field(None, description="a trained pair_verifier's model directory "
-                                 "(docs/dedup.md); the threshold is then its logit margin")
-    verify_candidates: int = Field(5, ge=1, le=100, description="with a verifier: nearest test "
-                                   "images verified per pool image")
 
     @model_validator(mode="after")
     def _threshold_units(self):
