@@ -182,9 +182,13 @@ def calibrate(cfg, index, eval_keys: np.ndarray, eval_sets: np.ndarray,
              and eval_keys[i[n, c]] not in same.get(keys[n], ())][:k] for n in range(len(i))]
     others = np.stack([np.concatenate([i[n, c], np.full(k - len(c), -1, i.dtype)])
                        for n, c in enumerate(keep)])
-    distinct = ~np.array([[keys[b] in same.get(keys[a], ()) for b in range(len(keys))]
-                          for a in range(len(keys))]) if same else np.ones((len(keys),) * 2, bool)
+    distinct = np.ones((len(keys),) * 2, bool)  # pairs of drawn images that count as distinct
     np.fill_diagonal(distinct, False)
+    drawn = {key: n for n, key in enumerate(keys)}
+    for key, dupes in same.items():
+        for d in dupes:
+            if key in drawn and d in drawn:
+                distinct[drawn[key], drawn[d]] = False
     if scorer is None:
         other = np.array([s[n, c[0]] if c else -np.inf for n, c in enumerate(keep)], np.float32)
         partner = others[:, 0]  # the nearest evaluation image but itself
