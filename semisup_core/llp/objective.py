@@ -300,8 +300,11 @@ class LLPState:
     @torch.no_grad()
     def refresh_density(self) -> None:
         """log ρ of every labelled entry (Eq. 7), once per epoch."""
+        t0 = time.time()
         self.rho_rows = self.labelled.nonzero().flatten().cpu()
         self._keys(density=True)
+        log.info("local densities (%s) of %d labelled bank entries among %d: %.1f s",
+                 self.cfg.density, len(self.rho_rows), self.n, time.time() - t0)
 
     def _labelled_vectors(self, rows: torch.Tensor) -> torch.Tensor:
         """The bank entries ``rows`` (global ids, the same on every rank) on every rank: a
