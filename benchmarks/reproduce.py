@@ -39,7 +39,8 @@ from semisup_core.data.demo_data import prepare_data
 from semisup_core.teacher_student.demo import DemoConfig
 from semisup_core.teacher_student.score import ScoreConfig, score
 from semisup_core.teacher_student.select import SelectConfig, read_manifest, select
-from semisup_core.teacher_student.run import FinetuneSpec, Runner, TeacherStudentConfig
+from semisup_core.teacher_student.run import Runner, TeacherStudentConfig
+from semisup_core.train.config import FinetuneSpec
 from semisup_core.train.config import TrainRecipe
 
 

@@ -1,8 +1,8 @@
 """Local Label Propagation (Zhuang et al. 2019) as a KFP pipeline.
 
 data (the demo's split) -> dedup (embed test set and pool, remove the pool's near-duplicates of
-the test set) -> supervised baseline on the labels + LLP on labels and pool -> evaluate both ->
-report (the comparison table every method shows, LLP's pseudo-label precision and coverage per
+the test set) -> supervised baseline on the labels + LLP on labels and pool -> LLP's network
+fine-tuned on the labels -> evaluate all three -> report (the comparison table every method shows, LLP's pseudo-label precision and coverage per
 propagation round from the oracle).
 
 Defaults are the LLP stage's own (semisup_core.llp.run.LLPRunConfig: its recipe, the paper's
@@ -43,6 +43,7 @@ def llp(data_root: str = _L.out + "/data",
         seed: int = _L.seed,
         baseline: dict = _L.baseline.model_dump(mode="json", exclude_none=True),
         recipe: dict = _L.llp.model_dump(mode="json", exclude_none=True),
+        finetune: dict = _L.finetune.model_dump(mode="json", exclude_none=True),
         dedup: bool = _DD.enabled,
         dedup_embedder: str = _DD.embedder,
         dedup_threshold: float = _DD.threshold,
@@ -73,6 +74,7 @@ def llp(data_root: str = _L.out + "/data",
         seed: seed of the labelled draw and of both models.
         baseline: the supervised baseline's recipe (labels only).
         recipe: LLP's training recipe (objective llp; its llp section: embed_dim, temperature, bank_momentum, k, density_k, density, pseudo_labels, confidence, category_weight, warm_epochs, softmax_support).
+        finetune: LLP's network fine-tuned on the labels afterwards (the teacher/student's fine-tuning; not in the LLP paper); enabled=false passes LLP's model through.
         dedup: remove the pool's near-duplicates of the test set before LLP trains on it.
         dedup_embedder: embed model for dedup: pixels, efficientnet_lite0 or a model directory URI.
         dedup_threshold: cosine similarity at and above which a pool image duplicates a test image
@@ -93,8 +95,15 @@ def llp(data_root: str = _L.out + "/data",
                      warm_start=warm_start).set_display_name("train LLP")
     llp_eval = evaluate(model=model.outputs["model"], data=data["test"],
                         name="LLP").set_display_name("evaluate LLP")
+    tuned = train(data=data["labelled"], recipe=finetune, seed=seed,
+                  init_from=model.outputs["model"], checkpoints=workdir,
+                  launcher=launcher).set_display_name("fine-tune LLP on the labels")
+    tuned_eval = evaluate(model=tuned.outputs["model"], data=data["test"],
+                          name="LLP, fine-tuned on the labels").set_display_name(
+                              "evaluate fine-tuned LLP")
     llp_report(baseline=base_eval.outputs["metrics"], llp=llp_eval.outputs["metrics"],
-               model=model.outputs["model"], test=data["test"], oracle=data["oracle"],
+               finetuned=tuned_eval.outputs["metrics"], model=model.outputs["model"],
+               test=data["test"], oracle=data["oracle"],
                dedup=dd.outputs["result"]).set_display_name("report")
     on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values(), locals())
 
@@ -104,6 +113,7 @@ def arguments(cfg: LLPRunConfig, out: str, local: bool = True, profile: str = "c
     return dict(demo_arguments(cfg, out, local),
                 baseline=cfg.baseline.model_dump(mode="json", exclude_none=True),
                 recipe=cfg.llp.model_dump(mode="json", exclude_none=True),
+                finetune=cfg.finetune.model_dump(mode="json", exclude_none=True),
                 warm_start=cfg.warm_start, **PROFILES[profile].parameters())
 
 

@@ -11,9 +11,9 @@ from components import image
 def llp_report(baseline: Input[Metrics], llp: Input[Metrics], model: Input[Model],
                test: Input[Dataset], oracle: Input[Dataset], markdown: Output[Markdown],
                html: Output[HTML], report: Output[Artifact], summary: Output[Metrics],
-               dedup: Input[Dataset] = None) -> str:
-    """The comparison table of LLP and the supervised baseline, and the oracle's view of LLP's
-    pseudo-labels (overall, by confidence rank and per propagation round).
+               dedup: Input[Dataset] = None, finetuned: Input[Metrics] = None) -> str:
+    """The comparison table of LLP, LLP fine-tuned and the supervised baseline, and the oracle's
+    view of LLP's pseudo-labels (overall, by confidence rank and per propagation round).
 
     Args:
         baseline: evaluation of the supervised baseline (labels only, same architecture).
@@ -22,6 +22,7 @@ def llp_report(baseline: Input[Metrics], llp: Input[Metrics], model: Input[Model
         test: the test set (class names).
         oracle: the pool's hidden labels (analysis only).
         dedup: the dedup step's result (its count and pair sheet go in the report).
+        finetuned: evaluation of LLP's network fine-tuned on the labels (a third row; none: two).
 
     Returns:
         markdown: the comparison table.
@@ -32,4 +33,5 @@ def llp_report(baseline: Input[Metrics], llp: Input[Metrics], model: Input[Model
     """
     from components.llp_report.runner import run as write
     return write(baseline=baseline, llp=llp, model=model, test=test, oracle=oracle,
-                 markdown=markdown, html=html, report=report, summary=summary, dedup=dedup)
+                 markdown=markdown, html=html, report=report, summary=summary, dedup=dedup,
+                 finetuned=finetuned)

@@ -8,9 +8,8 @@ import json
 from semisup.pytorchjob import JobSpec, run as run_job
 from semisup_core import config, storage
 from semisup_core.errors import ConfigError
-from semisup_core.teacher_student.run import FinetuneSpec
 from semisup_core.train import TrainConfig, train
-from semisup_core.train.config import LauncherSpec
+from semisup_core.train.config import FinetuneSpec, LauncherSpec
 
 from components.artifacts import dataset_uri, integral, location
 

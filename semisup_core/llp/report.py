@@ -7,8 +7,8 @@ from semisup_core import storage
 from semisup_core.report import (dedup_summary, format_table, plot_precision_by_rank,
                                  plot_recall, plot_rounds, write_report_files)
 
-BASELINE, LLP = "supervised baseline", "LLP"
-ROWS = (BASELINE, LLP)
+BASELINE, LLP, LLP_FINETUNED = "supervised baseline", "LLP", "LLP, fine-tuned on the labels"
+ROWS = (BASELINE, LLP, LLP_FINETUNED)
 
 
 def write_report(entries: list[dict], per_round: list[dict], classes: list[str], out: str,
@@ -22,8 +22,8 @@ def write_report(entries: list[dict], per_round: list[dict], classes: list[str],
         plots["precision_vs_confidence_rank"] = plot_precision_by_rank(
             {"LLP pseudo-labels": sel["precision_by_rank"]}, storage.join(out, "precision_vs_rank.png"))
     if BASELINE in named and LLP in named:
-        plots["recall"] = plot_recall(classes, {BASELINE: named[BASELINE]["per_class_recall"],
-                                                LLP: named[LLP]["per_class_recall"]},
+        plots["recall"] = plot_recall(classes, {name: named[name]["per_class_recall"]
+                                                for name in ROWS if name in named},
                                       storage.join(out, "per_class_recall.png"))
     table = format_table(entries, ROWS)
     notes = [dedup_summary(dedup)] if dedup else []

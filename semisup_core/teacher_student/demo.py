@@ -20,9 +20,9 @@ from semisup_core.data.dataset import read_meta
 from semisup_core.dedup.stage import DedupSpec
 from semisup_core.report import format_table
 from semisup_core.teacher_student.report import ROWS, entries_from_results, write_report
-from semisup_core.teacher_student.run import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
+from semisup_core.teacher_student.run import (SelectionSpec, TeacherStudentConfig,
                                           run_teacher_student)
-from semisup_core.train.config import LauncherSpec, TrainRecipe
+from semisup_core.train.config import FinetuneSpec, LauncherSpec, TrainRecipe
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from semisup_core.teacher_student.restrict import (CANDIDATES_HELP, RESTRICT_HEL
                                                    needs_candidates)
 from semisup_core.teacher_student.select import SelectConfig, read_manifest, select
 from semisup_core.train import TrainConfig, train
-from semisup_core.train.config import DataConfig, TrainRecipe
+from semisup_core.train.config import DataConfig, FinetuneSpec, TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ class SelectionSpec(StageConfig):
     candidates: str | None = Field(None, validate_default=True, description=CANDIDATES_HELP)
 
     _candidates = field_validator("candidates")(classmethod(needs_candidates))
-
-
-class FinetuneSpec(TrainRecipe):
-    """Fine-tuning of the pre-trained student: its own LR and schedule."""
-
-    enabled: bool = Field(True, description="false skips fine-tuning (to show it matters)")
-    labels: Literal["true", "inferred"] = Field(
-        "true", description="true: the labelled set; inferred: selected set + labelled set")
 
 
 class TeacherStudentConfig(StageConfig):

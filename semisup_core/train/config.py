@@ -119,6 +119,19 @@ class TrainRecipe(StageConfig):
         return self
 
 
+class FinetuneSpec(TrainRecipe):
+    """Fine-tuning of a model trained on the pool (a teacher/student's student, LLP's network)
+    on the labels: its own LR and schedule; the architecture is the pre-trained model's."""
+
+    enabled: bool = Field(True, description="false skips fine-tuning (to show it matters)")
+    labels: Literal["true", "inferred"] = Field(
+        "true", description="true: the labelled set; inferred: selected set + labelled set")
+
+    def recipe(self) -> TrainRecipe:
+        """The training recipe alone (without ``enabled`` and ``labels``)."""
+        return TrainRecipe(**self.model_dump(exclude={"enabled", "labels"}))
+
+
 class TrainConfig(TrainRecipe):
     """Supervised training of one registered model on one (or several) datasets."""
 

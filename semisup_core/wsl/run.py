@@ -28,9 +28,9 @@ from semisup_core.report import format_table
 from semisup_core.simclr.probe import linear_probe
 from semisup_core.steps import evaluate_once, train_once
 from semisup_core.teacher_student.report import entries_from_results
-from semisup_core.teacher_student.run import (FinetuneSpec, SelectionSpec, TeacherStudentConfig,
+from semisup_core.teacher_student.run import (SelectionSpec, TeacherStudentConfig,
                                               run_teacher_student)
-from semisup_core.train.config import LauncherSpec, TrainRecipe
+from semisup_core.train.config import FinetuneSpec, LauncherSpec, TrainRecipe
 from semisup_core.wsl.report import (BASELINE, EXTERNAL, FINETUNED, ROWS, TS_ROWS, banner,
                                      write_report)
 from semisup_core.wsl.simulate import CLASS_SYNSETS, SimulatedTags, simulate_tags
