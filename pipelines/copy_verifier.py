@@ -47,6 +47,7 @@ def copy_verifier(
         verify_candidates: int = _C.verify_candidates,
         calibration_images: int = _C.calibration_images,
         target_fpr: float = _DD.target_fpr,
+        known_duplicates: list = [],
         workdir: str = "",
         launcher: dict = LauncherSpec().model_dump(mode="json"),
         train_cpu: str = _R.train.cpu,
@@ -75,6 +76,8 @@ def copy_verifier(
         verify_candidates: nearest test images verified per pool image.
         calibration_images: test images copied by the calibration.
         target_fpr: the largest share of distinct images the calibrated threshold flags.
+        known_duplicates: calibration: pairs [key, key] of test images judged to be the same
+            image (calibration_flags.png shows the candidates); not counted as false flags.
         workdir: store URI for the verifier's training checkpoints so a restarted step resumes ('' = none).
         launcher: where the verifier trains (LauncherSpec): pod, pytorchjob or torchrun.
     """
@@ -92,7 +95,7 @@ def copy_verifier(
     dedup_step(pool=pool.outputs["dataset"], pool_embeddings=emb_pool.outputs["embeddings"],
                eval_embeddings=emb_test.outputs["embeddings"], threshold=-1.0, calibrate=True,
                calibration_images=calibration_images, target_fpr=target_fpr, seed=seed,
-               verify_candidates=verify_candidates,
+               verify_candidates=verify_candidates, known_duplicates=known_duplicates,
                verifier_model=model.outputs["model"]).set_display_name("dedup (verified)")
     on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values(), locals())
 
@@ -110,6 +113,7 @@ def arguments(cfg: CopyVerifierRunConfig, out: str, local: bool = True,
                 recipe=cfg.recipe.model_dump(mode="json", exclude_none=True), seed=cfg.seed,
                 verify_candidates=cfg.verify_candidates,
                 calibration_images=cfg.calibration_images,
+                known_duplicates=[list(p) for p in cfg.known_duplicates],
                 **PROFILES[profile].parameters(("train", "infer", "light")))
 
 

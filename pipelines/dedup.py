@@ -43,6 +43,7 @@ def dedup_pipeline(
         seed: int = _DD.seed,
         verifier: str = _DD.verifier or "",
         verify_candidates: int = _DD.verify_candidates,
+        known_duplicates: list = [],
         infer_cpu: str = _R.infer.cpu,
         infer_memory: str = _R.infer.memory,
         infer_gpus: int = _R.infer.gpus,
@@ -67,6 +68,8 @@ def dedup_pipeline(
             pool image's nearest test images are verified pair by pair, the threshold is then
             its logit margin (negative with calibrate: the calibrated one).
         verify_candidates: with a verifier, nearest test images verified per pool image.
+        known_duplicates: calibration: pairs [key, key] of test images judged to be the same
+            image (calibration_flags.png shows the candidates); not counted as false flags.
     """
     pool = import_data(source="fashion-mnist", src=fashion_mnist, root=data_root,
                        name="fmnist-train", split="train").set_display_name("import pool")
@@ -78,7 +81,8 @@ def dedup_pipeline(
                eval_embeddings=emb_test.outputs["embeddings"], threshold=threshold,
                calibrate=calibrate, calibration_images=calibration_images, target_fpr=target_fpr,
                index=index, seed=seed, verifier=verifier,
-               verify_candidates=verify_candidates).set_display_name("dedup")
+               verify_candidates=verify_candidates,
+               known_duplicates=known_duplicates).set_display_name("dedup")
     on_platform(pipeline_context.Pipeline.get_default_pipeline().tasks.values(), locals())
 
 
@@ -89,6 +93,7 @@ def arguments(cfg: DedupRunConfig, out: str, local: bool = True, profile: str = 
                 threshold=cfg.threshold, calibrate=cfg.calibrate,
                 calibration_images=cfg.calibration_images, seed=cfg.seed,
                 verifier=cfg.verifier or "", verify_candidates=cfg.verify_candidates,
+                known_duplicates=[list(p) for p in cfg.known_duplicates],
                 **PROFILES[profile].parameters(("infer", "light")))
 
 

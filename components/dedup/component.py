@@ -12,7 +12,7 @@ def dedup(pool: Input[Dataset], pool_embeddings: Input[Dataset], eval_embeddings
           threshold: float = 0.998, calibrate: bool = False, calibration_images: int = 1000,
           target_fpr: float = 0.001, index: str = "auto", nprobe: int = 0, seed: int = 0,
           enabled: bool = True, verifier: str = "", verify_candidates: int = 5,
-          verifier_model: Input[Model] = None):
+          verifier_model: Input[Model] = None, known_duplicates: list = []):
     """Near-duplicates of the evaluation set in the pool, removed.
 
     Args:
@@ -33,6 +33,8 @@ def dedup(pool: Input[Dataset], pool_embeddings: Input[Dataset], eval_embeddings
             nearest evaluation images are verified pair by pair.
         verify_candidates: with a verifier, nearest evaluation images verified per pool image.
         verifier_model: the verifier as a train task's output (instead of verifier).
+        known_duplicates: calibration: pairs [key, key] of evaluation images a person judged to
+            be the same image (the calibration's calibration_flags.png); not false flags.
 
     Returns:
         deduped: the pool as the next steps read it (its shards, minus the removed keys).
@@ -44,7 +46,8 @@ def dedup(pool: Input[Dataset], pool_embeddings: Input[Dataset], eval_embeddings
         deduped=deduped, result=result, metrics=metrics, threshold=threshold, calibrate=calibrate,
         calibration_images=calibration_images, target_fpr=target_fpr, index=index,
         nprobe=nprobe, seed=seed, enabled=enabled, verifier=verifier,
-        verify_candidates=verify_candidates, verifier_model=verifier_model)
+        verify_candidates=verify_candidates, verifier_model=verifier_model,
+        known_duplicates=known_duplicates)
 
 
 @dsl.component(base_image=image("dedup"), install_kfp_package=False)

@@ -11,7 +11,7 @@ from components.artifacts import dataset_uri, location, write_ref
 def run(pool, pool_embeddings, eval_embeddings, deduped, result, metrics, threshold: float,
         calibrate: bool, calibration_images: int, target_fpr: float, index: str, nprobe: int,
         seed: int, enabled: bool = True, verifier: str = "", verify_candidates: int = 5,
-        verifier_model=None) -> dict:
+        verifier_model=None, known_duplicates: list | None = None) -> dict:
     """``deduped`` refers to the pool's shards with ``exclude`` = this run's removed keys."""
     if not enabled:
         write_ref(deduped, dataset_uri(pool))
@@ -24,7 +24,8 @@ def run(pool, pool_embeddings, eval_embeddings, deduped, result, metrics, thresh
         "calibrate": calibrate, "calibration_images": calibration_images,
         "target_fpr": target_fpr, "index": index, "nprobe": nprobe or None, "seed": seed,
         "verifier": location(verifier_model) if verifier_model is not None else verifier or None,
-        "verify_candidates": verify_candidates},
+        "verify_candidates": verify_candidates,
+        "known_duplicates": [tuple(p) for p in known_duplicates or []]},
         "dedup component")
     summary = dedup(cfg)
     write_ref(deduped, dataset_uri(pool), exclude=location(result))

@@ -334,6 +334,8 @@ class DedupRunConfig(VerifierOption):
     threshold: float = Field(-1.0, description="with calibrate, a negative value takes the "
                                                "calibrated threshold")
     calibration_images: int = Field(1000, ge=10)
+    known_duplicates: list[tuple[str, str]] = Field(
+        [], description="calibration: pairs of test-set keys judged to be the same image")
 
     @model_validator(mode="after")
     def _threshold_units(self):

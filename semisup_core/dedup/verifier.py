@@ -264,6 +264,9 @@ class CopyVerifierRunConfig(StageConfig):
                                                                 "per pool image")
     calibration_images: int = Field(1000, ge=10, description="test images copied by the "
                                                              "calibration")
+    known_duplicates: list[tuple[str, str]] = Field(
+        [], description="calibration: pairs of test-set keys judged to be the same image "
+                        "(calibration_flags.png); not counted as false flags")
 
     @field_validator("recipe", mode="before")
     @classmethod

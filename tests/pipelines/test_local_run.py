@@ -119,7 +119,8 @@ def test_the_dedup_pipeline_calibrates_and_removes_the_injected_duplicates(tmp_p
     import numpy as np
     from semisup_core.embed import read_embeddings
     cfg = {"out": str(tmp_path / "dd"), "fashion_mnist": tiny_raw["fashion_mnist"],
-           "calibration_images": 50, "threshold": 0.999, "calibrate": True}
+           "calibration_images": 50, "threshold": 0.999, "calibrate": True,
+           "known_duplicates": [["fmnist-test-000003", "fmnist-test-000001"]]}
     path = tmp_path / "dd.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", "dedup", "--config", str(path)]) == 0
@@ -135,6 +136,9 @@ def test_the_dedup_pipeline_calibrates_and_removes_the_injected_duplicates(tmp_p
     assert summary["pool_images"] == len(pk) == 400
     assert summary["removed"] == int(((pv @ tv.T).max(1) >= 0.999).sum())
     assert os.path.getsize(os.path.join(dest, "contact_sheet.png")) > 0
+    # the judged pair reaches the calibration through the pipeline and the component
+    cal = json.load(open(os.path.join(dest, "calibration.json")))
+    assert cal["known_duplicates"] == [["fmnist-test-000001", "fmnist-test-000003"]]
 
 
 def test_the_copy_verifier_pipeline_trains_a_verifier_and_dedups_with_it(tmp_path, tiny_raw, capsys):
@@ -143,7 +147,7 @@ def test_the_copy_verifier_pipeline_trains_a_verifier_and_dedups_with_it(tmp_pat
     verifier's decisions are tested against per-pair scoring in tests/dedup/test_verifier.py)."""
     cfg = {"out": str(tmp_path / "cv"), "fashion_mnist": tiny_raw["fashion_mnist"],
            "pairs_images": 100, "pairs_per_image": 1, "neighbours": 3, "verify_candidates": 2,
-           "calibration_images": 20,
+           "calibration_images": 20, "known_duplicates": [["fmnist-test-000002", "fmnist-test-000000"]],
            "recipe": {"epochs": 1, "batch_size": 32, "threads": 1,
                       "model_kwargs": {"width": 4, "align": 1, "scales": [1.0]}}}
     path = tmp_path / "cv.yaml"
@@ -157,6 +161,7 @@ def test_the_copy_verifier_pipeline_trains_a_verifier_and_dedups_with_it(tmp_pat
     assert summary["score"] == "verifier logit margin" and summary["verify_candidates"] == 2
     assert summary["verifier"].endswith("model") and summary["threshold"] == cal["threshold"]
     assert cal["candidates"] == 2 and cal["images"] == 20
+    assert cal["known_duplicates"] == [["fmnist-test-000000", "fmnist-test-000002"]]
     assert state["model"]["name"] == "pair_verifier" and state["classes"] == ["distinct", "copy"]
     run_dir = os.path.join(cfg["out"], "kfp", sorted(os.listdir(os.path.join(cfg["out"], "kfp")))[-1])
     pairs = [os.path.join(run_dir, d, "pairs") for d in os.listdir(run_dir) if d.startswith("verify-pairs")]
