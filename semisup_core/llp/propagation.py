@@ -37,8 +37,14 @@ import torch
 from semisup_core import knn
 
 
+# the partition of Eq. 7 is computed for this many (query, entry) similarities at a time
+# (float64: 256 MiB), so that its memory does not grow with N (4,096 queries at once against
+# 1.28M entries would be 42 GB)
+PARTITION_ELEMS = 1 << 25
+
+
 def log_density(bank: torch.Tensor, rows: torch.Tensor, temperature: float, t: int,
-                mode: str = "paper", block: int = 4096) -> torch.Tensor:
+                mode: str = "paper", block: int = PARTITION_ELEMS) -> torch.Tensor:
     """``log ρ`` of the bank entries ``rows`` (M,), their T nearest among all N entries
     found by the kNN core (exact up to ``knn.EXACT_MAX`` entries, IVF above)."""
     if mode == "off" or len(rows) == 0:
@@ -47,12 +53,13 @@ def log_density(bank: torch.Tensor, rows: torch.Tensor, temperature: float, t: i
 
 
 def density_of(queries: torch.Tensor, bank: torch.Tensor, temperature: float, t: int,
-               mode: str = "paper", block: int = 4096, gather=None) -> torch.Tensor:
+               mode: str = "paper", block: int = PARTITION_ELEMS, gather=None) -> torch.Tensor:
     """``log ρ`` (Eq. 7) of the points ``queries`` (M x d, bank entries themselves) against
     ``bank``: the whole bank, or under ``gather`` one rank's block of it. ``gather(x)``
     concatenates every rank's ``x`` (M x k) along dim 1: each rank searches its block for its T
     nearest, the T best of all ranks' are the T nearest of the whole bank; log Z_i is the
-    log-sum-exp of the ranks' partial log-sum-exps."""
+    log-sum-exp of the ranks' partial log-sum-exps. ``block``: similarities held at once by the
+    partition (queries x entries; at least one query's row)."""
     if mode == "off" or len(queries) == 0:
         return torch.zeros(len(queries), dtype=torch.float64)
     vecs = bank.float().cpu().numpy()
@@ -68,8 +75,9 @@ def density_of(queries: torch.Tensor, bank: torch.Tensor, temperature: float, t:
     log_rho = torch.logsumexp(s / temperature, dim=1)  # M x T -> M
     if mode == "paper":  # minus log Z_i, the partition over all N entries, in blocks
         b, q = bank.double().cpu(), queries.double().cpu()
-        log_z = torch.cat([torch.logsumexp(q[i:i + block] @ b.T / temperature, dim=1)
-                           for i in range(0, len(q), block)])
+        rows = max(1, block // max(1, len(b)))
+        log_z = torch.cat([torch.logsumexp(q[i:i + rows] @ b.T / temperature, dim=1)
+                           for i in range(0, len(q), rows)])
         if gather is not None:
             log_z = torch.logsumexp(gather(log_z[:, None]), dim=1)
         log_rho = log_rho - log_z

@@ -39,6 +39,11 @@ def test_log_density_is_eq7(mode):
     want = [math.log(_brute_rho(bank.astype(np.float32).astype(np.float64), i, 25, mode))
             for i in rows]
     assert np.allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
+    # the partition in pieces of at most `block` similarities (one query row of 300 at a time
+    # here) gives the same densities: its memory is bounded, not M x N
+    small = log_density(torch.from_numpy(bank).float(), torch.from_numpy(rows), TAU, 25, mode,
+                        block=10)
+    assert torch.allclose(small, got, rtol=0, atol=1e-12)
 
 
 def _brute_vote(v, keys, labels, rho, k, classes):
