@@ -2,8 +2,8 @@
 
 data (the demo's split) -> dedup (embed test set and pool, remove the pool's near-duplicates of
 the test set) -> supervised baseline on the labels + LLP on labels and pool -> LLP's network
-fine-tuned on the labels -> evaluate all three -> report (the comparison table every method shows, LLP's pseudo-label precision and coverage per
-propagation round from the oracle).
+fine-tuned on the labels -> evaluate all three -> report (the comparison table every method
+shows, LLP's pseudo-label precision and coverage per propagation round from the oracle).
 
 Defaults are the LLP stage's own (semisup_core.llp.run.LLPRunConfig: its recipe, the paper's
 K, T, tau) and dedup's (DedupSpec). ``semisup run llp --config configs/llp_demo.yaml`` runs it

@@ -5,7 +5,8 @@ pool's near-duplicates of the test set removed) -> the supervised baseline on th
 LLP on labels + pool (``objective: llp`` in the one training loop) -> LLP's network
 fine-tuned on the labels (``finetune``; the teacher/student's last step, not the LLP paper's)
 -> evaluate all three -> the oracle's view of the pseudo-labels, overall and per propagation
-round -> report (the comparison table every method shows). Every step is skipped or resumed when its output exists.
+round -> report (the comparison table every method shows). Every step is skipped or resumed
+when its output exists.
 """
 
 from __future__ import annotations
