@@ -113,7 +113,9 @@ def as_manifest(labels: pa.Table) -> pa.Table:
 
 def pseudo_label_analysis(labels_uri: str, oracle_uri: str) -> dict:
     """``selection_analysis`` of the pseudo-labelled pool, plus coverage (pool images with a
-    pseudo-label), the confidence-weighted precision and the accuracy on in-distribution images."""
+    pseudo-label), the confidence-weighted precision, the accuracy on in-distribution images and
+    the mean confidence on in-distribution images and on distractors (a confidence that rates
+    distractors higher than the real classes promotes them: docs/llp.md "Results")."""
     labels = read_table(labels_uri)
     manifest = as_manifest(labels)
     pool_n = int((~labels["labelled"].to_numpy()).sum())
@@ -126,5 +128,7 @@ def pseudo_label_analysis(labels_uri: str, oracle_uri: str) -> dict:
         out["weighted_precision"] = float((conf * correct).sum() / conf.sum())
         ind = t >= 0
         out["in_distribution_accuracy"] = float(correct[ind].mean()) if ind.any() else None
+        out["confidence_in_distribution"] = float(conf[ind].mean()) if ind.any() else None
+        out["confidence_distractors"] = float(conf[~ind].mean()) if (~ind).any() else None
     out.update(coverage=manifest.num_rows / max(pool_n, 1), pool_images=pool_n)
     return out

@@ -83,13 +83,16 @@ def plot_accuracy_vs_k(points: dict[str, list[tuple[int, float]]], baseline: flo
 
 
 def plot_rounds(rounds: list[dict], uri: str) -> str:
-    """LLP's pseudo-labels per propagation round (epoch): precision (oracle) and coverage."""
+    """LLP's pseudo-labels per propagation round (epoch): precision (oracle), coverage, the
+    distractors' share and the mean confidence on in-distribution images and on distractors."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [r["epoch"] for r in rounds]
     for key, label in (("precision", "pseudo-label precision"), ("coverage", "coverage of the pool"),
-                       ("distractor_share", "distractor share")):
-        ax.plot(epochs, [r[key] if r[key] is not None else np.nan for r in rounds], marker="o",
-                label=label)
+                       ("distractor_share", "distractor share"),
+                       ("confidence_in_distribution", "mean confidence, in-distribution"),
+                       ("confidence_distractors", "mean confidence, distractors")):
+        ax.plot(epochs, [np.nan if r.get(key) is None else r[key] for r in rounds], marker="o",
+                label=label, ls="--" if key.startswith("confidence") else "-")
     ax.set_xlabel("epoch (one propagation round per visit)")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)

@@ -17,5 +17,7 @@ def rounds(run_dir: str, oracle_uri: str) -> list[dict]:
             a = pseudo_label_analysis(uri, oracle_uri)
             rows.append({"epoch": int(name[6:-8]), "precision": a["precision"],
                          "coverage": a["coverage"], "distractor_share": a["distractor_share"],
-                         "in_distribution_accuracy": a.get("in_distribution_accuracy")})
+                         "in_distribution_accuracy": a.get("in_distribution_accuracy"),
+                         "confidence_in_distribution": a.get("confidence_in_distribution"),
+                         "confidence_distractors": a.get("confidence_distractors")})
     return rows

@@ -11,6 +11,14 @@ BASELINE, LLP, LLP_FINETUNED = "supervised baseline", "LLP", "LLP, fine-tuned on
 ROWS = (BASELINE, LLP, LLP_FINETUNED)
 
 
+def _confidences(sel: dict) -> str:
+    ind, dis = sel.get("confidence_in_distribution"), sel.get("confidence_distractors")
+    if ind is None or dis is None:
+        return ""
+    return (f" Mean confidence: {ind:.3f} on in-distribution images, {dis:.3f} on distractors"
+            + (" (higher: the confidence weighting promotes the distractors)." if dis > ind else "."))
+
+
 def write_report(entries: list[dict], per_round: list[dict], classes: list[str], out: str,
                  dedup: dict | None) -> dict:
     """report.md, report.html, metrics.json and the plots under ``out``."""
@@ -32,6 +40,7 @@ def write_report(entries: list[dict], per_round: list[dict], classes: list[str],
                      f"{sel['pool_images']:,} pool images labelled, precision "
                      f"{100 * (sel['precision'] or 0):.1f}% ({100 * sel['weighted_precision']:.1f}% "
                      f"weighted by confidence), {100 * (sel['distractor_share'] or 0):.2f}% of "
-                     "them distractors; rows ranked by confidence within their class.")
+                     "them distractors; rows ranked by confidence within their class."
+                     + _confidences(sel))
     return write_report_files(out, "semisup LLP report", table, notes, plots,
                               {"entries": entries, "rounds": per_round, "dedup": dedup})

@@ -64,3 +64,26 @@ def test_oracle_truth_equals_a_dict_lookup_across_batches(tmp_path):
     got = oracle_truth(pa.array(ask), uri, batch_size=7)
     truth = dict(zip(keys, classes.tolist()))
     assert got.tolist() == [truth.get(k, -2) for k in ask]
+
+
+def test_pseudo_label_analysis_counts_by_hand(tmp_path):
+    """Precision, confidence-weighted precision, coverage, in-distribution accuracy and the mean
+    confidences by in-distribution / distractor, against a count by hand; labelled rows and
+    rows without a pseudo-label are not pool rows with a label."""
+    from semisup_core.analysis import pseudo_label_analysis
+    labels = pa.table({"key": ["a", "b", "c", "d", "e", "z"], "label": [0, 0, 1, 2, -1, 1],
+                       "confidence": pa.array([0.5, 1.0, 0.8, 0.9, 1.0, 1.0], pa.float32()),
+                       "labelled": [False, False, False, False, False, True]})
+    uri = str(tmp_path / "labels.parquet")
+    buf = io.BytesIO()
+    pq.write_table(labels, buf)
+    storage.put_bytes(uri, buf.getvalue())
+    res = pseudo_label_analysis(uri, _oracle(tmp_path))
+    # a: 0 right, b: 0 wrong (1), c: 1 right, d: distractor; e has no pseudo-label; z labelled
+    assert res["precision"] == pytest.approx(2 / 4)
+    assert res["weighted_precision"] == pytest.approx((0.5 + 0.8) / (0.5 + 1.0 + 0.8 + 0.9))
+    assert res["coverage"] == pytest.approx(4 / 5) and res["pool_images"] == 5
+    assert res["in_distribution_accuracy"] == pytest.approx(2 / 3)
+    assert res["distractor_share"] == pytest.approx(1 / 4)
+    assert res["confidence_in_distribution"] == pytest.approx((0.5 + 1.0 + 0.8) / 3)
+    assert res["confidence_distractors"] == pytest.approx(0.9)
