@@ -18,7 +18,6 @@ suits datasets up to a few million images; larger pools are sharded at ingestion
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import logging
@@ -33,6 +32,7 @@ from semisup_core import storage
 from semisup_core.data.dataset import DatasetMeta, iter_dataset, make_meta, read_meta, write_meta
 from semisup_core.data.shards import Sample, ShardWriter
 from semisup_core.errors import DataError
+from semisup_core.tables import parquet_source, read_table
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +185,9 @@ def oracle_truth(keys, oracle_uri: str, batch_size: int = 1 << 18) -> np.ndarray
     keys = pa.chunked_array([keys]) if isinstance(keys, pa.Array) else keys
     uniq = pc.unique(keys)
     truth = np.full(len(uniq), -2, np.int64)
-    if storage.is_local(oracle_uri):
-        handle = storage.open_read(oracle_uri)
-    else:  # an object stream cannot seek: fetched whole (compressed, ~20 B an image)
-        handle = contextlib.nullcontext(io.BytesIO(storage.get_bytes(oracle_uri)))
-    with handle as f:
+    # an object is fetched whole (compressed, ~20 B an image); tables.parquet_source: why not
+    # through a Python file object
+    with parquet_source(oracle_uri) as f:
         for batch in pq.ParquetFile(f).iter_batches(columns=["key", "true_class"],
                                                     batch_size=batch_size):
             pos = pc.fill_null(pc.index_in(batch.column(0), value_set=uniq), -1).to_numpy()
@@ -201,4 +199,4 @@ def oracle_truth(keys, oracle_uri: str, batch_size: int = 1 << 18) -> np.ndarray
 def read_oracle(oracle_uri: str) -> pa.Table:
     """The oracle table (analysis only): key, source, true_class, true_class_name,
     source_class_name."""
-    return pq.read_table(io.BytesIO(storage.get_bytes(oracle_uri)))
+    return read_table(oracle_uri)
