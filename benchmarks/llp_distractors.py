@@ -26,7 +26,6 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -76,8 +75,7 @@ def _outputs(model, dataset: str, mean: float, std: float, batch: int = 2048
 
 
 def seed_row(run: str) -> list[float]:
-    with open(os.path.join(run, "llp-config.yaml")) as f:
-        cfg = config.build(LLPRunConfig, yaml.safe_load(f))
+    cfg = config.build(LLPRunConfig, config.read_yaml(os.path.join(run, "llp-config.yaml")))
     data = os.path.join(cfg.out, "data", f"split-n{cfg.labels_per_class}-s{cfg.seed}")
     oracle = os.path.join(data, "oracle.parquet")
     manifest = as_manifest(read_table(os.path.join(run, "models", "llp", "pseudo_labels.parquet")))
